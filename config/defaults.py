@@ -1,0 +1,193 @@
+"""Every configuration key of the project, with its default and meaning.
+
+YAML files under ``configs/`` override these values and ``KEY VALUE`` pairs on the command line override
+both. ``get_cfg()`` returns a fresh, mutable clone of this tree.
+"""
+from yacs.config import CfgNode as CN
+
+_C = CN()
+
+# ---------------------------------------------------------------------------------------------------
+# MODEL
+# ---------------------------------------------------------------------------------------------------
+_C.MODEL = CN()
+# 'auto' picks CUDA when available, else CPU; 'cpu' / 'cuda' / 'cuda:N' force a device.
+_C.MODEL.DEVICE = "auto"
+# Name used for checkpoint file names.
+_C.MODEL.NAME = "Signal"
+# Backbone shared by the three modalities:
+#   'ViT-B-16'              CLIP ViT-B/16 visual tower (768 wide, QuickGELU, 512-d projected tokens)
+#   'vit_base_patch16_224'  ImageNet ViT-B/16 (768-d tokens, no projection)
+#   'vit_custom'            a small CLIP-style ViT sized by MODEL.CUSTOM_VIT (demo and tests)
+_C.MODEL.TRANSFORMER_TYPE = "ViT-B-16"
+# Local file with pretrained backbone weights: an OpenAI CLIP checkpoint (TorchScript archive or state
+# dict) for 'ViT-B-16', a timm state dict for 'vit_base_patch16_224'. Empty: random initialisation.
+_C.MODEL.PRETRAIN_PATH = ""
+# Stochastic depth / dropout / attention dropout inside the backbone.
+_C.MODEL.DROP_PATH = 0.0
+_C.MODEL.DROP_OUT = 0.0
+_C.MODEL.ATT_DROP_RATE = 0.0
+# Size of the small backbone used when TRANSFORMER_TYPE = 'vit_custom'.
+_C.MODEL.CUSTOM_VIT = CN()
+_C.MODEL.CUSTOM_VIT.PATCH_SIZE = 8
+_C.MODEL.CUSTOM_VIT.EMBED_DIM = 96
+_C.MODEL.CUSTOM_VIT.DEPTH = 4
+_C.MODEL.CUSTOM_VIT.NUM_HEADS = 4
+# Output (projected) token width; 0 keeps EMBED_DIM without a projection.
+_C.MODEL.CUSTOM_VIT.OUT_DIM = 64
+# Use F.scaled_dot_product_attention inside the backbone (fused kernels on CUDA).
+_C.MODEL.FUSED_ATTN = True
+# SIE camera embedding: a learned [num_cameras, 1, width] table added to the class token before the
+# position embedding, scaled by SIE_COE.
+_C.MODEL.SIE_CAMERA = True
+_C.MODEL.SIE_COE = 1.0
+# Heads. 1: the three class tokens concatenated -> one BN neck + classifier. 0: one per modality.
+_C.MODEL.DIRECT = 1
+# Selective Interaction Module (SIM).
+_C.MODEL.USE_SIM = True
+# Intra-modal top-k (inter-modal keeps 2k of the other two modalities' patches).
+_C.MODEL.TOPK = 80
+# False (official code): unselected patches are multiplied by zero but stay in the key/value sequence.
+# True (the paper's wording): unselected patches are masked out of the cross-attention.
+_C.MODEL.SIM_MASK_UNSELECTED = False
+# Number of heads of SIM's cross-attention.
+_C.MODEL.SIM_HEADS = 8
+# Global Alignment Module (GAM): Gram-determinant volume loss on mean patch tokens.
+_C.MODEL.USE_GAM = True
+_C.MODEL.GAM_WEIGHT = 0.2
+# Initial value of GAM's learnable temperature.
+_C.MODEL.GAM_TEMPERATURE = 0.07
+# Local Alignment Module (LAM): deformable sampling + pairwise MSE.
+_C.MODEL.USE_LAM = True
+_C.MODEL.LAM_WEIGHT = 0.2
+# 1 (official code): one offset channel broadcast to both axes. 2 (the paper's wording): independent
+# y and x offsets.
+_C.MODEL.LAM_OFFSET_CHANNELS = 1
+# Kernel size and stride of LAM's depthwise offset convolution; scale of the tanh offsets.
+_C.MODEL.LAM_KERNEL = 4
+_C.MODEL.LAM_STRIDE = 4
+_C.MODEL.LAM_OFFSET_RANGE = 2.0
+# Loss weights of the ID (cross-entropy with label smoothing) and triplet terms, per head.
+_C.MODEL.ID_LOSS_WEIGHT = 0.25
+_C.MODEL.TRIPLET_LOSS_WEIGHT = 1.0
+# Label smoothing of the ID loss (0 disables).
+_C.MODEL.LABEL_SMOOTH = 0.1
+# Soft-margin triplet (log(1 + exp(d_ap - d_an))) when True, else margin ranking with SOLVER.MARGIN.
+_C.MODEL.NO_MARGIN = True
+
+# ---------------------------------------------------------------------------------------------------
+# INPUT
+# ---------------------------------------------------------------------------------------------------
+_C.INPUT = CN()
+# [H, W] of training and test images.
+_C.INPUT.SIZE_TRAIN = [256, 128]
+_C.INPUT.SIZE_TEST = [256, 128]
+# Horizontal flip probability, random erasing probability, padding before the random crop.
+_C.INPUT.PROB = 0.5
+_C.INPUT.RE_PROB = 0.5
+_C.INPUT.PADDING = 10
+_C.INPUT.PIXEL_MEAN = [0.5, 0.5, 0.5]
+_C.INPUT.PIXEL_STD = [0.5, 0.5, 0.5]
+# False (official recipe): each modality draws its own flip / crop / erasing parameters.
+# True: one draw is applied to all three modalities of a sample.
+_C.INPUT.SHARED_AUG_PARAMS = False
+
+# ---------------------------------------------------------------------------------------------------
+# DATASETS
+# ---------------------------------------------------------------------------------------------------
+_C.DATASETS = CN()
+# One of 'RGBNT201', 'RGBNT100', 'MSVR310', 'Synthetic'.
+_C.DATASETS.NAMES = "RGBNT201"
+# Folder that holds the dataset folder (e.g. ROOT_DIR/RGBNT201/train_171).
+_C.DATASETS.ROOT_DIR = "./datasets"
+# Synthetic benchmark (written in the RGBNT201 layout under ROOT_DIR on first use).
+_C.DATASETS.SYNTHETIC = CN()
+_C.DATASETS.SYNTHETIC.NUM_TRAIN_IDS = 48
+_C.DATASETS.SYNTHETIC.NUM_TEST_IDS = 24
+_C.DATASETS.SYNTHETIC.IMAGES_PER_ID = 8
+_C.DATASETS.SYNTHETIC.NUM_CAMERAS = 3
+# [H, W] of the generated images.
+_C.DATASETS.SYNTHETIC.SIZE = [64, 32]
+_C.DATASETS.SYNTHETIC.SEED = 0
+
+# ---------------------------------------------------------------------------------------------------
+# DATALOADER
+# ---------------------------------------------------------------------------------------------------
+_C.DATALOADER = CN()
+_C.DATALOADER.NUM_WORKERS = 4
+# K: instances per identity in a P x K batch.
+_C.DATALOADER.NUM_INSTANCE = 8
+
+# ---------------------------------------------------------------------------------------------------
+# SOLVER
+# ---------------------------------------------------------------------------------------------------
+_C.SOLVER = CN()
+_C.SOLVER.OPTIMIZER_NAME = "Adam"
+_C.SOLVER.MAX_EPOCHS = 50
+_C.SOLVER.BASE_LR = 3.5e-4
+# Bias parameters: LR x BIAS_LR_FACTOR and WEIGHT_DECAY_BIAS.
+_C.SOLVER.BIAS_LR_FACTOR = 2.0
+_C.SOLVER.WEIGHT_DECAY = 1e-4
+_C.SOLVER.WEIGHT_DECAY_BIAS = 1e-4
+_C.SOLVER.MOMENTUM = 0.9
+# Backbone LR: a fixed value for a CLIP backbone (BACKBONE_LR), a factor of BASE_LR otherwise.
+_C.SOLVER.BACKBONE_LR = 5e-6
+_C.SOLVER.BACKBONE_LR_FACTOR = 0.8
+# Classifier LR factor (the official MSVR310 recipe uses 100).
+_C.SOLVER.CLASSIFIER_LR_FACTOR = 1.0
+# Margin of the triplet loss when MODEL.NO_MARGIN is False.
+_C.SOLVER.MARGIN = 0.3
+# 'cosine' (timm CosineLRScheduler) or 'multistep'.
+_C.SOLVER.SCHEDULER = "cosine"
+# Warmup length in epochs; warmup starts at WARMUP_FACTOR x BASE_LR.
+_C.SOLVER.WARMUP_ITERS = 10
+_C.SOLVER.WARMUP_FACTOR = 0.1
+# Cosine floor as a fraction of BASE_LR.
+_C.SOLVER.MIN_LR_FACTOR = 0.001
+# LR noise of the cosine schedule (timm): noise is applied in the epoch range given as fractions of
+# MAX_EPOCHS ([start] or [start, end]); empty = no noise. The official recipe passes pct 0.67, std 1,
+# seed 42 with no range, so its schedule is noise-free; set e.g. [0.5] to switch noise on.
+_C.SOLVER.LR_NOISE_RANGE = []
+_C.SOLVER.LR_NOISE_PCT = 0.67
+_C.SOLVER.LR_NOISE_STD = 1.0
+_C.SOLVER.LR_NOISE_SEED = 42
+# Multi-step schedule.
+_C.SOLVER.STEPS = [40, 70]
+_C.SOLVER.GAMMA = 0.1
+# Automatic mixed precision on CUDA ('bf16', 'fp16' or 'none'); CPU always trains in fp32.
+_C.SOLVER.AMP = "fp16"
+_C.SOLVER.SEED = 1234
+# Make CPU / cuDNN algorithms deterministic (two runs give identical weights).
+_C.SOLVER.DETERMINISTIC = False
+_C.SOLVER.LOG_PERIOD = 10
+_C.SOLVER.EVAL_PERIOD = 1
+# Save a numbered checkpoint every N epochs (0: only last and best).
+_C.SOLVER.CHECKPOINT_PERIOD = 0
+# Total batch size (P x K).
+_C.SOLVER.IMS_PER_BATCH = 64
+
+# ---------------------------------------------------------------------------------------------------
+# TEST
+# ---------------------------------------------------------------------------------------------------
+_C.TEST = CN()
+_C.TEST.IMS_PER_BATCH = 128
+# Checkpoint evaluated by test.py.
+_C.TEST.WEIGHT = ""
+# k-reciprocal re-ranking and its parameters.
+_C.TEST.RE_RANKING = False
+_C.TEST.RE_RANKING_K1 = 20
+_C.TEST.RE_RANKING_K2 = 6
+_C.TEST.RE_RANKING_LAMBDA = 0.3
+# L2-normalise the test feature.
+_C.TEST.FEAT_NORM = True
+# Missing-modality evaluation: '' (none) or one of r, n, t, rn, rt, nt (those inputs are zeroed).
+_C.TEST.MISS = ""
+# Evaluate the untrained model before training (prints the "before" figure).
+_C.TEST.EVAL_BEFORE_TRAIN = False
+
+_C.OUTPUT_DIR = "./output"
+
+
+def get_cfg():
+    """Return a fresh, mutable copy of the default configuration."""
+    return _C.clone()

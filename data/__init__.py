@@ -1,0 +1,99 @@
+"""Data: benchmark parsers, the synthetic benchmark, transforms, the P x K sampler and the loaders.
+
+Batches are dicts: ``{'RGB', 'NI', 'TI'}`` image tensors [B, 3, H, W] plus ``pid``, ``camid``,
+``sceneid`` and ``index`` (position of the sample in its split, for looking up paths).
+"""
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+
+from utils import comm
+
+from .datasets import MODALITIES, DatasetError, build_dataset
+from .samplers import IdentitySampler
+from .transforms import build_transforms
+
+
+def read_image(path):
+    """Open an image as RGB; an unreadable or missing file is a DatasetError naming the file."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise DatasetError(f"cannot read image {path}: {e}") from None
+
+
+class MultiModalImageDataset(Dataset):
+    def __init__(self, samples, transform, tiled=False):
+        self.samples = samples
+        self.transform = transform
+        self.tiled = tiled
+
+    def __len__(self):
+        return len(self.samples)
+
+    def load(self, index):
+        """The sample's three PIL images, keyed by modality."""
+        s = self.samples[index]
+        if self.tiled:
+            img = read_image(s.paths[0])
+            w, h = img.size
+            if w % 3:
+                raise DatasetError(f"{s.paths[0]}: width {w} is not three side-by-side tiles (RGB | NI | TI)")
+            t = w // 3
+            return {m: img.crop((i * t, 0, (i + 1) * t, h)) for i, m in enumerate(MODALITIES)}
+        return {m: read_image(p) for m, p in zip(MODALITIES, s.paths)}
+
+    def __getitem__(self, index):
+        s = self.samples[index]
+        item = self.transform(self.load(index))
+        item.update(pid=s.pid, camid=s.camid, sceneid=s.sceneid, index=index)
+        return item
+
+
+def _worker_kwargs(cfg):
+    workers = cfg.DATALOADER.NUM_WORKERS
+    return dict(num_workers=workers, pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
+
+
+def build_test_loader(cfg, query, gallery, gallery_is_query, tiled):
+    """Loader over query (+ gallery unless the benchmark evaluates with gallery = query)."""
+    samples = list(query) if gallery_is_query else list(query) + list(gallery)
+    ds = MultiModalImageDataset(samples, build_transforms(cfg, train=False), tiled)
+    return DataLoader(ds, batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False, **_worker_kwargs(cfg))
+
+
+def build_dataloaders(cfg):
+    """Returns ``train_loader, test_loader, num_query, num_classes, num_cameras``.
+
+    ``test_loader`` iterates the query samples first, then the gallery; when its dataset has exactly
+    ``num_query`` samples the gallery is the query set itself (RGBNT201 protocol).
+    """
+    dataset = build_dataset(cfg)
+    world = comm.get_world_size()
+    train_set = MultiModalImageDataset(dataset.train, build_transforms(cfg, train=True), dataset.tiled)
+    sampler = IdentitySampler([s.pid for s in dataset.train], cfg.SOLVER.IMS_PER_BATCH,
+                              cfg.DATALOADER.NUM_INSTANCE, seed=cfg.SOLVER.SEED,
+                              num_replicas=world, rank=comm.get_rank())
+    generator = torch.Generator()
+    generator.manual_seed(cfg.SOLVER.SEED + comm.get_rank())
+    train_loader = DataLoader(train_set, batch_size=cfg.SOLVER.IMS_PER_BATCH // world, sampler=sampler,
+                              drop_last=True, generator=generator, worker_init_fn=_seed_worker,
+                              **_worker_kwargs(cfg))
+    test_loader = build_test_loader(cfg, dataset.query, dataset.gallery, dataset.gallery_is_query, dataset.tiled)
+    test_loader.dataset.gallery_is_query = dataset.gallery_is_query
+    train_loader.reid_dataset = test_loader.reid_dataset = dataset
+    return train_loader, test_loader, len(dataset.query), dataset.num_train_pids, dataset.num_cameras
+
+
+def _seed_worker(worker_id):
+    import random
+
+    import numpy as np
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+__all__ = ["build_dataloaders", "build_dataset", "build_test_loader", "DatasetError", "MODALITIES",
+           "MultiModalImageDataset", "IdentitySampler", "read_image"]

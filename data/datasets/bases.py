@@ -1,0 +1,89 @@
+"""Dataset records and the checks every parser shares.
+
+A sample is ``Sample(paths, pid, camid, sceneid)``: ``paths`` holds one file per modality (RGB, NI, TI)
+or, for datasets that store the three modalities side by side in one image, the same file three times
+with ``tiled=True`` on the dataset.
+"""
+import os
+from dataclasses import dataclass
+from typing import List, Tuple
+
+MODALITIES = ("RGB", "NI", "TI")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+@dataclass(frozen=True)
+class Sample:
+    paths: Tuple[str, str, str]
+    pid: int
+    camid: int
+    sceneid: int = 0
+
+
+class DatasetError(RuntimeError):
+    """Bad data on disk: a missing folder or file, a name that does not parse, an empty split."""
+
+
+def list_images(folder):
+    """Sorted image file names in ``folder``; a missing folder is a DatasetError."""
+    if not os.path.isdir(folder):
+        raise DatasetError(f"missing folder: {folder}")
+    return sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTS))
+
+
+def require_dir(path, what):
+    if not os.path.isdir(path):
+        raise DatasetError(f"missing {what} folder: {path}")
+
+
+def require_file(path, what):
+    if not os.path.isfile(path):
+        raise DatasetError(f"missing {what} file: {path} (every sample needs RGB, NI and TI images)")
+
+
+def require_nonempty(samples, split, folder):
+    if not samples:
+        raise DatasetError(f"empty split '{split}': no images found under {folder}")
+
+
+def relabel(samples: List[Sample]) -> List[Sample]:
+    """Map identities to 0..N-1 in sorted order of the original ids (deterministic)."""
+    pids = sorted({s.pid for s in samples})
+    mapping = {pid: i for i, pid in enumerate(pids)}
+    return [Sample(s.paths, mapping[s.pid], s.camid, s.sceneid) for s in samples]
+
+
+class ReIDDataset:
+    """Train / query / gallery sample lists of one benchmark.
+
+    Attributes:
+        train, query, gallery: lists of ``Sample``; train identities are relabelled to 0..N-1.
+        gallery_is_query: the benchmark evaluates with query = gallery (RGBNT201).
+        tiled: each file holds the three modalities side by side (RGBNT100).
+    """
+
+    name = "base"
+    tiled = False
+    gallery_is_query = False
+
+    def __init__(self, train, query, gallery):
+        self.train = relabel(train)
+        self.query = query
+        self.gallery = gallery
+
+    @property
+    def num_train_pids(self):
+        return len({s.pid for s in self.train})
+
+    @property
+    def num_cameras(self):
+        return 1 + max(s.camid for s in self.train + self.query + self.gallery)
+
+    def summary(self):
+        rows = [("train", self.train), ("query", self.query), ("gallery", self.gallery)]
+        lines = [f"Dataset {self.name}:", "  subset   | # ids | # samples | # cameras",
+                 "  ---------|-------|-----------|----------"]
+        for split, samples in rows:
+            lines.append(f"  {split:<8} | {len({s.pid for s in samples}):5d} | {len(samples):9d} | "
+                         f"{len({s.camid for s in samples}):9d}")
+        return "\n".join(lines)

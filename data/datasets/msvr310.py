@@ -1,0 +1,47 @@
+"""MSVR310 (Zheng et al., 2022): vehicles in RGB (vis), near-infrared (ni) and thermal (th).
+
+Layout: ``MSVR310/{bounding_box_train,query3,bounding_box_test}/VID/{vis,ni,th}/NAME.jpg``.
+``0001_s001_v2_....jpg``: id = chars 0-3, scene = chars 6-8, camera = char 11 (0..7). Evaluation removes
+gallery samples of the same id and the same scene.
+"""
+import os
+import re
+
+from .bases import DatasetError, ReIDDataset, Sample, list_images, require_dir, require_file, require_nonempty
+
+_NAME = re.compile(r"^\d{4}_s\d{3}_v[0-7]")
+_SUBDIRS = ("vis", "ni", "th")
+
+
+def parse_msvr310_name(path):
+    name = os.path.basename(path)
+    if not _NAME.match(name):
+        raise DatasetError(f"cannot parse file name {path}: expected '<4-digit id>_s<3-digit scene>_v<camera 0-7>_...'")
+    return int(name[0:4]), int(name[11]), int(name[6:9])
+
+
+def read_vehicle_folders(folder, split):
+    require_dir(folder, split)
+    samples = []
+    for vid in sorted(os.listdir(folder)):
+        vdir = os.path.join(folder, vid)
+        if not os.path.isdir(vdir):
+            continue
+        for name in list_images(os.path.join(vdir, _SUBDIRS[0])):
+            paths = tuple(os.path.join(vdir, sub, name) for sub in _SUBDIRS)
+            for sub, p in zip(_SUBDIRS, paths):
+                require_file(p, sub)
+            pid, camid, sceneid = parse_msvr310_name(paths[0])
+            samples.append(Sample(paths, pid, camid, sceneid))
+    require_nonempty(samples, split, folder)
+    return samples
+
+
+class MSVR310(ReIDDataset):
+    name = "MSVR310"
+
+    def __init__(self, root):
+        base = os.path.join(root, "MSVR310")
+        super().__init__(read_vehicle_folders(os.path.join(base, "bounding_box_train"), "train"),
+                         read_vehicle_folders(os.path.join(base, "query3"), "query"),
+                         read_vehicle_folders(os.path.join(base, "bounding_box_test"), "gallery"))

@@ -1,0 +1,45 @@
+"""RGBNT201 (Zheng et al., AAAI 2021): 201 people seen by RGB, near-infrared and thermal cameras.
+
+Layout: ``RGBNT201/{train_171,test}/{RGB,NI,TI}/NAME.jpg``; the same NAME in the three folders is one
+sample. ``000123_cam2_....jpg``: id = first six digits, camera = the digit after ``cam`` (1-based).
+Evaluation uses query = gallery = the test folder.
+"""
+import os
+import re
+
+from .bases import MODALITIES, DatasetError, ReIDDataset, Sample, list_images, require_file, require_nonempty
+
+_NAME = re.compile(r"^(\d{6})_cam(\d+)")
+
+
+def parse_rgbnt201_name(path):
+    name = os.path.basename(path)
+    m = _NAME.match(name)
+    if not m or int(m.group(2)) < 1:
+        raise DatasetError(f"cannot parse file name {path}: expected '<6-digit id>_cam<N>_...' with N >= 1")
+    return int(m.group(1)), int(m.group(2)) - 1
+
+
+def read_modality_folders(folder, split):
+    """Samples of a folder holding RGB/NI/TI sub-folders with matching file names."""
+    names = list_images(os.path.join(folder, MODALITIES[0]))
+    samples = []
+    for name in names:
+        paths = tuple(os.path.join(folder, m, name) for m in MODALITIES)
+        for m, p in zip(MODALITIES, paths):
+            require_file(p, m)
+        pid, camid = parse_rgbnt201_name(paths[0])
+        samples.append(Sample(paths, pid, camid))
+    require_nonempty(samples, split, folder)
+    return samples
+
+
+class RGBNT201(ReIDDataset):
+    name = "RGBNT201"
+    gallery_is_query = True
+
+    def __init__(self, root):
+        base = os.path.join(root, "RGBNT201")
+        train = read_modality_folders(os.path.join(base, "train_171"), "train")
+        test = read_modality_folders(os.path.join(base, "test"), "test")
+        super().__init__(train, test, test)

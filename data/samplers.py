@@ -1,0 +1,60 @@
+"""P x K identity sampler: each batch holds P identities with K instances each.
+
+One shared-seed stream of batches is drawn per epoch (seed + epoch); with ``num_replicas`` > 1 each
+rank takes its own slice of identities from every global batch, so ranks see disjoint samples.
+"""
+import numpy as np
+from torch.utils.data import Sampler
+
+
+class IdentitySampler(Sampler):
+    def __init__(self, pids, batch_size, num_instances, seed=0, num_replicas=1, rank=0):
+        if batch_size % num_instances:
+            raise ValueError(f"batch size {batch_size} must be a multiple of num_instances {num_instances}")
+        self.pids = np.asarray(pids)
+        self.num_instances = num_instances
+        self.num_pids_per_batch = batch_size // num_instances
+        if self.num_pids_per_batch % num_replicas:
+            raise ValueError(f"identities per batch ({self.num_pids_per_batch}) must divide among "
+                             f"{num_replicas} processes")
+        self.index_dic = {}
+        for idx, pid in enumerate(self.pids.tolist()):
+            self.index_dic.setdefault(pid, []).append(idx)
+        self.unique_pids = sorted(self.index_dic)
+        if len(self.unique_pids) < self.num_pids_per_batch:
+            raise ValueError(f"a batch needs {self.num_pids_per_batch} identities but the training set has "
+                             f"only {len(self.unique_pids)}; lower SOLVER.IMS_PER_BATCH")
+        self.seed, self.epoch = seed, 0
+        self.num_replicas, self.rank = num_replicas, rank
+        self._length = len(self._global_batches()) * batch_size // num_replicas
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def _global_batches(self):
+        rng = np.random.default_rng(self.seed + self.epoch)
+        chunks = {}
+        for pid in self.unique_pids:
+            idxs = np.array(self.index_dic[pid])
+            if len(idxs) < self.num_instances:
+                idxs = rng.choice(idxs, size=self.num_instances, replace=True)
+            idxs = rng.permutation(idxs)
+            n = len(idxs) // self.num_instances
+            chunks[pid] = [idxs[i * self.num_instances:(i + 1) * self.num_instances].tolist() for i in range(n)]
+        avail = [pid for pid in self.unique_pids if chunks[pid]]
+        batches = []
+        while len(avail) >= self.num_pids_per_batch:
+            chosen = rng.choice(len(avail), size=self.num_pids_per_batch, replace=False)
+            batch = [chunks[avail[c]].pop(0) for c in chosen]
+            batches.append(batch)
+            avail = [pid for pid in avail if chunks[pid]]
+        return batches
+
+    def __iter__(self):
+        per_rank = self.num_pids_per_batch // self.num_replicas
+        for batch in self._global_batches():
+            for group in batch[self.rank * per_rank:(self.rank + 1) * per_rank]:
+                yield from group
+
+    def __len__(self):
+        return self._length

@@ -1,0 +1,80 @@
+"""The ViT encoder shared by the three modalities (timm VisionTransformer + SIE camera embedding).
+
+Variants:
+  * ``ViT-B-16``: the CLIP ViT-B/16 visual tower (pre-norm, QuickGELU); its final LayerNorm and
+    projection are applied to every token, giving 512-d class and patch tokens.
+  * ``vit_base_patch16_224``: ImageNet ViT-B/16, 768-d tokens, no projection.
+  * ``vit_custom``: a small CLIP-style ViT trained from scratch (demo, tests).
+"""
+from functools import partial
+
+import timm
+import torch
+import torch.nn as nn
+from timm.layers import trunc_normal_
+from timm.models.vision_transformer import VisionTransformer
+
+
+def create_vit(name, img_size, drop_path=0.0, drop=0.0, attn_drop=0.0, custom=None):
+    """Build the timm VisionTransformer for ``name`` at input size ``img_size`` = (H, W)."""
+    common = dict(img_size=tuple(img_size), drop_path_rate=drop_path, drop_rate=drop, attn_drop_rate=attn_drop)
+    if name == "ViT-B-16":
+        vit = timm.create_model("vit_base_patch16_clip_quickgelu_224", pretrained=False, num_classes=0, **common)
+        vit.head = nn.Linear(vit.embed_dim, 512, bias=False)
+    elif name == "vit_base_patch16_224":
+        vit = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0, **common)
+    elif name == "vit_custom":
+        c = custom
+        vit = VisionTransformer(patch_size=c["PATCH_SIZE"], embed_dim=c["EMBED_DIM"], depth=c["DEPTH"],
+                                num_heads=c["NUM_HEADS"], pre_norm=True, num_classes=0, act_layer="quick_gelu",
+                                norm_layer=partial(nn.LayerNorm, eps=1e-5), **common)
+        if c["OUT_DIM"]:
+            vit.head = nn.Linear(vit.embed_dim, c["OUT_DIM"], bias=False)
+    else:
+        raise ValueError(f"MODEL.TRANSFORMER_TYPE: unknown backbone {name!r}")
+    return vit
+
+
+class ViTBackbone(nn.Module):
+    """Encodes one image batch into class and patch tokens.
+
+    The SIE camera embedding (a learned ``[num_cameras, 1, width]`` table, scaled by ``sie_coe``) is added
+    to the class token before the position embedding. The final norm and ``vit.head`` (CLIP projection
+    or identity) are applied to every token.
+
+    Args:
+        vit: a timm VisionTransformer with a class token and ``num_classes=0`` (head = projection or Identity).
+        num_cameras: rows of the camera table; 0 disables SIE.
+        sie_coe: scale of the camera embedding.
+    """
+
+    def __init__(self, vit: VisionTransformer, num_cameras: int = 0, sie_coe: float = 1.0):
+        super().__init__()
+        self.vit = vit
+        self.grid = tuple(vit.patch_embed.grid_size)
+        self.out_dim = vit.head.out_features if isinstance(vit.head, nn.Linear) else vit.embed_dim
+        self.sie_coe = sie_coe
+        if num_cameras > 0:
+            self.cam_embed = nn.Parameter(torch.zeros(num_cameras, 1, vit.embed_dim))
+            trunc_normal_(self.cam_embed, std=0.02)
+        else:
+            self.cam_embed = None
+
+    def set_fused_attn(self, enabled: bool):
+        for blk in self.vit.blocks:
+            blk.attn.fused_attn = enabled
+
+    def forward(self, x, cam_label=None):
+        """x: [B, 3, H, W] -> (class token [B, D], patch tokens [B, N, D])."""
+        v = self.vit
+        x = v.patch_embed(x)
+        cls = v.cls_token.expand(x.shape[0], -1, -1)
+        if self.cam_embed is not None:
+            if cam_label is None:
+                raise ValueError("cam_label is required: the model uses the SIE camera embedding "
+                                 "(MODEL.SIE_CAMERA)")
+            cls = cls + self.sie_coe * self.cam_embed[cam_label]
+        x = torch.cat([cls, x], dim=1) + v.pos_embed
+        x = v.norm_pre(v.pos_drop(x))
+        x = v.head(v.norm(v.blocks(x)))
+        return x[:, 0], x[:, 1:]

@@ -1,0 +1,135 @@
+"""Loading weights: pretrained backbones, our own checkpoints and the official Signal checkpoint.
+
+Every loader reports what it could not place; a checkpoint that does not fit the architecture is an
+error that lists the mismatched keys.
+"""
+import logging
+import os
+import re
+import zipfile
+
+import torch
+from timm.models.vision_transformer import checkpoint_filter_fn
+
+logger = logging.getLogger("signal.weights")
+
+
+class WeightsError(RuntimeError):
+    pass
+
+
+def read_checkpoint(path):
+    """A state dict from ``path``: a TorchScript archive (OpenAI CLIP) or a torch.save file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file not found: {path}")
+    is_script = False
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            is_script = any(n.endswith("constants.pkl") for n in z.namelist())
+    try:
+        if is_script:
+            return torch.jit.load(path, map_location="cpu").state_dict()
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any reader failure becomes one clear message
+        raise WeightsError(f"cannot read weights file {path}: {e}") from None
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{path}: expected a state dict, got {type(obj).__name__}")
+    return obj
+
+
+def _check_and_load(module, state, path, what, ignore_missing=()):
+    own = module.state_dict()
+    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    unexpected = sorted(k for k in state if k not in own)
+    missing = sorted(k for k in own if k not in state and not any(re.fullmatch(p, k) for p in ignore_missing))
+    if mismatched or unexpected or missing:
+        lines = [f"{path} does not fit the {what}:"]
+        lines += [f"  shape mismatch  {m}" for m in mismatched]
+        lines += [f"  unexpected key  {k}" for k in unexpected]
+        lines += [f"  missing key     {k}" for k in missing]
+        raise WeightsError("\n".join(lines))
+    own_dtypes = {k: v.dtype for k, v in own.items()}
+    state = {k: v.to(own_dtypes[k]) if v.is_floating_point() else v for k, v in state.items()}
+    module.load_state_dict(state, strict=False)
+
+
+def convert_backbone_state(state, vit):
+    """OpenAI CLIP (``visual.*``) or timm ViT state dict -> the timm ``vit`` state dict (float32, position
+    embedding resized bilinearly, align_corners=False, no antialias)."""
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    if "visual.class_embedding" in state:
+        state = {k: v for k, v in state.items() if k.startswith("visual.")}
+    out = checkpoint_filter_fn(state, vit, interpolation="bilinear", antialias=False)
+    own = vit.state_dict()
+    if "head.bias" not in own:
+        out.pop("head.bias", None)
+    if "head.weight" not in own:  # ImageNet classifier of a timm checkpoint
+        out.pop("head.weight", None)
+        out.pop("head.bias", None)
+    return out
+
+
+def load_pretrained_backbone(backbone, path):
+    """Load pretrained weights into ``backbone.vit``; the camera table stays randomly initialised."""
+    state = convert_backbone_state(read_checkpoint(path), backbone.vit)
+    _check_and_load(backbone.vit, state, path, "backbone")
+    logger.info("Loaded pretrained backbone weights from %s (%d tensors)", path, len(state))
+
+
+# Official Signal checkpoint -> our names. W_v of the token selection exists there but is never used.
+_OFFICIAL_RENAMES = [
+    (r"^clip_vision_encoder\.cv_embed$", "backbone.cam_embed"),
+    (r"^SIM\.token_selection\.(W_q|W_k)\.", r"sim.selection.\1."),
+    (r"^SIM\.modal_interactive\.", "sim.interaction."),
+    (r"^classifier_var\.", "classifier_sim."),
+    (r"^bottleneck_var\.", "bottleneck_sim."),
+    (r"^AlignM\.contra_temp$", "gam.temperature"),
+    (r"^AlignM\.DAS_r\.", "lam.samplers.RGB."),
+    (r"^AlignM\.DAS_n\.", "lam.samplers.NI."),
+    (r"^AlignM\.DAS_t\.", "lam.samplers.TI."),
+    (r"^classifier_r\.", "classifiers.RGB."), (r"^classifier_n\.", "classifiers.NI."),
+    (r"^classifier_t\.", "classifiers.TI."),
+    (r"^bottleneck_r\.", "bottlenecks.RGB."), (r"^bottleneck_n\.", "bottlenecks.NI."),
+    (r"^bottleneck_t\.", "bottlenecks.TI."),
+]
+_OFFICIAL_UNUSED = re.compile(r"^SIM\.token_selection\.W_v\.")
+
+
+def is_official_checkpoint(state):
+    return any(k.startswith("clip_vision_encoder.") for k in state)
+
+
+def convert_official_state(state, model):
+    """The official Signal checkpoint (CLIP tower in OpenAI naming, fp16 weights) -> our state dict."""
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    prefix = "clip_vision_encoder.base."
+    visual = {"visual." + k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    out = {"backbone.vit." + k: v for k, v in convert_backbone_state(visual, model.backbone.vit).items()}
+    for k, v in state.items():
+        if k.startswith(prefix) or _OFFICIAL_UNUSED.match(k):
+            continue
+        new = k
+        for pattern, repl in _OFFICIAL_RENAMES:
+            new = re.sub(pattern, repl, new)
+        out[new] = v.float() if v.is_floating_point() else v
+    return out
+
+
+def load_weights(model, path):
+    """Load a full-model checkpoint into ``model``: our training checkpoint (``{'model': ...}``), a plain
+    state dict of our model, or the official Signal checkpoint. Raises WeightsError listing every key
+    that does not fit."""
+    state = read_checkpoint(path)
+    if "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if is_official_checkpoint(state):
+        state = convert_official_state(state, model)
+        logger.info("Converted the official Signal checkpoint layout of %s", path)
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    _check_and_load(model, state, path, "model", ignore_missing=(r".*num_batches_tracked",))
+    logger.info("Loaded model weights from %s", path)
+    return model

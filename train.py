@@ -1,0 +1,59 @@
+"""Train Signal: python train.py --config_file configs/RGBNT201/Signal.yml [KEY VALUE ...] [--resume]"""
+import os
+
+import torch
+
+from data import build_dataloaders
+from engine import do_train, evaluate_model, format_metrics, resume_from
+from engine.setup import default_setup, parse_args
+from layers import build_loss
+from modeling import build_model
+from solver import build_optimizer, build_scheduler
+from utils import comm
+from utils.checkpoint import atomic_write_json
+
+
+def main():
+    args = parse_args("Train Signal for multi-modal object ReID")
+    cfg, logger, device = default_setup(args, "train_log.txt")
+    train_loader, test_loader, num_query, num_classes, num_cameras = build_dataloaders(cfg)
+    logger.info("\n%s", train_loader.reid_dataset.summary())
+    model = build_model(cfg, num_classes, num_cameras).to(device)
+    logger.info("Model: %s, %.2fM parameters, test feature %d-d", cfg.MODEL.TRANSFORMER_TYPE,
+                sum(p.numel() for p in model.parameters()) / 1e6, model.feat_dim)
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_scheduler(cfg, optimizer)
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg.SOLVER.AMP == "fp16" else None
+    loss_fn = build_loss(cfg)
+    start_epoch, best, summary = 1, None, {}
+    last = os.path.join(cfg.OUTPUT_DIR, "last.pth")
+    if args.resume:
+        if not os.path.isfile(last):
+            raise FileNotFoundError(f"--resume: no checkpoint at {last}")
+        start_epoch, best = resume_from(last, model, optimizer, scheduler, scaler)
+    if comm.get_world_size() > 1:
+        if device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.TEST.EVAL_BEFORE_TRAIN and start_epoch == 1 and comm.is_main_process():
+        before, _ = evaluate_model(cfg, model.module if hasattr(model, "module") else model, test_loader,
+                                   num_query, device)
+        logger.info("Before training: %s", format_metrics(before))
+        summary["before_training"] = before
+    records, best = do_train(cfg, model, train_loader, test_loader, num_query, optimizer, scheduler, loss_fn,
+                             device, scaler=scaler, start_epoch=start_epoch, best=best)
+    if comm.is_main_process():
+        evaluated = [r for r in records if "mAP" in r]
+        if evaluated:
+            last_rec = evaluated[-1]
+            logger.info("Last epoch (%d): %s", last_rec["epoch"], format_metrics(last_rec))
+            summary["last_epoch"] = last_rec
+        if best and best.get("epoch"):
+            logger.info("Best epoch (%d): %s", best["epoch"], format_metrics(best))
+            summary["best"] = best
+        atomic_write_json(summary, os.path.join(cfg.OUTPUT_DIR, "summary.json"))
+
+
+if __name__ == "__main__":
+    main()
