@@ -27,6 +27,10 @@ class TokenSelection(nn.Module):
         self.topk = topk
         self.W_q = nn.Linear(dim, dim)
         self.W_k = nn.Linear(dim, dim)
+        # The projections only feed a top-k, which passes no gradient: they keep their initial (or loaded)
+        # values, exactly as in the official code. Frozen so that optimizers and checks see it.
+        self.W_q.requires_grad_(False)
+        self.W_k.requires_grad_(False)
         others = [[u for u in range(num_modalities) if u != m] for m in range(num_modalities)]
         self.register_buffer("others", torch.tensor(others, dtype=torch.long), persistent=False)
 

@@ -1,0 +1,78 @@
+import glob
+import os
+
+import pytest
+
+from config import get_cfg, load_config
+from modeling import build_model
+
+from .conftest import ROOT
+
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yml"), recursive=True))
+
+
+def test_configs_exist():
+    names = {os.path.relpath(p, os.path.join(ROOT, "configs")) for p in CONFIGS}
+    for required in ("RGBNT201/Signal.yml", "RGBNT201/baseline.yml", "RGBNT201/SIM.yml", "RGBNT201/SIM_GAM.yml",
+                     "RGBNT100/Signal.yml", "MSVR310/Signal.yml", "Synthetic/demo.yml"):
+        assert required in names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
+def test_every_config_merges_and_builds(path):
+    cfg = load_config(path, ["MODEL.PRETRAIN_PATH", ""])
+    model = build_model(cfg, num_classes=5, num_cameras=4)
+    h, w = cfg.INPUT.SIZE_TRAIN
+    p = model.backbone.vit.patch_embed.patch_size[0]
+    assert model.backbone.grid == (h // p, w // p)
+    assert (model.sim is not None) == cfg.MODEL.USE_SIM
+    assert (model.gam is not None) == cfg.MODEL.USE_GAM
+    assert (model.lam is not None) == cfg.MODEL.USE_LAM
+
+
+def test_ablation_configs_differ_only_in_module_switches():
+    cfgs = {n: load_config(os.path.join(ROOT, "configs/RGBNT201", n + ".yml"))
+            for n in ("baseline", "SIM", "SIM_GAM", "Signal")}
+    flags = {n: (c.MODEL.USE_SIM, c.MODEL.USE_GAM, c.MODEL.USE_LAM) for n, c in cfgs.items()}
+    assert flags == {"baseline": (False, False, False), "SIM": (True, False, False),
+                     "SIM_GAM": (True, True, False), "Signal": (True, True, True)}
+    a, b = cfgs["baseline"].clone(), cfgs["Signal"].clone()
+    for c in (a, b):
+        c.defrost()
+        c.MODEL.USE_SIM = c.MODEL.USE_GAM = c.MODEL.USE_LAM = True
+        c.OUTPUT_DIR = ""
+    assert a.dump() == b.dump()
+
+
+def test_yes_no_and_overrides():
+    cfg = load_config("", ["TEST.RE_RANKING", "yes", "TEST.MISS", "rn", "SOLVER.BASE_LR", "1e-3",
+                           "INPUT.SIZE_TRAIN", "[128,256]"])
+    assert cfg.TEST.RE_RANKING is True and cfg.TEST.MISS == "rn"
+    assert cfg.SOLVER.BASE_LR == pytest.approx(1e-3) and cfg.INPUT.SIZE_TRAIN == [128, 256]
+    assert load_config("", ["TEST.MISS", "nothing"]).TEST.MISS == ""
+
+
+@pytest.mark.parametrize("opts,match", [
+    (["MODEL.NOT_A_KEY", "1"], "unknown config key 'MODEL.NOT_A_KEY'"),
+    (["TEST.RE_RANKING", "maybe"], "TEST.RE_RANKING expects yes/no"),
+    (["TEST.MISS", "x"], "TEST.MISS must be one of"),
+    (["SOLVER.BASE_LR", "fast"], "SOLVER.BASE_LR expects a float"),
+    (["MODEL.LAM_OFFSET_CHANNELS", "3"], "LAM_OFFSET_CHANNELS"),
+    (["SOLVER.IMS_PER_BATCH", "30", "DATALOADER.NUM_INSTANCE", "4"], "multiple of"),
+])
+def test_bad_values_are_clear_errors(opts, match):
+    with pytest.raises((KeyError, ValueError), match=match):
+        load_config("", opts)
+
+
+def test_bad_yaml_names_the_file(tmp_path):
+    p = tmp_path / "bad.yml"
+    p.write_text("MODEL:\n  TOPKK: 3\n")
+    with pytest.raises(KeyError, match=str(p)):
+        load_config(str(p))
+
+
+def test_get_cfg_returns_fresh_clone():
+    a = get_cfg()
+    a.MODEL.TOPK = 1
+    assert get_cfg().MODEL.TOPK == 80
