@@ -67,9 +67,10 @@ def re_ranking(q_feat, g_feat, k1=20, k2=6, lambda_value=0.3, device=None, chunk
     nnz = max(int((V[:nq] != 0).sum(1).max().item()), 1)
     step = max(1, int(5e7 // (nnz * max(N - nq, 1))))
     for s in range(0, nq, step):
-        vals, idx = V[s: s + step].topk(nnz, dim=1)          # non-zero entries (padded with zeros)
+        e = min(s + step, nq)
+        vals, idx = V[s:e].topk(nnz, dim=1)                  # non-zero entries (padded with zeros)
         tmin = torch.minimum(vals.unsqueeze(-1), VgT[idx]).sum(1)
-        jaccard[s: s + step] = 1 - tmin / (2 - tmin)
+        jaccard[s:e] = 1 - tmin / (2 - tmin)
     final = jaccard * (1 - lambda_value) + dist[:nq, nq:] * lambda_value
     return final.cpu().numpy()
 

@@ -1,0 +1,195 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from data import DatasetError, IdentitySampler, MultiModalImageDataset, build_dataloaders
+from data.datasets import MSVR310, RGBNT100, RGBNT201, write_synthetic
+from data.transforms import MultiModalTransform
+
+KW = dict(num_train_ids=4, num_test_ids=3, images_per_id=4, num_cameras=2, size=(32, 16))
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory):
+    roots = {}
+    for layout in ("RGBNT201", "RGBNT100", "MSVR310"):
+        roots[layout] = write_synthetic(str(tmp_path_factory.mktemp(layout)), layout, **KW)
+    return roots
+
+
+def test_rgbnt201_parser(layouts):
+    ds = RGBNT201(layouts["RGBNT201"])
+    assert len(ds.train) == 16 and len(ds.query) == 12 and ds.gallery is ds.query and ds.gallery_is_query
+    assert sorted({s.pid for s in ds.train}) == [0, 1, 2, 3]         # relabelled
+    assert {s.pid for s in ds.query} == {5, 6, 7}                    # original ids from the names
+    assert {s.camid for s in ds.train} == {0, 1}                     # 0-based
+    s = ds.train[0]
+    assert [os.path.basename(os.path.dirname(p)) for p in s.paths] == ["RGB", "NI", "TI"]
+    assert len({os.path.basename(p) for p in s.paths}) == 1
+
+
+def test_rgbnt100_parser(layouts):
+    ds = RGBNT100(layouts["RGBNT100"])
+    assert ds.tiled and len(ds.train) == 16 and len(ds.query) == 6 and len(ds.gallery) == 6
+    item = MultiModalImageDataset(ds.query, MultiModalTransform((32, 16), False, [0.5] * 3, [0.5] * 3), True)[0]
+    assert item["RGB"].shape == (3, 32, 16)
+    assert not torch.allclose(item["RGB"], item["TI"])               # the three tiles differ
+
+
+def test_msvr310_parser(layouts):
+    ds = MSVR310(layouts["MSVR310"])
+    assert len(ds.train) == 16 and len(ds.query) == 6 and len(ds.gallery) == 6
+    assert {s.sceneid for s in ds.query} == {0, 1}
+    assert [os.path.basename(os.path.dirname(p)) for p in ds.train[0].paths] == ["vis", "ni", "th"]
+
+
+def test_id_maps_are_sorted_and_deterministic(layouts):
+    a, b = RGBNT201(layouts["RGBNT201"]), RGBNT201(layouts["RGBNT201"])
+    assert [(s.paths, s.pid) for s in a.train] == [(s.paths, s.pid) for s in b.train]
+    first = {}
+    for s in a.train:
+        first.setdefault(s.pid, int(os.path.basename(s.paths[0])[:6]))
+    assert [first[p] for p in sorted(first)] == sorted(first.values())
+
+
+def _copy(src, dst):
+    import shutil
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_missing_modality_file_names_it(layouts, tmp_path):
+    root = _copy(layouts["RGBNT201"], str(tmp_path / "r"))
+    victim = os.path.join(root, "RGBNT201", "train_171", "TI", sorted(os.listdir(
+        os.path.join(root, "RGBNT201", "train_171", "TI")))[0])
+    os.remove(victim)
+    with pytest.raises(DatasetError, match=f"missing TI file: {victim}"):
+        RGBNT201(root)
+
+
+def test_missing_msvr_modality_names_it(layouts, tmp_path):
+    root = _copy(layouts["MSVR310"], str(tmp_path / "m"))
+    folder = os.path.join(root, "MSVR310", "query3")
+    vid = sorted(os.listdir(folder))[0]
+    victim = os.path.join(folder, vid, "ni", sorted(os.listdir(os.path.join(folder, vid, "ni")))[0])
+    os.remove(victim)
+    with pytest.raises(DatasetError, match=f"missing ni file: {victim}"):
+        MSVR310(root)
+
+
+@pytest.mark.parametrize("layout,rel,bad", [
+    ("RGBNT201", "RGBNT201/test/{m}", "person_cam1.jpg"),
+    ("RGBNT100", "RGBNT100/rgbir/query", "0001_x01.jpg"),
+    ("MSVR310", "MSVR310/bounding_box_train/0001/{m}", "0001_sxx1_v9_000.jpg"),
+])
+def test_unparseable_name_is_an_error(layouts, tmp_path, layout, rel, bad):
+    root = _copy(layouts[layout], str(tmp_path / layout))
+    for m in ({"RGBNT201": ("RGB", "NI", "TI"), "MSVR310": ("vis", "ni", "th")}.get(layout, ("",))):
+        folder = os.path.join(root, rel.format(m=m))
+        os.makedirs(folder, exist_ok=True)
+        Image.new("RGB", (16, 32)).save(os.path.join(folder, bad))
+    cls = {"RGBNT201": RGBNT201, "RGBNT100": RGBNT100, "MSVR310": MSVR310}[layout]
+    with pytest.raises(DatasetError, match=f"cannot parse file name .*{bad}"):
+        cls(root)
+
+
+@pytest.mark.parametrize("layout,rel", [("RGBNT201", "RGBNT201/test/RGB"), ("RGBNT100", "RGBNT100/rgbir/query"),
+                                        ("MSVR310", "MSVR310/query3")])
+def test_empty_split_is_an_error(layouts, tmp_path, layout, rel):
+    import shutil
+    root = _copy(layouts[layout], str(tmp_path / layout))
+    folder = os.path.join(root, rel)
+    shutil.rmtree(folder)
+    os.makedirs(folder)
+    cls = {"RGBNT201": RGBNT201, "RGBNT100": RGBNT100, "MSVR310": MSVR310}[layout]
+    with pytest.raises(DatasetError, match="empty split"):
+        cls(root)
+
+
+def test_unreadable_image_names_the_file(layouts, tmp_path):
+    root = _copy(layouts["RGBNT201"], str(tmp_path / "u"))
+    ds = RGBNT201(root)
+    victim = ds.train[3].paths[1]
+    with open(victim, "wb") as f:
+        f.write(b"not an image")
+    data = MultiModalImageDataset(ds.train, MultiModalTransform((32, 16), False, [0.5] * 3, [0.5] * 3))
+    with pytest.raises(DatasetError, match=f"cannot read image {victim}"):
+        data[3]
+
+
+def test_missing_dataset_folder(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("DATASETS.NAMES", "RGBNT201", "DATASETS.ROOT_DIR", str(tmp_path))
+    with pytest.raises(DatasetError, match="DATASETS.ROOT_DIR"):
+        build_dataloaders(cfg)
+
+
+def test_sampler_pk_structure():
+    pids = np.repeat(np.arange(10), [2, 3, 4, 5, 6, 7, 8, 9, 10, 11])
+    sampler = IdentitySampler(pids, batch_size=12, num_instances=4, seed=3)
+    idx = list(sampler)
+    assert len(idx) % 12 == 0 and len(idx) > 0
+    for b in range(0, len(idx), 12):
+        batch = pids[idx[b:b + 12]]
+        ids, counts = np.unique(batch, return_counts=True)
+        assert len(ids) == 3 and (counts == 4).all()
+        assert [batch[i] for i in range(0, 12, 4)] == [batch[i + 3] for i in range(0, 12, 4)]
+    assert list(sampler) == idx                      # same epoch, same stream
+    sampler.set_epoch(1)
+    assert list(sampler) != idx
+
+
+def test_sampler_shards_disjointly_by_rank():
+    pids = np.repeat(np.arange(12), 8)
+    ranks = [list(IdentitySampler(pids, 16, 4, seed=0, num_replicas=2, rank=r)) for r in range(2)]
+    full = list(IdentitySampler(pids, 16, 4, seed=0))
+    assert len(ranks[0]) == len(ranks[1]) == len(full) // 2
+    assert not set(ranks[0]) & set(ranks[1])
+    assert sorted(ranks[0] + ranks[1]) == sorted(full)
+
+
+def test_sampler_rejects_too_few_identities():
+    with pytest.raises(ValueError, match="identities"):
+        IdentitySampler([0, 0, 1, 1], batch_size=12, num_instances=2)
+
+
+def _aug_images():
+    rng = np.random.default_rng(0)
+    return {m: Image.fromarray(rng.integers(0, 255, (32, 16, 3), dtype=np.uint8)) for m in ("RGB", "NI", "TI")}
+
+
+def test_shared_augmentation_draws_one_set_of_parameters():
+    imgs = _aug_images()
+    same = {m: imgs["RGB"] for m in imgs}
+    shared = MultiModalTransform((32, 16), True, [0.5] * 3, [0.5] * 3, padding=4, erase_prob=1.0, shared=True)
+    indep = MultiModalTransform((32, 16), True, [0.5] * 3, [0.5] * 3, padding=4, erase_prob=1.0, shared=False)
+    torch.manual_seed(0)
+    out = shared(same)
+    erased = [(out[m] != out["RGB"]).any(0) for m in imgs]       # positions differing from RGB
+    # With one draw the three modalities are cropped/flipped identically: outside the erased box the
+    # outputs coincide.
+    box = torch.zeros(32, 16, dtype=torch.bool)
+    for e in erased:
+        box |= e
+    assert box.float().mean() < 0.5
+    torch.manual_seed(0)
+    outs = [indep(same) for _ in range(5)]
+    assert any((o["RGB"] != o["NI"]).float().mean() > 0.5 for o in outs)
+
+
+def test_test_transform_is_deterministic():
+    imgs = _aug_images()
+    t = MultiModalTransform((32, 16), False, [0.5] * 3, [0.5] * 3)
+    a, b = t(imgs), t(imgs)
+    assert all(torch.equal(a[m], b[m]) for m in imgs)
+    assert a["RGB"].min() >= -1 and a["RGB"].max() <= 1
+
+
+def test_build_dataloaders_on_synthetic(tiny_cfg):
+    train, test, nq, nc, ncam = build_dataloaders(tiny_cfg())
+    batch = next(iter(train))
+    assert set(batch) >= {"RGB", "NI", "TI", "pid", "camid", "sceneid", "index"}
+    assert batch["RGB"].shape == (8, 3, 64, 32)
+    assert nc == 6 and nq == 16 and len(test.dataset) == nq and ncam == 3
