@@ -16,8 +16,8 @@ def parse_args(description):
     p.add_argument("--config_file", default="", help="YAML config (see configs/)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in OUTPUT_DIR/last.pth")
     p.add_argument("--save-features", default="", help="test.py: save query/gallery features to this .npz")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE pairs overriding the config")
-    return p.parse_args()
+    p.add_argument("opts", nargs="*", help="KEY VALUE pairs overriding the config")
+    return p.parse_intermixed_args()
 
 
 def resolve_device(cfg, local_rank=0):

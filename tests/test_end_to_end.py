@@ -1,0 +1,94 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from .conftest import ROOT, TINY
+
+import train  # noqa: E402
+
+
+def run_train_inprocess(argv, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["train.py"] + argv)
+    train.main()
+
+
+def opts(synth_root, out, *extra):
+    return TINY + ["DATASETS.ROOT_DIR", synth_root, "OUTPUT_DIR", out, "SOLVER.MAX_EPOCHS", "2",
+                   "SOLVER.WARMUP_ITERS", "1", "SOLVER.BASE_LR", "0.001", "SOLVER.EVAL_PERIOD", "1",
+                   "SOLVER.DETERMINISTIC", "yes", "INPUT.RE_PROB", "0.5"] + list(extra)
+
+
+def test_train_then_test_through_the_command_line(synth_root, tmp_path):
+    out = str(tmp_path / "run")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *opts(synth_root, out),
+                        "TEST.EVAL_BEFORE_TRAIN", "yes"], cwd=str(tmp_path), env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for name in ("last.pth", "best.pth", "config.yaml", "train_log.txt", "metrics.jsonl", "summary.json"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert {"loss", "id_global", "tri_global", "id_sim", "tri_sim", "gam", "lam", "mAP", "Rank-1"} <= set(records[0])
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert {"before_training", "last_epoch", "best"} <= set(summary)
+    log = open(os.path.join(out, "train_log.txt")).read()
+    assert "Before training" in log and "Best epoch" in log
+    for extra, tag in [([], "test_metrics"), (["TEST.RE_RANKING", "yes"], "test_metrics_rerank"),
+                       (["TEST.MISS", "nt"], "test_metrics_miss-nt")]:
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "test.py"), *TINY, "DATASETS.ROOT_DIR", synth_root,
+                            "OUTPUT_DIR", out, "TEST.WEIGHT", os.path.join(out, "best.pth"), *extra,
+                            "--save-features", str(tmp_path / "f.npz")],
+                           cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        metrics = json.load(open(os.path.join(out, tag + ".json")))
+        assert 0.0 <= metrics["mAP"] <= 1.0 and {"Rank-1", "Rank-5", "Rank-10", "mINP"} <= set(metrics)
+        assert "mAP" in r.stdout
+    import numpy as np
+    f = np.load(tmp_path / "f.npz")
+    assert f["features"].shape[0] == len(f["pids"]) == len(f["paths"])
+
+
+def test_test_py_without_weight_fails_clearly(synth_root, tmp_path):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "test.py"), *TINY, "DATASETS.ROOT_DIR", synth_root,
+                        "OUTPUT_DIR", str(tmp_path)], cwd=str(tmp_path), capture_output=True, text=True,
+                       timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert r.returncode != 0 and "TEST.WEIGHT" in r.stderr
+
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def test_seeded_runs_are_identical(synth_root, tmp_path, monkeypatch):
+    run_train_inprocess(opts(synth_root, str(tmp_path / "a")), monkeypatch)
+    run_train_inprocess(opts(synth_root, str(tmp_path / "b")), monkeypatch)
+    a, b = _weights(tmp_path / "a" / "last.pth"), _weights(tmp_path / "b" / "last.pth")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    run_train_inprocess(opts(synth_root, str(tmp_path / "c"), "SOLVER.SEED", "7"), monkeypatch)
+    c = _weights(tmp_path / "c" / "last.pth")
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_interrupted_run_resumes_to_the_same_weights(synth_root, tmp_path, monkeypatch):
+    run_train_inprocess(opts(synth_root, str(tmp_path / "full")), monkeypatch)
+    from data.samplers import IdentitySampler
+    original = IdentitySampler.set_epoch
+
+    def interrupt(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        original(self, epoch)
+
+    monkeypatch.setattr(IdentitySampler, "set_epoch", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_train_inprocess(opts(synth_root, str(tmp_path / "cut")), monkeypatch)
+    assert torch.load(tmp_path / "cut" / "last.pth", weights_only=False)["epoch"] == 1
+    monkeypatch.setattr(IdentitySampler, "set_epoch", original)
+    run_train_inprocess(["--resume"] + opts(synth_root, str(tmp_path / "cut")), monkeypatch)
+    a, b = _weights(tmp_path / "full" / "last.pth"), _weights(tmp_path / "cut" / "last.pth")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,0 +1,204 @@
+"""Weight loading: OpenAI CLIP layout (state dict and TorchScript archive), our checkpoints, the official
+Signal checkpoint layout, and clear errors."""
+from collections import OrderedDict
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from modeling import WeightsError, build_model, load_pretrained_backbone, load_weights
+
+from .conftest import images
+
+WIDTH, LAYERS, HEADS, PATCH, OUT = 32, 2, 2, 8, 16
+
+
+class QuickGELU(nn.Module):
+    def forward(self, x):
+        return x * torch.sigmoid(1.702 * x)
+
+
+class RefBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(WIDTH, HEADS)
+        self.ln_1 = nn.LayerNorm(WIDTH)
+        self.mlp = nn.Sequential(OrderedDict(c_fc=nn.Linear(WIDTH, 4 * WIDTH), gelu=QuickGELU(),
+                                             c_proj=nn.Linear(4 * WIDTH, WIDTH)))
+        self.ln_2 = nn.LayerNorm(WIDTH)
+
+    def forward(self, x):
+        h = self.ln_1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.ln_2(x))
+
+
+class RefTransformer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.resblocks = nn.Sequential(*[RefBlock() for _ in range(LAYERS)])
+
+
+class RefVisual(nn.Module):
+    """The OpenAI CLIP visual tower as the official Signal code runs it (camera embedding on the class
+    token, bilinear position-embedding resize, ln_post and proj on every token)."""
+
+    def __init__(self, grid=7):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, WIDTH, PATCH, PATCH, bias=False)
+        self.class_embedding = nn.Parameter(torch.randn(WIDTH) * 0.2)
+        self.positional_embedding = nn.Parameter(torch.randn(grid * grid + 1, WIDTH) * 0.2)
+        self.ln_pre = nn.LayerNorm(WIDTH)
+        self.transformer = RefTransformer()
+        self.ln_post = nn.LayerNorm(WIDTH)
+        self.proj = nn.Parameter(torch.randn(WIDTH, OUT) * 0.2)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+
+    def run(self, x, cv_emb, hw):
+        x = self.conv1(x).flatten(2).transpose(1, 2)
+        cls = self.class_embedding + torch.zeros(x.shape[0], 1, WIDTH)
+        cls[:, 0] = cls[:, 0] + cv_emb
+        x = torch.cat([cls, x], 1)
+        pos = self.positional_embedding
+        g = int((pos.shape[0] - 1) ** 0.5)
+        grid = pos[1:].reshape(1, g, g, WIDTH).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=hw, mode="bilinear", align_corners=False)
+        pos = torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(-1, WIDTH)])
+        x = self.ln_pre(x + pos).transpose(0, 1)
+        x = self.transformer.resblocks(x).transpose(0, 1)
+        return self.ln_post(x) @ self.proj
+
+    def forward(self, x):
+        return x
+
+
+class RefCLIP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.visual = RefVisual()
+
+    def forward(self, x):
+        return x
+
+
+CUSTOM = ["MODEL.CUSTOM_VIT.EMBED_DIM", str(WIDTH), "MODEL.CUSTOM_VIT.DEPTH", str(LAYERS),
+          "MODEL.CUSTOM_VIT.NUM_HEADS", str(HEADS), "MODEL.CUSTOM_VIT.OUT_DIM", str(OUT),
+          "MODEL.CUSTOM_VIT.PATCH_SIZE", str(PATCH)]
+
+
+@pytest.mark.parametrize("archive", [False, True])
+def test_openai_clip_checkpoint_reproduces_the_reference_tower(tiny_cfg, tmp_path, archive):
+    torch.manual_seed(0)
+    ref = RefCLIP().eval()
+    path = str(tmp_path / ("ViT.pt" if archive else "ViT.pth"))
+    if archive:
+        torch.jit.script(ref).save(path)
+    else:
+        torch.save(ref.state_dict(), path)
+    model = build_model(tiny_cfg(*CUSTOM, "MODEL.PRETRAIN_PATH", path), 3, 3).eval()
+    x, cams = torch.randn(2, 3, 64, 32), torch.tensor([2, 0])
+    with torch.no_grad():
+        cls, patches = model.backbone(x, cams)
+        expected = ref.visual.run(x, model.backbone.cam_embed[cams][:, 0], (8, 4))
+    assert torch.allclose(cls, expected[:, 0], atol=1e-5)
+    assert torch.allclose(patches, expected[:, 1:], atol=1e-5)
+
+
+def test_missing_and_mismatched_pretrained_files(tiny_cfg, tmp_path):
+    with pytest.raises(FileNotFoundError, match="weights file not found"):
+        build_model(tiny_cfg(*CUSTOM, "MODEL.PRETRAIN_PATH", str(tmp_path / "nope.pt")), 3, 3)
+    ref = RefCLIP()
+    sd = ref.state_dict()
+    sd["visual.proj"] = torch.randn(WIDTH, OUT + 1)
+    del sd["visual.ln_post.weight"]
+    torch.save(sd, tmp_path / "bad.pth")
+    model = build_model(tiny_cfg(*CUSTOM), 3, 3)
+    with pytest.raises(WeightsError) as e:
+        load_pretrained_backbone(model.backbone, str(tmp_path / "bad.pth"))
+    assert "head.weight" in str(e.value) and "norm.weight" in str(e.value) and "bad.pth" in str(e.value)
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+    with pytest.raises(WeightsError, match="cannot read weights file"):
+        load_pretrained_backbone(model.backbone, str(tmp_path / "junk.pth"))
+
+
+def test_own_checkpoint_round_trip(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(*CUSTOM)
+    a = build_model(cfg, 5, 3).eval()
+    torch.save({"model": a.state_dict(), "epoch": 3}, tmp_path / "ck.pth")
+    b = load_weights(build_model(cfg, 5, 3), str(tmp_path / "ck.pth")).eval()
+    x, cams = images(3), torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        assert torch.equal(a(x, cam_label=cams), b(x, cam_label=cams))
+    with pytest.raises(WeightsError, match="classifier.weight: checkpoint"):
+        load_weights(build_model(cfg, 6, 3), str(tmp_path / "ck.pth"))
+
+
+def official_state_dict(model):
+    """Our model's weights written in the official Signal checkpoint layout (fp16 conv/linear weights)."""
+    sd = model.state_dict()
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("backbone.vit."):
+            k = k[len("backbone.vit."):]
+            if k == "head.weight":
+                out["clip_vision_encoder.base.proj"] = v.T.clone().half()
+                continue
+            if k == "cls_token":
+                out["clip_vision_encoder.base.class_embedding"] = v.flatten().clone()
+                continue
+            if k == "pos_embed":
+                out["clip_vision_encoder.base.positional_embedding"] = v[0].clone()
+                continue
+            for a, b in [("patch_embed.proj", "conv1"), ("blocks.", "transformer.resblocks."),
+                         ("norm_pre", "ln_pre"), ("norm1", "ln_1"), ("norm2", "ln_2"),
+                         ("attn.qkv.", "attn.in_proj_"), ("attn.proj", "attn.out_proj"),
+                         ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")]:
+                k = k.replace(a, b)
+            if k.startswith("norm."):
+                k = k.replace("norm.", "ln_post.")
+            half = v.dim() > 1 and not k.startswith("ln")
+            out["clip_vision_encoder.base." + k] = v.half() if half else v.clone()
+            continue
+        for a, b in [("backbone.cam_embed", "clip_vision_encoder.cv_embed"), ("sim.selection.", "SIM.token_selection."),
+                     ("sim.interaction.", "SIM.modal_interactive."), ("classifier_sim.", "classifier_var."),
+                     ("bottleneck_sim.", "bottleneck_var."), ("gam.temperature", "AlignM.contra_temp"),
+                     ("lam.samplers.RGB.", "AlignM.DAS_r."), ("lam.samplers.NI.", "AlignM.DAS_n."),
+                     ("lam.samplers.TI.", "AlignM.DAS_t.")]:
+            k = k.replace(a, b)
+        out[k] = v.clone()
+    out["SIM.token_selection.W_v.weight"] = torch.randn(OUT, OUT)
+    out["SIM.token_selection.W_v.bias"] = torch.randn(OUT)
+    return out
+
+
+def test_official_checkpoint_layout_is_converted_completely(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(*CUSTOM)
+    src = build_model(cfg, 5, 3).eval()
+    official = official_state_dict(src)
+    assert any(v.dtype == torch.float16 for v in official.values())
+    torch.save(official, tmp_path / "Signal_model.pth")
+    dst = load_weights(build_model(cfg, 5, 3), str(tmp_path / "Signal_model.pth")).eval()
+    # Every tensor lands where it belongs (backbone conv/linear weights rounded to fp16 as stored).
+    for k, v in src.state_dict().items():
+        w = dst.state_dict()[k]
+        if k.startswith("backbone.vit.") and v.dim() > 1 and k not in ("backbone.vit.cls_token", "backbone.vit.pos_embed"):
+            v = v.half().float()
+        assert torch.equal(v, w), k
+    with torch.no_grad():
+        for k, p in src.named_parameters():
+            if k.startswith("backbone.vit.") and p.dim() > 1 and k not in ("backbone.vit.cls_token", "backbone.vit.pos_embed"):
+                p.copy_(p.half().float())
+        x, cams = images(3), torch.tensor([0, 1, 2])
+        assert torch.allclose(src(x, cam_label=cams), dst(x, cam_label=cams), atol=1e-6)
+
+
+def test_official_checkpoint_with_leftover_keys_is_an_error(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(*CUSTOM)
+    official = official_state_dict(build_model(cfg, 5, 3))
+    official["SIM.extra.weight"] = torch.zeros(1)
+    torch.save(official, tmp_path / "x.pth")
+    with pytest.raises(WeightsError, match="unexpected key  SIM.extra.weight"):
+        load_weights(build_model(cfg, 5, 3), str(tmp_path / "x.pth"))
