@@ -202,3 +202,21 @@ def test_official_checkpoint_with_leftover_keys_is_an_error(tiny_cfg, tmp_path):
     torch.save(official, tmp_path / "x.pth")
     with pytest.raises(WeightsError, match="unexpected key  SIM.extra.weight"):
         load_weights(build_model(cfg, 5, 3), str(tmp_path / "x.pth"))
+
+
+def test_timm_imagenet_layout_drops_the_classifier_and_resizes_positions(tiny_cfg, tmp_path):
+    from timm.models.vision_transformer import VisionTransformer
+    src = VisionTransformer(img_size=56, patch_size=PATCH, embed_dim=WIDTH, depth=LAYERS, num_heads=HEADS,
+                            num_classes=10, pre_norm=True)
+    torch.save(src.state_dict(), tmp_path / "imagenet.pth")
+    cfg = tiny_cfg("MODEL.CUSTOM_VIT.EMBED_DIM", str(WIDTH), "MODEL.CUSTOM_VIT.DEPTH", str(LAYERS),
+                   "MODEL.CUSTOM_VIT.NUM_HEADS", str(HEADS), "MODEL.CUSTOM_VIT.OUT_DIM", "0",
+                   "MODEL.PRETRAIN_PATH", str(tmp_path / "imagenet.pth"))
+    model = build_model(cfg, 3, 3)
+    vit = model.backbone.vit
+    assert vit.pos_embed.shape == (1, 1 + 8 * 4, WIDTH)
+    assert torch.equal(vit.blocks[1].mlp.fc2.weight, src.blocks[1].mlp.fc2.weight)
+    grid = src.pos_embed[:, 1:].reshape(1, 7, 7, WIDTH).permute(0, 3, 1, 2)
+    ref = F.interpolate(grid, size=(8, 4), mode="bilinear", align_corners=False).permute(0, 2, 3, 1).reshape(1, 32, WIDTH)
+    assert torch.allclose(vit.pos_embed[:, 1:], ref, atol=1e-6)
+    assert model.backbone.out_dim == WIDTH
