@@ -7,7 +7,7 @@ from data import build_dataloaders
 from engine import do_train, evaluate_model, format_metrics, resume_from
 from engine.setup import default_setup, parse_args
 from layers import build_loss
-from modeling import build_model
+from modeling import build_model, load_weights
 from solver import build_optimizer, build_scheduler
 from utils import comm
 from utils.checkpoint import atomic_write_json
@@ -41,7 +41,13 @@ def main():
                                    num_query, device)
         logger.info("Before training: %s", format_metrics(before))
         summary["before_training"] = before
-    records, best = do_train(cfg, model, train_loader, test_loader, num_query, optimizer, scheduler, loss_fn,
+    # Model selection: on the held-out validation identities when DATASETS.VAL_IDS is set, else on the
+    # test set (official recipe).
+    eval_loader, eval_nq = test_loader, num_query
+    if train_loader.val_loader is not None:
+        eval_loader, eval_nq = train_loader.val_loader, train_loader.val_num_query
+        logger.info("Selecting the best epoch on %d held-out validation samples", eval_nq)
+    records, best = do_train(cfg, model, train_loader, eval_loader, eval_nq, optimizer, scheduler, loss_fn,
                              device, scaler=scaler, start_epoch=start_epoch, best=best)
     if comm.is_main_process():
         evaluated = [r for r in records if "mAP" in r]
@@ -52,6 +58,14 @@ def main():
         if best and best.get("epoch"):
             logger.info("Best epoch (%d): %s", best["epoch"], format_metrics(best))
             summary["best"] = best
+        if train_loader.val_loader is not None:
+            raw = model.module if hasattr(model, "module") else model
+            for name in ("last", "best"):
+                if name == "best":
+                    load_weights(raw, os.path.join(cfg.OUTPUT_DIR, "best.pth"))
+                test_metrics, _ = evaluate_model(cfg, raw, test_loader, num_query, device)
+                logger.info("Test set, %s epoch (chosen on validation): %s", name, format_metrics(test_metrics))
+                summary[f"test_{name}_epoch"] = test_metrics
         atomic_write_json(summary, os.path.join(cfg.OUTPUT_DIR, "summary.json"))
 
 

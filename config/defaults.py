@@ -100,6 +100,10 @@ _C.DATASETS = CN()
 _C.DATASETS.NAMES = "RGBNT201"
 # Folder that holds the dataset folder (e.g. ROOT_DIR/RGBNT201/train_171).
 _C.DATASETS.ROOT_DIR = "./datasets"
+# Hold out training identities as a validation split (query = gallery = their samples) so the best
+# epoch is chosen without the test set: a count (>= 1) or a fraction (< 1) of the training ids; 0 = off
+# (the official recipe selects the best epoch on the test set).
+_C.DATASETS.VAL_IDS = 0.0
 # Synthetic benchmark (written in the RGBNT201 layout under ROOT_DIR on first use).
 _C.DATASETS.SYNTHETIC = CN()
 _C.DATASETS.SYNTHETIC.NUM_TRAIN_IDS = 48

@@ -3,6 +3,7 @@
 Batches are dicts: ``{'RGB', 'NI', 'TI'}`` image tensors [B, 3, H, W] plus ``pid``, ``camid``,
 ``sceneid`` and ``index`` (position of the sample in its split, for looking up paths).
 """
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
@@ -10,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 from utils import comm
 
 from .datasets import MODALITIES, DatasetError, build_dataset
+from .datasets.bases import relabel
 from .samplers import IdentitySampler
 from .transforms import build_transforms
 
@@ -63,13 +65,35 @@ def build_test_loader(cfg, query, gallery, gallery_is_query, tiled):
     return DataLoader(ds, batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False, **_worker_kwargs(cfg))
 
 
+def split_validation(train, val_ids, seed):
+    """Hold out ``val_ids`` identities (a count, or a fraction when < 1) of the relabelled training samples.
+
+    Returns (remaining training samples relabelled to 0..M-1, held-out samples). The held-out identities
+    are drawn with ``seed`` from the sorted identity list.
+    """
+    pids = sorted({s.pid for s in train})
+    n = int(round(val_ids * len(pids))) if val_ids < 1 else int(val_ids)
+    if not 1 <= n <= len(pids) - 2:
+        raise ValueError(f"DATASETS.VAL_IDS={val_ids} holds out {n} of {len(pids)} training identities; "
+                         f"expected between 1 and {len(pids) - 2}")
+    rng = np.random.default_rng(seed)
+    held = set(rng.choice(pids, size=n, replace=False).tolist())
+    val = [s for s in train if s.pid in held]
+    return relabel([s for s in train if s.pid not in held]), val
+
+
 def build_dataloaders(cfg):
     """Returns ``train_loader, test_loader, num_query, num_classes, num_cameras``.
 
     ``test_loader`` iterates the query samples first, then the gallery; when its dataset has exactly
-    ``num_query`` samples the gallery is the query set itself (RGBNT201 protocol).
+    ``num_query`` samples the gallery is the query set itself (RGBNT201 protocol). With
+    ``DATASETS.VAL_IDS`` the held-out identities are left out of training and ``train_loader.val_loader``
+    (with ``train_loader.val_num_query``) evaluates on them.
     """
     dataset = build_dataset(cfg)
+    val = None
+    if cfg.DATASETS.VAL_IDS > 0:
+        dataset.train, val = split_validation(dataset.train, cfg.DATASETS.VAL_IDS, cfg.SOLVER.SEED)
     world = comm.get_world_size()
     train_set = MultiModalImageDataset(dataset.train, build_transforms(cfg, train=True), dataset.tiled)
     sampler = IdentitySampler([s.pid for s in dataset.train], cfg.SOLVER.IMS_PER_BATCH,
@@ -83,6 +107,10 @@ def build_dataloaders(cfg):
     test_loader = build_test_loader(cfg, dataset.query, dataset.gallery, dataset.gallery_is_query, dataset.tiled)
     test_loader.dataset.gallery_is_query = dataset.gallery_is_query
     train_loader.reid_dataset = test_loader.reid_dataset = dataset
+    train_loader.val_loader, train_loader.val_num_query = None, 0
+    if val is not None:
+        train_loader.val_loader = build_test_loader(cfg, val, val, True, dataset.tiled)
+        train_loader.val_num_query = len(val)
     return train_loader, test_loader, len(dataset.query), dataset.num_train_pids, dataset.num_cameras
 
 
@@ -95,5 +123,5 @@ def _seed_worker(worker_id):
     random.seed(seed)
 
 
-__all__ = ["build_dataloaders", "build_dataset", "build_test_loader", "DatasetError", "MODALITIES",
+__all__ = ["build_dataloaders", "split_validation", "build_dataset", "build_test_loader", "DatasetError", "MODALITIES",
            "MultiModalImageDataset", "IdentitySampler", "read_image"]

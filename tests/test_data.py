@@ -193,3 +193,14 @@ def test_build_dataloaders_on_synthetic(tiny_cfg):
     assert set(batch) >= {"RGB", "NI", "TI", "pid", "camid", "sceneid", "index"}
     assert batch["RGB"].shape == (8, 3, 64, 32)
     assert nc == 6 and nq == 16 and len(test.dataset) == nq and ncam == 3
+
+
+def test_split_validation_holds_out_identities(layouts):
+    from data import split_validation
+    ds = RGBNT201(layouts["RGBNT201"])
+    train, val = split_validation(ds.train, 0.5, seed=0)
+    assert len({s.pid for s in val}) == 2 and sorted({s.pid for s in train}) == [0, 1]
+    assert len(train) + len(val) == len(ds.train)
+    assert not {s.paths for s in train} & {s.paths for s in val}
+    with pytest.raises(ValueError, match="VAL_IDS"):
+        split_validation(ds.train, 10, seed=0)

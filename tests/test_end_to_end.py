@@ -92,3 +92,14 @@ def test_interrupted_run_resumes_to_the_same_weights(synth_root, tmp_path, monke
     run_train_inprocess(["--resume"] + opts(synth_root, str(tmp_path / "cut")), monkeypatch)
     a, b = _weights(tmp_path / "full" / "last.pth"), _weights(tmp_path / "cut" / "last.pth")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_validation_ids_select_the_best_epoch_without_the_test_set(synth_root, tmp_path, monkeypatch):
+    out = tmp_path / "val"
+    run_train_inprocess(opts(synth_root, str(out), "DATASETS.VAL_IDS", "2"), monkeypatch)
+    summary = json.load(open(out / "summary.json"))
+    assert {"test_last_epoch", "test_best_epoch", "best"} <= set(summary)
+    log = open(out / "train_log.txt").read()
+    assert "held-out validation samples" in log
+    ck = torch.load(out / "last.pth", weights_only=False)
+    assert ck["model"]["classifier.weight"].shape[0] == 4      # 6 training ids - 2 held out
