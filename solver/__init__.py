@@ -29,11 +29,13 @@ def build_optimizer(cfg, model):
             groups.setdefault(param_rule(cfg, name), []).append(p)
     params = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
     s = cfg.SOLVER
-    fused = torch.cuda.is_available() and all(p.is_cuda for g in params for p in g["params"])
+    # Fused kernels (one pass over all tensors) on CPU and CUDA; far faster than the per-tensor loop.
+    types = {p.device.type for g in params for p in g["params"]}
+    fused = True if len(types) == 1 and types <= {"cpu", "cuda"} else None
     if s.OPTIMIZER_NAME == "SGD":
-        return torch.optim.SGD(params, lr=s.BASE_LR, momentum=s.MOMENTUM)
+        return torch.optim.SGD(params, lr=s.BASE_LR, momentum=s.MOMENTUM, fused=fused)
     opt_cls = torch.optim.AdamW if s.OPTIMIZER_NAME == "AdamW" else torch.optim.Adam
-    return opt_cls(params, lr=s.BASE_LR, fused=fused or None)
+    return opt_cls(params, lr=s.BASE_LR, fused=fused)
 
 
 def build_scheduler(cfg, optimizer):

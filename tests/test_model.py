@@ -163,3 +163,12 @@ def test_missing_modality_changes_only_what_it_should(tiny_cfg):
     assert not y["RGB"].any() and not y["TI"].any() and torch.equal(y["NI"], x["NI"])
     with pytest.raises(ValueError, match="TEST.MISS"):
         apply_missing(x, "q")
+
+
+def test_quick_gelu_matches_autograd_reference():
+    from modeling.backbone import QuickGELU
+    x = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(QuickGELU(), (x,))
+    y = torch.randn(4, 9, requires_grad=True)
+    ref = y * torch.sigmoid(1.702 * y)
+    assert torch.allclose(QuickGELU()(y), ref)
