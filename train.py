@@ -36,7 +36,7 @@ def main():
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.TEST.EVAL_BEFORE_TRAIN and start_epoch == 1 and comm.is_main_process():
+    if cfg.TEST.EVAL_BEFORE_TRAIN and start_epoch == 1:
         before, _ = evaluate_model(cfg, model.module if hasattr(model, "module") else model, test_loader,
                                    num_query, device)
         logger.info("Before training: %s", format_metrics(before))
@@ -49,6 +49,15 @@ def main():
         logger.info("Selecting the best epoch on %d held-out validation samples", eval_nq)
     records, best = do_train(cfg, model, train_loader, eval_loader, eval_nq, optimizer, scheduler, loss_fn,
                              device, scaler=scaler, start_epoch=start_epoch, best=best)
+    if train_loader.val_loader is not None:
+        raw = model.module if hasattr(model, "module") else model
+        for name in ("last", "best"):
+            if name == "best":
+                comm.synchronize()
+                load_weights(raw, os.path.join(cfg.OUTPUT_DIR, "best.pth"))
+            test_metrics, _ = evaluate_model(cfg, raw, test_loader, num_query, device)
+            logger.info("Test set, %s epoch (chosen on validation): %s", name, format_metrics(test_metrics))
+            summary[f"test_{name}_epoch"] = test_metrics
     if comm.is_main_process():
         evaluated = [r for r in records if "mAP" in r]
         if evaluated:
@@ -58,14 +67,6 @@ def main():
         if best and best.get("epoch"):
             logger.info("Best epoch (%d): %s", best["epoch"], format_metrics(best))
             summary["best"] = best
-        if train_loader.val_loader is not None:
-            raw = model.module if hasattr(model, "module") else model
-            for name in ("last", "best"):
-                if name == "best":
-                    load_weights(raw, os.path.join(cfg.OUTPUT_DIR, "best.pth"))
-                test_metrics, _ = evaluate_model(cfg, raw, test_loader, num_query, device)
-                logger.info("Test set, %s epoch (chosen on validation): %s", name, format_metrics(test_metrics))
-                summary[f"test_{name}_epoch"] = test_metrics
         atomic_write_json(summary, os.path.join(cfg.OUTPUT_DIR, "summary.json"))
 
 

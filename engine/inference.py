@@ -2,7 +2,9 @@
 import logging
 import time
 
+import numpy as np
 import torch
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from modeling import MODALITIES
@@ -48,12 +50,39 @@ def build_evaluator(cfg, num_query):
     return Evaluator(num_query, use_scenes=cfg.DATASETS.NAMES == "MSVR310", rerank=rerank)
 
 
+def _shard(loader):
+    """This rank's strided share of ``loader``'s samples (the whole loader at world size 1)."""
+    world, rank = comm.get_world_size(), comm.get_rank()
+    if world == 1:
+        return loader
+    subset = Subset(loader.dataset, range(rank, len(loader.dataset), world))
+    return DataLoader(subset, batch_size=loader.batch_size, shuffle=False, num_workers=loader.num_workers,
+                      pin_memory=loader.pin_memory)
+
+
+def _gather(ev):
+    """Concatenate every rank's features and labels on all ranks, in dataset order."""
+    if comm.get_world_size() == 1:
+        return ev
+    feats, pids, camids, scenes = ev.arrays()
+    index = torch.as_tensor(np.concatenate(ev.indices))
+    parts = [comm.all_gather_tensor(t) for t in (feats, torch.as_tensor(pids), torch.as_tensor(camids),
+                                                  torch.as_tensor(scenes), index)]
+    order = torch.argsort(parts[-1])
+    ev.reset()
+    ev.process(parts[0][order], *(p[order].numpy() for p in parts[1:]))
+    return ev
+
+
 def evaluate_model(cfg, model, loader, num_query, device, miss=None, progress=True):
-    """Metrics dict (mAP, Rank-1/5/10, mINP, eval_seconds) of ``model`` on ``loader``."""
+    """Metrics dict (mAP, Rank-1/5/10, mINP, eval_seconds) of ``model`` on ``loader``.
+
+    Under torch.distributed every rank extracts the features of its share of the samples; they are
+    gathered and every rank returns the same metrics."""
     start = time.time()
     miss = cfg.TEST.MISS if miss is None else miss
-    ev = extract(model, loader, device, miss, cfg.SOLVER.AMP, build_evaluator(cfg, num_query), progress)
-    metrics = ev.evaluate()
+    ev = extract(model, _shard(loader), device, miss, cfg.SOLVER.AMP, build_evaluator(cfg, num_query), progress)
+    metrics = _gather(ev).evaluate()
     metrics["eval_seconds"] = round(time.time() - start, 2)
     return metrics, ev
 

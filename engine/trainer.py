@@ -94,20 +94,23 @@ def do_train(cfg, model, train_loader, test_loader, num_query, optimizer, schedu
             raise RuntimeError("the training loader produced no batch: too few identities or samples for "
                                "SOLVER.IMS_PER_BATCH / DATALOADER.NUM_INSTANCE")
         elapsed = time.time() - t0
+        # DDP syncs gradients, not the BatchNorm statistics each rank updates locally: take rank 0's.
+        comm.broadcast_buffers(unwrap(model))
         means = {k: round(float(v) / n_iter, 5) for k, v in sums.items()}
         lr = optimizer.param_groups[0]["lr"]
         record = {"epoch": epoch, "loss": round(sum(means.values()), 5), **means, "lr": lr,
                   "seconds": round(elapsed, 2), "samples_per_s": round(n_iter * train_loader.batch_size / elapsed, 1)}
         logger.info("Epoch %d done: loss %.4f (%s), lr %.2e, %.1fs, %.1f samples/s", epoch, record["loss"],
                     ", ".join(f"{k} {v:.4f}" for k, v in means.items()), lr, elapsed, record["samples_per_s"])
-        if main and (epoch % s.EVAL_PERIOD == 0 or epoch == s.MAX_EPOCHS):
+        if epoch % s.EVAL_PERIOD == 0 or epoch == s.MAX_EPOCHS:
             metrics, _ = evaluate_model(cfg, unwrap(model), test_loader, num_query, device)
             record.update({k: metrics[k] for k in ("mAP", "Rank-1", "Rank-5", "Rank-10", "mINP")})
             logger.info("Validation epoch %d: %s", epoch, format_metrics(metrics))
             if metrics["mAP"] > best["mAP"]:
                 best = {"epoch": epoch, **{k: metrics[k] for k in ("mAP", "Rank-1", "Rank-5", "Rank-10", "mINP")}}
-                atomic_save({"model": unwrap(model).state_dict(), "epoch": epoch, "metrics": best},
-                            os.path.join(out_dir, "best.pth"))
+                if main:
+                    atomic_save({"model": unwrap(model).state_dict(), "epoch": epoch, "metrics": best},
+                                os.path.join(out_dir, "best.pth"))
             logger.info("Best so far (epoch %d): mAP %.1f%%, Rank-1 %.1f%%", best["epoch"], 100 * best["mAP"],
                         100 * best["Rank-1"])
         if main:

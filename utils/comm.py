@@ -52,3 +52,11 @@ def all_gather_tensor(t):
     out = [torch.zeros_like(padded) for _ in sizes]
     dist.all_gather(out, padded)
     return torch.cat([o[: int(s.item())] for o, s in zip(out, sizes)], 0)
+
+
+def broadcast_buffers(module, src=0):
+    """Copy ``module``'s buffers (e.g. BatchNorm running statistics) from rank ``src`` to every rank."""
+    if not is_dist() or get_world_size() == 1:
+        return
+    for b in module.buffers():
+        dist.broadcast(b, src)

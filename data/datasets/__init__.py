@@ -1,5 +1,7 @@
 import os
 
+from utils import comm
+
 from .bases import MODALITIES, DatasetError, ReIDDataset, Sample
 from .msvr310 import MSVR310
 from .rgbnt100 import RGBNT100
@@ -20,7 +22,9 @@ def build_dataset(cfg):
         params = dict(num_train_ids=s.NUM_TRAIN_IDS, num_test_ids=s.NUM_TEST_IDS, images_per_id=s.IMAGES_PER_ID,
                       num_cameras=s.NUM_CAMERAS, size=tuple(s.SIZE), seed=s.SEED)
         folder = synthetic_root(root, params)
-        write_synthetic(folder, "RGBNT201", **params)
+        if comm.is_main_process():
+            write_synthetic(folder, "RGBNT201", **params)
+        comm.synchronize()
         ds = RGBNT201(folder)
         ds.name = "Synthetic"
         return ds

@@ -186,7 +186,12 @@ def write_synthetic(root, layout="RGBNT201", num_train_ids=48, num_test_ids=24, 
             _move_query(tmp, layout)
         with open(os.path.join(tmp, ".synthetic.json"), "w") as f:
             json.dump(params, f)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            # Another process finished the same benchmark first: keep its copy if it is complete.
+            if not os.path.isfile(marker):
+                raise
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp)
