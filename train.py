@@ -21,6 +21,8 @@ def main():
     model = build_model(cfg, num_classes, num_cameras).to(device)
     logger.info("Model: %s, %.2fM parameters, test feature %d-d", cfg.MODEL.TRANSFORMER_TYPE,
                 sum(p.numel() for p in model.parameters()) / 1e6, model.feat_dim)
+    if cfg.MODEL.COMPILE:
+        model.compile()
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg.SOLVER.AMP == "fp16" else None

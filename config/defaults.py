@@ -37,6 +37,8 @@ _C.MODEL.CUSTOM_VIT.NUM_HEADS = 4
 _C.MODEL.CUSTOM_VIT.OUT_DIM = 64
 # Use F.scaled_dot_product_attention inside the backbone (fused kernels on CUDA).
 _C.MODEL.FUSED_ATTN = True
+# torch.compile the model's forward (nn.Module.compile; state-dict keys are unchanged).
+_C.MODEL.COMPILE = False
 # SIE camera embedding: a learned [num_cameras, 1, width] table added to the class token before the
 # position embedding, scaled by SIE_COE.
 _C.MODEL.SIE_CAMERA = True
@@ -158,8 +160,9 @@ _C.SOLVER.LR_NOISE_SEED = 42
 # Multi-step schedule.
 _C.SOLVER.STEPS = [40, 70]
 _C.SOLVER.GAMMA = 0.1
-# Automatic mixed precision on CUDA ('bf16', 'fp16' or 'none'); CPU always trains in fp32.
-_C.SOLVER.AMP = "fp16"
+# Automatic mixed precision on CUDA ('bf16', 'fp16' with a gradient scaler, or 'none'); fp32 master
+# weights in every case. CPU always runs in fp32.
+_C.SOLVER.AMP = "bf16"
 _C.SOLVER.SEED = 1234
 # Make CPU / cuDNN algorithms deterministic (two runs give identical weights).
 _C.SOLVER.DETERMINISTIC = False
