@@ -164,6 +164,9 @@ _C.SOLVER.GAMMA = 0.1
 # weights in every case. CPU always runs in fp32.
 _C.SOLVER.AMP = "bf16"
 _C.SOLVER.SEED = 1234
+# On CPU, keep freed memory in the process heap (glibc) instead of returning it to the kernel, so large
+# activations are not page-faulted and zero-filled again every step (utils/cpu.py).
+_C.SOLVER.CPU_KEEP_FREED_MEMORY = True
 # Make CPU / cuDNN algorithms deterministic (two runs give identical weights).
 _C.SOLVER.DETERMINISTIC = False
 _C.SOLVER.LOG_PERIOD = 10

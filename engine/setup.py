@@ -7,6 +7,7 @@ import torch
 from config import load_config
 from utils import comm
 from utils.checkpoint import atomic_write_text
+from utils.cpu import keep_freed_memory
 from utils.logger import setup_logging
 from utils.seed import set_seed
 
@@ -39,4 +40,7 @@ def default_setup(args, log_name):
     if comm.is_main_process():
         atomic_write_text(cfg.dump(), os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
     set_seed(cfg.SOLVER.SEED + comm.get_rank(), cfg.SOLVER.DETERMINISTIC)
-    return cfg, logger, resolve_device(cfg, local_rank)
+    device = resolve_device(cfg, local_rank)
+    if device.type == "cpu" and cfg.SOLVER.CPU_KEEP_FREED_MEMORY:
+        keep_freed_memory()
+    return cfg, logger, device

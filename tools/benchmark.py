@@ -25,6 +25,7 @@ from engine.inference import autocast_context  # noqa: E402
 from layers import build_loss  # noqa: E402
 from modeling import MODALITIES, build_model  # noqa: E402
 from solver import build_optimizer  # noqa: E402
+from utils.cpu import keep_freed_memory  # noqa: E402
 from utils.metrics import Evaluator  # noqa: E402
 
 _EVAL_SIZES = {"RGBNT201": (836, 836), "RGBNT100": (1715, 8575), "MSVR310": (591, 1055), "Synthetic": (192, 192)}
@@ -174,6 +175,8 @@ def main():
     args = p.parse_intermixed_args()
     cfg = load_config(args.config_file, args.opts + ["MODEL.PRETRAIN_PATH", ""])
     device = torch.device(args.device)
+    if device.type == "cpu" and cfg.SOLVER.CPU_KEEP_FREED_MEMORY:
+        keep_freed_memory()
     skip = set(filter(None, args.skip.split(",")))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     rate = matmul_rate(device, dtype)
