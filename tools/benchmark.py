@@ -128,12 +128,11 @@ def bench_model(cfg, args, device):
 
 
 def bench_data(cfg, args):
-    from data import build_dataloaders
-    opts = ["DATASETS.NAMES", "Synthetic", "DATASETS.ROOT_DIR", args.data_root, "DATALOADER.NUM_WORKERS", "0",
-            "SOLVER.IMS_PER_BATCH", "32", "DATALOADER.NUM_INSTANCE", "4"]
-    dcfg = load_config(args.config_file, args.opts + opts)
-    loader = build_dataloaders(dcfg)[0]
-    ds, n = loader.dataset, min(len(loader.dataset), 128)
+    from data import MultiModalImageDataset, build_dataset
+    from data.transforms import build_transforms
+    dcfg = load_config(args.config_file, args.opts + ["DATASETS.NAMES", "Synthetic", "DATASETS.ROOT_DIR", args.data_root])
+    train = build_dataset(dcfg).train
+    ds, n = MultiModalImageDataset(train, build_transforms(dcfg, train=True)), min(len(train), 128)
     ds[0]
     t = time.perf_counter()
     for i in range(n):

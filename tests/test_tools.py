@@ -1,0 +1,90 @@
+"""Smoke tests: every command under tools/ runs on the synthetic benchmark and writes its output."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from modeling import build_model
+
+from .conftest import ROOT
+
+TOOLS = os.path.join(ROOT, "tools")
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory, synth_root):
+    from config import load_config
+
+    from .conftest import TINY
+    d = tmp_path_factory.mktemp("tools")
+    cfg = load_config("", TINY + ["DATASETS.ROOT_DIR", synth_root, "OUTPUT_DIR", str(d / "out"),
+                                  "SOLVER.MAX_EPOCHS", "1"])
+    cfg_path = d / "tiny.yml"
+    cfg_path.write_text(cfg.dump())
+    from data import build_dataloaders
+    _, _, _, num_classes, num_cameras = build_dataloaders(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg, num_classes, num_cameras)
+    weight = d / "model.pth"
+    torch.save({"model": model.state_dict()}, weight)
+    return d, str(cfg_path), str(weight)
+
+
+def run(args, cwd):
+    r = subprocess.run([sys.executable, *args], cwd=str(cwd), capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r.stdout
+
+
+@pytest.mark.parametrize("tool", ["vis_ranklist.py", "vis_tokens.py", "vis_offsets.py"])
+def test_visual_tools_write_images(tiny_setup, tool):
+    d, cfg, weight = tiny_setup
+    out = d / (tool + ".png")
+    run([os.path.join(TOOLS, tool), "--config_file", cfg, "--weight", weight, "--output", str(out),
+         "--num-" + ("query" if tool == "vis_ranklist.py" else "samples"), "2"], d)
+    img = Image.open(out)
+    assert img.width > 100 and img.height > 100
+
+
+def test_model_cost_prints_the_table(tiny_setup):
+    d, cfg, _ = tiny_setup
+    text = run([os.path.join(TOOLS, "model_cost.py"), "--config_file", cfg], d)
+    assert "| total |" in text and "| inference (eval feature) |" in text and "| SIM |" in text
+
+
+def test_ablate_writes_table_and_curves(tiny_setup, tmp_path):
+    d, cfg, _ = tiny_setup
+    text = run([os.path.join(TOOLS, "ablate.py"), "--configs", cfg, "--output", str(tmp_path / "abl"),
+                "--runs-dir", str(tmp_path / "runs"), "SOLVER.MAX_EPOCHS", "2"], d)
+    table = (tmp_path / "abl" / "ablation.md").read_text()
+    assert "| tiny |" in table and "mAP" in text
+    assert Image.open(tmp_path / "abl" / "tiny_curves.png").height > 300
+    records = [json.loads(line) for line in open(tmp_path / "runs" / "tiny" / "metrics.jsonl")]
+    assert [r["epoch"] for r in records] == [1, 2]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnxscript") is None,
+                    reason="optional export dependencies not installed (requirements-export.txt)")
+def test_export_onnx_matches_pytorch(tiny_setup):
+    d, cfg, weight = tiny_setup
+    text = run([os.path.join(TOOLS, "export_onnx.py"), "--config_file", cfg, "--weight", weight,
+                "--output", str(d / "m.onnx")], d)
+    assert "largest |onnxruntime - pytorch|" in text and os.path.isfile(d / "m.onnx")
+
+
+def test_benchmarks_run(tiny_setup):
+    d, cfg, _ = tiny_setup
+    text = run([os.path.join(TOOLS, "benchmark.py"), "--config_file", cfg, "--batch", "4", "--steps", "1",
+                "--warmup", "0", "--data-root", str(d / "bench_data")], d)
+    figures = {json.loads(line)["figure"] for line in text.splitlines() if line.startswith("{")}
+    assert {"matmul_rate", "train_step_seconds", "train_flops_utilisation", "inference_samples_per_s",
+            "peak_memory", "data_samples_per_s_per_worker", "evaluation_seconds"} <= figures
+    text = run([os.path.join(TOOLS, "benchmark_reranking.py"), "--num-query", "50", "--num-gallery", "200",
+                "--repeat", "1"], d)
+    assert "re_ranking_seconds_best" in text

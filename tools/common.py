@@ -1,0 +1,82 @@
+"""Shared set-up of the visual and export tools: config, data, model and checkpoint from the command line."""
+import argparse
+import os
+import sys
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from config import load_config  # noqa: E402
+from data import build_dataloaders  # noqa: E402
+from engine.setup import resolve_device  # noqa: E402
+from modeling import MODALITIES, build_model, load_weights  # noqa: E402
+
+
+def tool_parser(description):
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--config_file", required=True, help="YAML config of the trained model")
+    p.add_argument("--weight", default="", help="checkpoint (default: TEST.WEIGHT of the config)")
+    p.add_argument("--output", required=True, help="output file")
+    p.add_argument("opts", nargs="*", help="KEY VALUE config overrides")
+    return p
+
+
+def load_everything(args, need_weights=True):
+    """(cfg, model in eval mode, test loader, num_query, device)."""
+    cfg = load_config(args.config_file, args.opts + ["DATALOADER.NUM_WORKERS", "0"])
+    device = resolve_device(cfg)
+    _, test_loader, num_query, num_classes, num_cameras = build_dataloaders(cfg)
+    model = build_model(cfg, num_classes, num_cameras, pretrained=False)
+    weight = args.weight or cfg.TEST.WEIGHT
+    if weight:
+        load_weights(model, weight)
+    elif need_weights:
+        raise SystemExit("no checkpoint: pass --weight path.pth or TEST.WEIGHT path.pth")
+    return cfg, model.to(device).eval(), test_loader, num_query, device
+
+
+def sample_images(loader, index):
+    """The sample's three modalities as RGB PIL images (as stored on disk)."""
+    return [img.convert("RGB") for img in loader.dataset.load(index).values()]
+
+
+def stack_modalities(images, scale=1, gap=2):
+    """RGB | NI | TI side by side, upscaled by ``scale``."""
+    w, h = images[0].size
+    w, h = w * scale, h * scale
+    out = Image.new("RGB", (3 * w + 2 * gap, h), "white")
+    for i, img in enumerate(images):
+        out.paste(img.resize((w, h), Image.NEAREST), (i * (w + gap), 0))
+    return out
+
+
+def frame(img, color, width=3):
+    out = Image.new("RGB", (img.width + 2 * width, img.height + 2 * width), color)
+    out.paste(img, (width, width))
+    return out
+
+
+def label(img, text, height=14):
+    out = Image.new("RGB", (img.width, img.height + height), "white")
+    out.paste(img, (0, height))
+    ImageDraw.Draw(out).text((2, 1), text, fill="black")
+    return out
+
+
+def save(img, path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+    img.save(path)
+    print(f"saved {path} ({img.width}x{img.height})")
+
+
+def batch_of(loader, indices, device):
+    items = [loader.dataset[i] for i in indices]
+    images = {m: torch.stack([it[m] for it in items]).to(device) for m in MODALITIES}
+    cams = torch.tensor([it["camid"] for it in items], device=device)
+    return images, cams
+
+
+def to_numpy(t):
+    return t.detach().float().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)

@@ -1,0 +1,64 @@
+"""Export the eval model to ONNX (RGB, NI, TI images and camera ids in, test feature out, dynamic batch)
+and check onnxruntime's output against PyTorch's on the same input.
+
+    python tools/export_onnx.py --config_file configs/Synthetic/demo.yml --weight output/demo/best.pth \\
+        --output output/demo/signal.onnx
+
+Needs the optional packages ``onnx``, ``onnxscript`` and ``onnxruntime`` (pip install -r
+requirements-export.txt).
+"""
+import numpy as np
+import torch
+import torch.nn as nn
+
+from common import load_everything, tool_parser
+from modeling import MODALITIES
+
+
+class ExportWrapper(nn.Module):
+    """Positional inputs for export: (rgb, ni, ti, cam_ids) -> feature."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, rgb, ni, ti, cam_ids):
+        return self.model({"RGB": rgb, "NI": ni, "TI": ti}, cam_label=cam_ids)
+
+
+def main():
+    p = tool_parser(__doc__)
+    p.add_argument("--batch", type=int, default=3, help="batch of the check input (the export is dynamic)")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--tolerance", type=float, default=1e-4)
+    args = p.parse_intermixed_args()
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise SystemExit("onnxruntime is not installed: pip install -r requirements-export.txt") from None
+    cfg, model, loader, nq, device = load_everything(args, need_weights=False)
+    model = model.cpu().eval()
+    wrapper = ExportWrapper(model).eval()
+    h, w = cfg.INPUT.SIZE_TEST
+    g = torch.Generator().manual_seed(0)
+    num_cams = model.backbone.cam_embed.shape[0] if model.backbone.cam_embed is not None else 1
+    example = tuple(torch.randn(2, 3, h, w, generator=g) for _ in MODALITIES) + (torch.zeros(2, dtype=torch.long),)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    dynamic = {"rgb": {0: batch}, "ni": {0: batch}, "ti": {0: batch}, "cam_ids": {0: batch}}
+    torch.onnx.export(wrapper, example, args.output, input_names=["rgb", "ni", "ti", "cam_ids"],
+                      output_names=["feature"], dynamic_shapes=dynamic, opset_version=args.opset, dynamo=True)
+    check = tuple(torch.randn(args.batch, 3, h, w, generator=g) for _ in MODALITIES) + (
+        torch.randint(0, num_cams, (args.batch,), generator=g),)
+    with torch.no_grad():
+        ref = wrapper(*check).numpy()
+    sess = ort.InferenceSession(args.output, providers=["CPUExecutionProvider"])
+    out = sess.run(None, {n: t.numpy() for n, t in zip(["rgb", "ni", "ti", "cam_ids"], check)})[0]
+    diff = float(np.abs(out - ref).max())
+    print(f"exported {args.output}: input 3 x [B, 3, {h}, {w}] + cam_ids [B], output {list(out.shape)}")
+    print(f"largest |onnxruntime - pytorch| on a batch of {args.batch}: {diff:.3e}")
+    if diff > args.tolerance:
+        raise SystemExit(f"difference {diff:.3e} exceeds the tolerance {args.tolerance:.1e}")
+
+
+if __name__ == "__main__":
+    main()

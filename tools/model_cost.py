@@ -1,0 +1,87 @@
+"""Parameters (total / trainable, per module) and FLOPs per sample of a config, printed as a table.
+
+    python tools/model_cost.py --config_file configs/RGBNT201/Signal.yml [--markdown]
+
+FLOPs come from torch.utils.flop_counter (matmuls, convolutions, attention) for one eval-mode sample
+(three modalities) and for one training sample (forward + backward, including the losses).
+"""
+import argparse
+import os
+import sys
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from config import load_config  # noqa: E402
+from layers import build_loss  # noqa: E402
+from modeling import MODALITIES, build_model  # noqa: E402
+
+
+# (training identities, cameras) of each benchmark.
+_BENCHMARK_SIZES = {"RGBNT201": (171, 4), "RGBNT100": (50, 8), "MSVR310": (155, 8), "Synthetic": (48, 3)}
+
+
+def parameter_rows(model):
+    rows = []
+    groups = {"backbone": model.backbone}
+    if model.sim is not None:
+        groups["SIM"] = model.sim
+    if model.gam is not None:
+        groups["GAM"] = model.gam
+    if model.lam is not None:
+        groups["LAM"] = model.lam
+    covered = {id(p) for m in groups.values() for p in m.parameters()}
+    heads = [p for p in model.parameters() if id(p) not in covered]
+    for name, params in [(n, list(m.parameters())) for n, m in groups.items()] + [("heads (BN + classifiers)", heads)]:
+        rows.append((name, sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)))
+    rows.append(("total", sum(p.numel() for p in model.parameters()),
+                 sum(p.numel() for p in model.parameters() if p.requires_grad)))
+    return rows
+
+
+def flops(cfg, model, num_classes):
+    h, w = cfg.INPUT.SIZE_TRAIN
+    b = 2
+    x = {m: torch.randn(b, 3, h, w) for m in MODALITIES}
+    cams = torch.zeros(b, dtype=torch.long)
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(x, cam_label=cams)
+    infer = fc.get_total_flops() / b
+    model.train()
+    with FlopCounterMode(display=False) as fc:
+        losses = build_loss(cfg)(model(x, cam_label=cams), torch.arange(b) % num_classes)
+        sum(losses.values()).backward()
+    return infer, fc.get_total_flops() / b
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config_file", required=True)
+    p.add_argument("--num-classes", type=int, default=0, help="default: training ids of the config's benchmark")
+    p.add_argument("--num-cameras", type=int, default=0, help="default: cameras of the config's benchmark")
+    p.add_argument("opts", nargs="*")
+    args = p.parse_intermixed_args()
+    cfg = load_config(args.config_file, args.opts + ["MODEL.PRETRAIN_PATH", ""])
+    classes, cameras = _BENCHMARK_SIZES[cfg.DATASETS.NAMES]
+    args.num_classes, args.num_cameras = args.num_classes or classes, args.num_cameras or cameras
+    model = build_model(cfg, args.num_classes, args.num_cameras, pretrained=False)
+    infer, train = flops(cfg, model, args.num_classes)
+    h, w = cfg.INPUT.SIZE_TRAIN
+    print(f"{args.config_file}: {cfg.MODEL.TRANSFORMER_TYPE}, input {h}x{w} x 3 modalities, "
+          f"{args.num_classes} classes, test feature {model.feat_dim}-d")
+    print()
+    print("| module | parameters | trainable |")
+    print("|---|---:|---:|")
+    for name, total, trainable in parameter_rows(model):
+        print(f"| {name} | {total / 1e6:.2f} M | {trainable / 1e6:.2f} M |")
+    print()
+    print("| FLOPs per sample | GFLOP |")
+    print("|---|---:|")
+    print(f"| inference (eval feature) | {infer / 1e9:.2f} |")
+    print(f"| training (forward + backward) | {train / 1e9:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

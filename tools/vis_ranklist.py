@@ -1,0 +1,57 @@
+"""Rank lists: each query and its top-k gallery samples (RGB | NI | TI), true matches framed green,
+false ones red; gallery samples the protocol ignores (same id and camera, or scene) are skipped.
+
+    python tools/vis_ranklist.py --config_file configs/Synthetic/demo.yml --weight output/demo/best.pth \\
+        --output docs/ranklist.png --num-query 4 --topk 5
+"""
+import numpy as np
+from PIL import Image
+
+from common import frame, label, load_everything, sample_images, save, stack_modalities, tool_parser
+from engine import evaluate_model
+from utils.metrics import pairwise_distance
+
+
+def main():
+    p = tool_parser(__doc__)
+    p.add_argument("--num-query", type=int, default=4)
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--scale", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0, help="which queries (random draw)")
+    args = p.parse_intermixed_args()
+    cfg, model, loader, nq, device = load_everything(args)
+    metrics, ev = evaluate_model(cfg, model, loader, nq, device, progress=False)
+    feats, pids, camids, scenes = ev.arrays()
+    g0 = 0 if len(feats) == nq else nq
+    dist = pairwise_distance(feats[:nq], feats[g0:]).numpy()
+    use_scenes = cfg.DATASETS.NAMES == "MSVR310"
+    rows = []
+    queries = np.random.default_rng(args.seed).choice(nq, size=min(args.num_query, nq), replace=False)
+    for q in sorted(queries):
+        order = np.argsort(dist[q], kind="stable")
+        g_p, g_c, g_s = pids[g0:][order], camids[g0:][order], scenes[g0:][order]
+        same = g_s == scenes[q] if use_scenes else g_c == camids[q]
+        keep = order[~((g_p == pids[q]) & same)][: args.topk]
+        tiles = [label(frame(stack_modalities(sample_images(loader, q), args.scale), "black"),
+                       f"query id {pids[q]} cam {camids[q]}")]
+        for rank, g in enumerate(keep, 1):
+            ok = pids[g0 + g] == pids[q]
+            tiles.append(label(frame(stack_modalities(sample_images(loader, g0 + g), args.scale),
+                                     (0, 170, 0) if ok else (220, 0, 0)), f"#{rank} id {pids[g0 + g]}"))
+        row = Image.new("RGB", (sum(t.width + 8 for t in tiles), max(t.height for t in tiles)), "white")
+        x = 0
+        for t in tiles:
+            row.paste(t, (x, 0))
+            x += t.width + 8
+        rows.append(row)
+    out = Image.new("RGB", (max(r.width for r in rows), sum(r.height + 6 for r in rows)), "white")
+    y = 0
+    for r in rows:
+        out.paste(r, (0, y))
+        y += r.height + 6
+    print(f"mAP {metrics['mAP']:.1%}  Rank-1 {metrics['Rank-1']:.1%}")
+    save(out, args.output)
+
+
+if __name__ == "__main__":
+    main()

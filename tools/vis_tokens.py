@@ -1,0 +1,78 @@
+"""Which patches SIM keeps: per modality, patches kept by the intra-modal rule (blue), by the
+inter-modal rule (orange) or by both (magenta) are outlined and tinted; the rest are dimmed.
+
+    python tools/vis_tokens.py --config_file configs/Synthetic/demo.yml --weight output/demo/best.pth \\
+        --output docs/tokens.png --num-samples 4
+"""
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from common import batch_of, label, load_everything, sample_images, save, tool_parser
+
+COLORS = {"intra": (40, 90, 255), "inter": (255, 140, 0), "both": (230, 0, 200)}
+
+
+def overlay(img, intra, inter, grid, scale):
+    H, W = grid
+    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    ph, pw = img.height / H, img.width / W
+    base = np.asarray(img).astype(np.float32)
+    dim = base * 0.35
+    out = dim.copy()
+    marks = []
+    for i in range(H):
+        for j in range(W):
+            a, b = bool(intra[i, j]), bool(inter[i, j])
+            if not (a or b):
+                continue
+            kind = "both" if a and b else ("intra" if a else "inter")
+            y0, y1, x0, x1 = int(i * ph), int((i + 1) * ph), int(j * pw), int((j + 1) * pw)
+            out[y0:y1, x0:x1] = 0.75 * base[y0:y1, x0:x1] + 0.25 * np.array(COLORS[kind])
+            marks.append((x0, y0, x1 - 1, y1 - 1, kind))
+    img = Image.fromarray(out.clip(0, 255).astype(np.uint8))
+    d = ImageDraw.Draw(img)
+    for x0, y0, x1, y1, kind in marks:
+        d.rectangle((x0, y0, x1, y1), outline=COLORS[kind])
+    return img
+
+
+def main():
+    p = tool_parser(__doc__)
+    p.add_argument("--num-samples", type=int, default=4)
+    p.add_argument("--scale", type=int, default=4)
+    args = p.parse_intermixed_args()
+    cfg, model, loader, nq, device = load_everything(args)
+    if model.sim is None:
+        raise SystemExit("this config has no SIM (MODEL.USE_SIM no)")
+    idx = list(np.linspace(0, len(loader.dataset) - 1, args.num_samples).astype(int))
+    images, cams = batch_of(loader, idx, device)
+    with torch.no_grad():
+        cls, patches = model.encode(images, cams)
+        intra, inter = model.sim.selection(patches, cls)
+    grid = model.backbone.grid
+    rows = []
+    for r, i in enumerate(idx):
+        tiles = [label(overlay(img, intra[r, m].view(grid).cpu(), inter[r, m].view(grid).cpu(), grid, args.scale),
+                       name) for m, (img, name) in enumerate(zip(sample_images(loader, i), ("RGB", "NI", "TI")))]
+        row = Image.new("RGB", (sum(t.width + 6 for t in tiles), tiles[0].height), "white")
+        for k, t in enumerate(tiles):
+            row.paste(t, (k * (t.width + 6), 0))
+        rows.append(row)
+    legend = Image.new("RGB", (rows[0].width, 16), "white")
+    d = ImageDraw.Draw(legend)
+    for k, (name, c) in enumerate(COLORS.items()):
+        d.rectangle((4 + 90 * k, 3, 14 + 90 * k, 13), fill=c)
+        d.text((18 + 90 * k, 2), name, fill="black")
+    out = Image.new("RGB", (rows[0].width, 16 + sum(r.height + 6 for r in rows)), "white")
+    out.paste(legend, (0, 0))
+    for k, r in enumerate(rows):
+        out.paste(r, (0, 16 + k * (r.height + 6)))
+    print(f"top-k {cfg.MODEL.TOPK}: kept per modality (mean) "
+          + ", ".join(f"{m} {(intra | inter)[:, k].sum(-1).float().mean():.1f}/{intra.shape[-1]}"
+                      for k, m in enumerate(("RGB", "NI", "TI"))))
+    save(out, args.output)
+
+
+if __name__ == "__main__":
+    main()
