@@ -1,5 +1,4 @@
 """Gram-determinant volume used by the Global Alignment Module."""
-import torch
 
 
 def gram_volume(a, b, c, eps=1e-12):

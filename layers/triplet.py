@@ -1,5 +1,4 @@
 """Batch-hard triplet loss (Hermans et al., 2017) on Euclidean distances of un-normalised features."""
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 

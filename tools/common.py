@@ -80,3 +80,28 @@ def batch_of(loader, indices, device):
 
 def to_numpy(t):
     return t.detach().float().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+
+
+def compose(rows, gap=6, header=None):
+    """Lay out rows of tiles (lists of PIL images) top to bottom, with an optional header image on top."""
+    lines = []
+    for tiles in rows:
+        line = Image.new("RGB", (sum(t.width + gap for t in tiles), max(t.height for t in tiles)), "white")
+        x = 0
+        for t in tiles:
+            line.paste(t, (x, 0))
+            x += t.width + gap
+        lines.append(line)
+    if header is not None:
+        lines.insert(0, header)
+    out = Image.new("RGB", (max(r.width for r in lines), sum(r.height + gap for r in lines)), "white")
+    y = 0
+    for r in lines:
+        out.paste(r, (0, y))
+        y += r.height + gap
+    return out
+
+
+def spread(total, n):
+    """``n`` evenly spaced sample indices out of ``total``."""
+    return [int(i) for i in np.linspace(0, total - 1, min(n, total))]

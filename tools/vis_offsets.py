@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from common import batch_of, label, load_everything, sample_images, save, tool_parser
+from common import batch_of, compose, label, load_everything, sample_images, save, spread, tool_parser
 
 
 def to_pixels(yx, grid, size):
@@ -37,7 +37,7 @@ def main():
     cfg, model, loader, nq, device = load_everything(args)
     if model.lam is None:
         raise SystemExit("this config has no LAM (MODEL.USE_LAM no)")
-    idx = list(np.linspace(0, len(loader.dataset) - 1, args.num_samples).astype(int))
+    idx = spread(len(loader.dataset), args.num_samples)
     images, cams = batch_of(loader, idx, device)
     with torch.no_grad():
         _, patches = model.encode(images, cams)
@@ -58,13 +58,8 @@ def main():
                 arrow(d, a, b, (220, 0, 0))
                 d.ellipse((a[0] - 3, a[1] - 3, a[0] + 3, a[1] + 3), fill=(0, 160, 0))
             tiles.append(label(img, name))
-        row = Image.new("RGB", (sum(t.width + 6 for t in tiles), tiles[0].height), "white")
-        for k, t in enumerate(tiles):
-            row.paste(t, (k * (t.width + 6), 0))
-        rows.append(row)
-    out = Image.new("RGB", (rows[0].width, sum(r.height + 6 for r in rows)), "white")
-    for k, r in enumerate(rows):
-        out.paste(r, (0, k * (r.height + 6)))
+        rows.append(tiles)
+    out = compose(rows)
     mean_shift = np.mean([np.abs((pt[0] - pt[1].clamp(-1, 1)).cpu().numpy()).mean() for pt in points])
     print(f"mean |offset| in normalised coordinates: {mean_shift:.3f}")
     save(out, args.output)

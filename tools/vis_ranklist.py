@@ -5,9 +5,7 @@ false ones red; gallery samples the protocol ignores (same id and camera, or sce
         --output docs/ranklist.png --num-query 4 --topk 5
 """
 import numpy as np
-from PIL import Image
-
-from common import frame, label, load_everything, sample_images, save, stack_modalities, tool_parser
+from common import compose, frame, label, load_everything, sample_images, save, stack_modalities, tool_parser
 from engine import evaluate_model
 from utils.metrics import pairwise_distance
 
@@ -38,17 +36,8 @@ def main():
             ok = pids[g0 + g] == pids[q]
             tiles.append(label(frame(stack_modalities(sample_images(loader, g0 + g), args.scale),
                                      (0, 170, 0) if ok else (220, 0, 0)), f"#{rank} id {pids[g0 + g]}"))
-        row = Image.new("RGB", (sum(t.width + 8 for t in tiles), max(t.height for t in tiles)), "white")
-        x = 0
-        for t in tiles:
-            row.paste(t, (x, 0))
-            x += t.width + 8
-        rows.append(row)
-    out = Image.new("RGB", (max(r.width for r in rows), sum(r.height + 6 for r in rows)), "white")
-    y = 0
-    for r in rows:
-        out.paste(r, (0, y))
-        y += r.height + 6
+        rows.append(tiles)
+    out = compose(rows, gap=8)
     print(f"mAP {metrics['mAP']:.1%}  Rank-1 {metrics['Rank-1']:.1%}")
     save(out, args.output)
 

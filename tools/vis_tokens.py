@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from common import batch_of, label, load_everything, sample_images, save, tool_parser
+from common import batch_of, compose, label, load_everything, sample_images, save, spread, tool_parser
 
 COLORS = {"intra": (40, 90, 255), "inter": (255, 140, 0), "both": (230, 0, 200)}
 
@@ -45,29 +45,21 @@ def main():
     cfg, model, loader, nq, device = load_everything(args)
     if model.sim is None:
         raise SystemExit("this config has no SIM (MODEL.USE_SIM no)")
-    idx = list(np.linspace(0, len(loader.dataset) - 1, args.num_samples).astype(int))
+    idx = spread(len(loader.dataset), args.num_samples)
     images, cams = batch_of(loader, idx, device)
     with torch.no_grad():
         cls, patches = model.encode(images, cams)
         intra, inter = model.sim.selection(patches, cls)
     grid = model.backbone.grid
-    rows = []
-    for r, i in enumerate(idx):
-        tiles = [label(overlay(img, intra[r, m].view(grid).cpu(), inter[r, m].view(grid).cpu(), grid, args.scale),
-                       name) for m, (img, name) in enumerate(zip(sample_images(loader, i), ("RGB", "NI", "TI")))]
-        row = Image.new("RGB", (sum(t.width + 6 for t in tiles), tiles[0].height), "white")
-        for k, t in enumerate(tiles):
-            row.paste(t, (k * (t.width + 6), 0))
-        rows.append(row)
-    legend = Image.new("RGB", (rows[0].width, 16), "white")
+    rows = [[label(overlay(img, intra[r, m].view(grid).cpu(), inter[r, m].view(grid).cpu(), grid, args.scale), name)
+             for m, (img, name) in enumerate(zip(sample_images(loader, i), ("RGB", "NI", "TI")))]
+            for r, i in enumerate(idx)]
+    legend = Image.new("RGB", (300, 16), "white")
     d = ImageDraw.Draw(legend)
     for k, (name, c) in enumerate(COLORS.items()):
         d.rectangle((4 + 90 * k, 3, 14 + 90 * k, 13), fill=c)
         d.text((18 + 90 * k, 2), name, fill="black")
-    out = Image.new("RGB", (rows[0].width, 16 + sum(r.height + 6 for r in rows)), "white")
-    out.paste(legend, (0, 0))
-    for k, r in enumerate(rows):
-        out.paste(r, (0, 16 + k * (r.height + 6)))
+    out = compose(rows, header=legend)
     print(f"top-k {cfg.MODEL.TOPK}: kept per modality (mean) "
           + ", ".join(f"{m} {(intra | inter)[:, k].sum(-1).float().mean():.1f}/{intra.shape[-1]}"
                       for k, m in enumerate(("RGB", "NI", "TI"))))
