@@ -5,7 +5,7 @@ import numpy as np
 
 from data import build_dataloaders
 from engine import evaluate_model, format_metrics
-from engine.setup import default_setup, parse_args
+from engine.setup import default_setup, parse_args, run_cli
 from modeling import build_model, load_weights
 from utils.checkpoint import atomic_write_json
 
@@ -35,4 +35,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

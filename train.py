@@ -5,7 +5,7 @@ import torch
 
 from data import build_dataloaders
 from engine import do_train, evaluate_model, format_metrics, resume_from
-from engine.setup import default_setup, parse_args
+from engine.setup import default_setup, parse_args, run_cli
 from layers import build_loss
 from modeling import build_model, load_weights
 from solver import build_optimizer, build_scheduler
@@ -73,4 +73,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -44,3 +44,18 @@ def default_setup(args, log_name):
     if device.type == "cpu" and cfg.SOLVER.CPU_KEEP_FREED_MEMORY:
         keep_freed_memory()
     return cfg, logger, device
+
+
+def run_cli(main):
+    """Run ``main``; errors about the user's input (config, data, weights) end the program with a one-line
+    message and exit code 2 instead of a traceback."""
+    import sys
+
+    from data.datasets import DatasetError
+    from modeling.weights import WeightsError
+    try:
+        main()
+    except (DatasetError, WeightsError, FileNotFoundError, KeyError, ValueError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)
