@@ -90,6 +90,9 @@ def do_train(cfg, model, train_loader, test_loader, num_query, optimizer, schedu
                     raise NonFiniteLossError(f"non-finite loss at epoch {epoch}, iteration {n_iter}: {values}")
                 if n_iter % s.LOG_PERIOD == 0:
                     bar.set_postfix(loss=f"{sum(values.values()):.3f}")
+                    logger.info("Epoch[%d] Iteration[%d/%d] loss %.4f (%s), lr %.2e", epoch, n_iter,
+                                len(train_loader), sum(values.values()),
+                                ", ".join(f"{k} {v:.4f}" for k, v in values.items()), optimizer.param_groups[0]["lr"])
         if n_iter == 0:
             raise RuntimeError("the training loader produced no batch: too few identities or samples for "
                                "SOLVER.IMS_PER_BATCH / DATALOADER.NUM_INSTANCE")

@@ -103,3 +103,22 @@ def test_validation_ids_select_the_best_epoch_without_the_test_set(synth_root, t
     assert "held-out validation samples" in log
     ck = torch.load(out / "last.pth", weights_only=False)
     assert ck["model"]["classifier.weight"].shape[0] == 4      # 6 training ids - 2 held out
+
+
+def test_non_finite_loss_stops_the_run_with_the_loss_terms(tiny_cfg, tmp_path):
+    from data import build_dataloaders
+    from engine import NonFiniteLossError, do_train
+    from modeling import build_model
+    from solver import build_optimizer, build_scheduler
+    cfg = tiny_cfg("OUTPUT_DIR", str(tmp_path))
+    train_loader, test_loader, nq, nc, ncam = build_dataloaders(cfg)
+    model = build_model(cfg, nc, ncam)
+    opt = build_optimizer(cfg, model)
+
+    def bad_loss(outputs, target):
+        s = outputs["heads"]["global"]["score"].sum()
+        return {"id_global": s * 0 + float("nan"), "tri_global": s * 0}
+
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, iteration 1: \{'id_global': nan, 'tri_global': 0.0\}"):
+        do_train(cfg, model, train_loader, test_loader, nq, opt, build_scheduler(cfg, opt), bad_loss,
+                 torch.device("cpu"))
