@@ -76,3 +76,18 @@ def test_get_cfg_returns_fresh_clone():
     a = get_cfg()
     a.MODEL.TOPK = 1
     assert get_cfg().MODEL.TOPK == 80
+
+
+def test_public_api_names():
+    import inspect
+
+    from data import build_dataloaders  # noqa: F401
+    from layers import gram_volume  # noqa: F401
+    from modeling import build_model, load_weights
+    from utils.metrics import evaluate
+    from utils.reranking import re_ranking
+    assert list(inspect.signature(build_model).parameters)[:3] == ["cfg", "num_classes", "num_cameras"]
+    assert list(inspect.signature(load_weights).parameters) == ["model", "path"]
+    assert list(inspect.signature(evaluate).parameters) == ["distmat", "q_pids", "g_pids", "q_camids", "g_camids",
+                                                            "q_sceneids", "g_sceneids", "max_rank"]
+    assert list(inspect.signature(re_ranking).parameters)[:5] == ["q_feat", "g_feat", "k1", "k2", "lambda_value"]
