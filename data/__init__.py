@@ -3,6 +3,8 @@
 Batches are dicts: ``{'RGB', 'NI', 'TI'}`` image tensors [B, 3, H, W] plus ``pid``, ``camid``,
 ``sceneid`` and ``index`` (position of the sample in its split, for looking up paths).
 """
+import random
+
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -105,7 +107,6 @@ def build_dataloaders(cfg):
                               drop_last=True, generator=generator, worker_init_fn=_seed_worker,
                               **_worker_kwargs(cfg))
     test_loader = build_test_loader(cfg, dataset.query, dataset.gallery, dataset.gallery_is_query, dataset.tiled)
-    test_loader.dataset.gallery_is_query = dataset.gallery_is_query
     train_loader.reid_dataset = test_loader.reid_dataset = dataset
     train_loader.val_loader, train_loader.val_num_query = None, 0
     if val is not None:
@@ -115,9 +116,6 @@ def build_dataloaders(cfg):
 
 
 def _seed_worker(worker_id):
-    import random
-
-    import numpy as np
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
