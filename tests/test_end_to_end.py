@@ -122,3 +122,20 @@ def test_non_finite_loss_stops_the_run_with_the_loss_terms(tiny_cfg, tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"epoch 1, iteration 1: \{'id_global': nan, 'tri_global': -?0.0\}"):
         do_train(cfg, model, train_loader, test_loader, nq, opt, build_scheduler(cfg, opt), bad_loss,
                  torch.device("cpu"))
+
+
+@pytest.mark.parametrize("layout,extra", [
+    ("RGBNT100", ["MODEL.DIRECT", "0", "SOLVER.WARMUP_ITERS", "1"]),
+    ("MSVR310", ["MODEL.DIRECT", "0", "SOLVER.SCHEDULER", "multistep", "SOLVER.STEPS", "[1]",
+                 "SOLVER.WARMUP_ITERS", "0", "SOLVER.CLASSIFIER_LR_FACTOR", "100.0"]),
+])
+def test_training_on_the_vehicle_layouts(tmp_path, monkeypatch, layout, extra):
+    from data.datasets import write_synthetic
+    root = write_synthetic(str(tmp_path / "data"), layout, num_train_ids=6, num_test_ids=4, images_per_id=4,
+                           num_cameras=3, size=(64, 32))
+    out = tmp_path / "out"
+    run_train_inprocess(TINY + ["DATASETS.NAMES", layout, "DATASETS.ROOT_DIR", root, "OUTPUT_DIR", str(out),
+                                "SOLVER.MAX_EPOCHS", "2", "SOLVER.EVAL_PERIOD", "1"] + extra, monkeypatch)
+    records = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["epoch"] for r in records] == [1, 2] and all(0 <= r["mAP"] <= 1 for r in records)
+    assert {"id_RGB", "id_NI", "id_TI", "id_sim"} <= set(records[0])
