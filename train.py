@@ -4,7 +4,7 @@ import os
 import torch
 
 from data import build_dataloaders
-from engine import do_train, evaluate_model, format_metrics, resume_from
+from engine import do_train, evaluate_model, format_metrics, resume_from, unwrap
 from engine.setup import default_setup, parse_args, run_cli
 from layers import build_loss
 from modeling import build_model, load_weights
@@ -39,8 +39,7 @@ def main():
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.TEST.EVAL_BEFORE_TRAIN and start_epoch == 1:
-        before, _ = evaluate_model(cfg, model.module if hasattr(model, "module") else model, test_loader,
-                                   num_query, device)
+        before, _ = evaluate_model(cfg, unwrap(model), test_loader, num_query, device)
         logger.info("Before training: %s", format_metrics(before))
         summary["before_training"] = before
     # Model selection: on the held-out validation identities when DATASETS.VAL_IDS is set, else on the
@@ -52,7 +51,7 @@ def main():
     records, best = do_train(cfg, model, train_loader, eval_loader, eval_nq, optimizer, scheduler, loss_fn,
                              device, scaler=scaler, start_epoch=start_epoch, best=best)
     if train_loader.val_loader is not None:
-        raw = model.module if hasattr(model, "module") else model
+        raw = unwrap(model)
         for name in ("last", "best"):
             if name == "best":
                 comm.synchronize()

@@ -16,6 +16,8 @@ from .inference import autocast_context, evaluate_model, format_metrics
 
 logger = logging.getLogger("signal.train")
 
+METRIC_KEYS = ("mAP", "Rank-1", "Rank-5", "Rank-10", "mINP")
+
 
 class NonFiniteLossError(RuntimeError):
     pass
@@ -107,10 +109,10 @@ def do_train(cfg, model, train_loader, test_loader, num_query, optimizer, schedu
                     ", ".join(f"{k} {v:.4f}" for k, v in means.items()), lr, elapsed, record["samples_per_s"])
         if epoch % s.EVAL_PERIOD == 0 or epoch == s.MAX_EPOCHS:
             metrics, _ = evaluate_model(cfg, unwrap(model), test_loader, num_query, device)
-            record.update({k: metrics[k] for k in ("mAP", "Rank-1", "Rank-5", "Rank-10", "mINP")})
+            record.update({k: metrics[k] for k in METRIC_KEYS})
             logger.info("Validation epoch %d: %s", epoch, format_metrics(metrics))
             if metrics["mAP"] > best["mAP"]:
-                best = {"epoch": epoch, **{k: metrics[k] for k in ("mAP", "Rank-1", "Rank-5", "Rank-10", "mINP")}}
+                best = {"epoch": epoch, **{k: metrics[k] for k in METRIC_KEYS}}
                 if main:
                     atomic_save({"model": unwrap(model).state_dict(), "epoch": epoch, "metrics": best},
                                 os.path.join(out_dir, "best.pth"))

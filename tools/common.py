@@ -23,6 +23,23 @@ def tool_parser(description):
     return p
 
 
+def samples_parser(description, scale):
+    """``tool_parser`` plus --num-samples and --scale, for tools that draw a few test samples."""
+    p = tool_parser(description)
+    p.add_argument("--num-samples", type=int, default=4)
+    p.add_argument("--scale", type=int, default=scale, help="upscaling of the drawn images")
+    return p
+
+
+def encode_samples(model, loader, device, num_samples):
+    """Encode ``num_samples`` evenly spread test samples -> (indices, class tokens [B, 3, D], patches)."""
+    idx = spread(len(loader.dataset), num_samples)
+    images, cams = batch_of(loader, idx, device)
+    with torch.no_grad():
+        cls, patches = model.encode(images, cams)
+    return idx, cls, patches
+
+
 def load_everything(args, need_weights=True):
     """(cfg, model in eval mode, test loader, num_query, device)."""
     cfg = load_config(args.config_file, args.opts + ["DATALOADER.NUM_WORKERS", "0"])

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from common import batch_of, compose, label, load_everything, sample_images, save, spread, tool_parser
+from common import compose, encode_samples, label, load_everything, sample_images, samples_parser, save
 
 
 def to_pixels(yx, grid, size):
@@ -30,17 +30,12 @@ def arrow(d, p0, p1, color, head=5):
 
 
 def main():
-    p = tool_parser(__doc__)
-    p.add_argument("--num-samples", type=int, default=4)
-    p.add_argument("--scale", type=int, default=5)
-    args = p.parse_intermixed_args()
+    args = samples_parser(__doc__, scale=5).parse_intermixed_args()
     cfg, model, loader, nq, device = load_everything(args)
     if model.lam is None:
         raise SystemExit("this config has no LAM (MODEL.USE_LAM no)")
-    idx = spread(len(loader.dataset), args.num_samples)
-    images, cams = batch_of(loader, idx, device)
+    idx, _, patches = encode_samples(model, loader, device, args.num_samples)
     with torch.no_grad():
-        _, patches = model.encode(images, cams)
         points = [s.sampling_points(x) for s, x in zip(model.lam.samplers.values(), model.lam.to_maps(patches))]
     grid = model.backbone.grid
     rows = []

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from common import batch_of, compose, label, load_everything, sample_images, save, spread, tool_parser
+from common import compose, encode_samples, label, load_everything, sample_images, samples_parser, save
 
 COLORS = {"intra": (40, 90, 255), "inter": (255, 140, 0), "both": (230, 0, 200)}
 
@@ -38,17 +38,12 @@ def overlay(img, intra, inter, grid, scale):
 
 
 def main():
-    p = tool_parser(__doc__)
-    p.add_argument("--num-samples", type=int, default=4)
-    p.add_argument("--scale", type=int, default=4)
-    args = p.parse_intermixed_args()
+    args = samples_parser(__doc__, scale=4).parse_intermixed_args()
     cfg, model, loader, nq, device = load_everything(args)
     if model.sim is None:
         raise SystemExit("this config has no SIM (MODEL.USE_SIM no)")
-    idx = spread(len(loader.dataset), args.num_samples)
-    images, cams = batch_of(loader, idx, device)
+    idx, cls, patches = encode_samples(model, loader, device, args.num_samples)
     with torch.no_grad():
-        cls, patches = model.encode(images, cams)
         intra, inter = model.sim.selection(patches, cls)
     grid = model.backbone.grid
     rows = [[label(overlay(img, intra[r, m].view(grid).cpu(), inter[r, m].view(grid).cpu(), grid, args.scale), name)
