@@ -4,7 +4,7 @@ import os
 import torch
 
 from data import build_dataloaders
-from engine import do_train, evaluate_model, format_metrics, resume_from, unwrap
+from engine import do_train, evaluate_model, format_metrics, make_grad_scaler, resume_from, unwrap
 from engine.setup import default_setup, parse_args, run_cli
 from layers import build_loss
 from modeling import build_model, load_weights
@@ -15,7 +15,7 @@ from utils.checkpoint import atomic_write_json
 
 def main():
     args = parse_args("Train Signal for multi-modal object ReID")
-    cfg, logger, device = default_setup(args, "train_log.txt")
+    cfg, logger, device = default_setup(args, "train_log.txt", training=True)
     train_loader, test_loader, num_query, num_classes, num_cameras = build_dataloaders(cfg)
     logger.info("\n%s", train_loader.reid_dataset.summary())
     model = build_model(cfg, num_classes, num_cameras).to(device)
@@ -25,7 +25,7 @@ def main():
         model.compile()
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
-    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg.SOLVER.AMP == "fp16" else None
+    scaler = make_grad_scaler(device, cfg.SOLVER.AMP)
     loss_fn = build_loss(cfg)
     start_epoch, best, summary = 1, None, {}
     last = os.path.join(cfg.OUTPUT_DIR, "last.pth")

@@ -1,7 +1,8 @@
 """Every configuration key of the project, with its default and meaning.
 
 YAML files under ``configs/`` override these values and ``KEY VALUE`` pairs on the command line override
-both. ``get_cfg()`` returns a fresh, mutable clone of this tree.
+both. ``get_cfg()`` returns a fresh, mutable clone of this tree whose ``merge_from_file`` /
+``merge_from_list`` follow the command line's rules.
 """
 from yacs.config import CfgNode as CN
 
@@ -145,24 +146,28 @@ _C.SOLVER.CLASSIFIER_LR_FACTOR = 1.0
 _C.SOLVER.MARGIN = 0.3
 # 'cosine' (timm CosineLRScheduler) or 'multistep'.
 _C.SOLVER.SCHEDULER = "cosine"
-# Warmup length in epochs; warmup starts at WARMUP_FACTOR x BASE_LR.
+# Warmup length in epochs. Cosine schedule: every group warms linearly from WARMUP_FACTOR x BASE_LR
+# (an absolute LR, as the official factory's 0.1 x BASE_LR) to its own LR. Multi-step schedule: each
+# group's LR is scaled from WARMUP_FACTOR to 1 (relative; the official multi-step default is 0.01).
 _C.SOLVER.WARMUP_ITERS = 10
 _C.SOLVER.WARMUP_FACTOR = 0.1
-# Cosine floor as a fraction of BASE_LR.
+# Cosine floor as a fraction of BASE_LR (an absolute LR shared by every group, as the official factory).
 _C.SOLVER.MIN_LR_FACTOR = 0.001
-# LR noise of the cosine schedule (timm): noise is applied in the epoch range given as fractions of
-# MAX_EPOCHS ([start] or [start, end]); empty = no noise. The official recipe passes pct 0.67, std 1,
-# seed 42 with no range, so its schedule is noise-free; set e.g. [0.5] to switch noise on.
-_C.SOLVER.LR_NOISE_RANGE = []
+# LR noise of the cosine schedule (timm): in the epochs [start, end) given as fractions of MAX_EPOCHS
+# ([start] alone: from start to the end), every group's LR is multiplied by 1 + n with n a normal draw
+# (std LR_NOISE_STD, redrawn until |n| < LR_NOISE_PCT) from a generator seeded with LR_NOISE_SEED + epoch.
+# The official recipe passes the range (0, MAX_EPOCHS): [0.0, 1.0]. [] switches the noise off.
+_C.SOLVER.LR_NOISE_RANGE = [0.0, 1.0]
 _C.SOLVER.LR_NOISE_PCT = 0.67
 _C.SOLVER.LR_NOISE_STD = 1.0
 _C.SOLVER.LR_NOISE_SEED = 42
-# Multi-step schedule.
+# Multi-step schedule: the LR is multiplied by GAMMA at each of these epochs (from that epoch on).
 _C.SOLVER.STEPS = [40, 70]
 _C.SOLVER.GAMMA = 0.1
-# Automatic mixed precision on CUDA ('bf16', 'fp16' with a gradient scaler, or 'none'); fp32 master
-# weights in every case. CPU always runs in fp32.
-_C.SOLVER.AMP = "bf16"
+# Mixed precision on CUDA, fp32 master weights in every case: 'fp16' (the official recipe: float16
+# autocast with a GradScaler), 'bf16' (bfloat16 autocast, no scaler) or 'none' (fp32). The CPU always
+# runs in fp32.
+_C.SOLVER.AMP = "fp16"
 _C.SOLVER.SEED = 1234
 # On CPU, keep freed memory in the process heap (glibc) instead of returning it to the kernel, so large
 # activations are not page-faulted and zero-filled again every step (utils/cpu.py).
@@ -199,5 +204,10 @@ _C.OUTPUT_DIR = "./output"
 
 
 def get_cfg():
-    """Return a fresh, mutable copy of the default configuration."""
-    return _C.clone()
+    """Return a fresh, mutable copy of the default configuration.
+
+    Its ``merge_from_file(path)`` and ``merge_from_list([KEY, VALUE, ...])`` work as on the command line
+    (``_BASE_`` inheritance, yes/no booleans, errors naming unknown keys and ill-typed values, the same
+    checks)."""
+    from .setup import SignalConfig
+    return SignalConfig(_C.clone())

@@ -123,6 +123,26 @@ def validate(cfg):
         raise ValueError(f"config: MODEL.TOPK must be >= 1, got {cfg.MODEL.TOPK}")
 
 
+class SignalConfig(CN):
+    """A yacs ``CfgNode`` whose ``merge_from_file`` and ``merge_from_list`` follow the command line's rules:
+    ``_BASE_`` inheritance, yes/no booleans, unknown keys and ill-typed values reported with the file (or
+    "command line") and key, and the config checks run after each merge."""
+
+    def _check_mutable(self):
+        if self.is_frozen():
+            raise AttributeError("the config is frozen; call cfg.defrost() before merging into it")
+
+    def merge_from_file(self, cfg_filename):
+        self._check_mutable()
+        merge_file(self, cfg_filename)
+        validate(self)
+
+    def merge_from_list(self, cfg_list):
+        self._check_mutable()
+        merge_opts(self, list(cfg_list))
+        validate(self)
+
+
 def load_config(config_file="", opts=(), freeze=True):
     """Defaults, then ``config_file`` (if any), then ``opts``; validated and (by default) frozen."""
     cfg = get_cfg()

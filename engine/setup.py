@@ -1,5 +1,6 @@
 """Shared start-up of train.py and test.py: arguments, config, logging, seed, device."""
 import argparse
+import logging
 import os
 
 import torch
@@ -21,26 +22,67 @@ def parse_args(description):
     return p.parse_intermixed_args()
 
 
-def resolve_device(cfg, local_rank=0):
+class DeviceError(RuntimeError):
+    """MODEL.DEVICE cannot be honoured, or 'auto' would silently train a full-size model on the CPU."""
+
+
+def _cuda_unavailable_reason():
+    """Why torch sees no usable CUDA device, in the user's terms."""
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        count = torch.cuda.device_count()
+    detail = " ".join(str(w.message).strip() for w in caught)
+    if torch.version.cuda is None:
+        return f"the installed torch {torch.__version__} is a CPU-only build"
+    why = (f"the installed torch {torch.__version__} is built for CUDA {torch.version.cuda} but found "
+           f"{count} usable GPU(s)")
+    if detail:
+        why += f" ({detail})"
+    else:
+        why += " (no GPU visible, or an NVIDIA driver too old for this CUDA build: check nvidia-smi)"
+    return why
+
+
+def resolve_device(cfg, local_rank=0, training=False):
+    """The torch device of MODEL.DEVICE ('auto': CUDA when available, else the CPU).
+
+    'auto' falling back to the CPU for a full-size backbone (anything but 'vit_custom') is an error when
+    ``training`` (a ViT-B/16 recipe would train for days) and a loud warning otherwise; MODEL.DEVICE cpu
+    asks for the CPU explicitly."""
     dev = cfg.MODEL.DEVICE
     if dev == "auto":
-        dev = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+        if torch.cuda.is_available():
+            dev = f"cuda:{local_rank}"
+        else:
+            dev = "cpu"
+            if cfg.MODEL.TRANSFORMER_TYPE != "vit_custom":
+                msg = (f"MODEL.DEVICE auto found no usable CUDA GPU: {_cuda_unavailable_reason()}. "
+                       f"The {cfg.MODEL.TRANSFORMER_TYPE} recipe on the CPU takes days per run")
+                if training:
+                    raise DeviceError(msg + "; install the PyTorch build that matches your driver (README, "
+                                            "Install), or pass MODEL.DEVICE cpu to train on the CPU anyway.")
+                logging.getLogger("signal").warning("%s; evaluating on the CPU (MODEL.DEVICE cpu silences "
+                                                    "this warning).", msg)
     if dev.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"MODEL.DEVICE={cfg.MODEL.DEVICE!r} but CUDA is not available; use 'cpu' or 'auto'")
+        raise DeviceError(f"MODEL.DEVICE={cfg.MODEL.DEVICE!r} but no usable CUDA GPU: "
+                          f"{_cuda_unavailable_reason()}; use 'cpu' or 'auto'")
     return torch.device(dev)
 
 
-def default_setup(args, log_name):
-    """Config (frozen), logger, seed and device; the resolved config is dumped to OUTPUT_DIR."""
+def default_setup(args, log_name, training=False):
+    """Config (frozen), device, logger and seed; the resolved config is dumped to OUTPUT_DIR. The device is
+    resolved before anything is written."""
     local_rank = comm.init_distributed()
     cfg = load_config(args.config_file, args.opts)
+    device = resolve_device(cfg, local_rank, training)
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     logger = setup_logging(cfg.OUTPUT_DIR, log_name)
     logger.info("Config file: %s; overrides: %s", args.config_file or "(defaults)", args.opts)
+    logger.info("Device: %s (torch %s, CUDA build %s)", device, torch.__version__, torch.version.cuda)
     if comm.is_main_process():
         atomic_write_text(cfg.dump(), os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
     set_seed(cfg.SOLVER.SEED + comm.get_rank(), cfg.SOLVER.DETERMINISTIC)
-    device = resolve_device(cfg, local_rank)
     if device.type == "cpu" and cfg.SOLVER.CPU_KEEP_FREED_MEMORY:
         keep_freed_memory()
     return cfg, logger, device
@@ -55,7 +97,7 @@ def run_cli(main):
     from modeling.weights import WeightsError
     try:
         main()
-    except (DatasetError, WeightsError, FileNotFoundError, KeyError, ValueError) as e:
+    except (DatasetError, WeightsError, DeviceError, FileNotFoundError, KeyError, ValueError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {msg}", file=sys.stderr)
         sys.exit(2)

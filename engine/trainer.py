@@ -50,6 +50,37 @@ def resume_from(path, model, optimizer, scheduler, scaler):
     return state["epoch"] + 1, state.get("best")
 
 
+def make_grad_scaler(device, amp):
+    """The gradient scaler of fp16 autocast on CUDA (the official recipe), else None."""
+    if device.type != "cuda" or amp != "fp16":
+        return None
+    if hasattr(torch.amp, "GradScaler"):  # torch >= 2.3
+        return torch.amp.GradScaler("cuda")
+    return torch.cuda.amp.GradScaler()
+
+
+def train_step(model, batch, loss_fn, optimizer, device, amp="none", scaler=None):
+    """One optimisation step on a training batch (``RGB``/``NI``/``TI`` images, ``pid``, ``camid``): forward
+    and loss terms under autocast, backward (scaled when ``scaler`` is given) and the optimizer step.
+    Returns the dict of named, weighted loss terms."""
+    images = {m: batch[m].to(device, non_blocking=True) for m in MODALITIES}
+    target = batch["pid"].to(device, non_blocking=True)
+    cams = batch["camid"].to(device, non_blocking=True)
+    with autocast_context(device, amp):
+        outputs = model(images, cam_label=cams)
+        losses = loss_fn(outputs, target)
+        loss = sum(losses.values())
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return losses
+
+
 def do_train(cfg, model, train_loader, test_loader, num_query, optimizer, scheduler, loss_fn, device,
              scaler=None, start_epoch=1, best=None):
     """Train from ``start_epoch`` to SOLVER.MAX_EPOCHS. Writes ``last.pth``, ``best.pth`` and
@@ -68,21 +99,7 @@ def do_train(cfg, model, train_loader, test_loader, num_query, optimizer, schedu
         sums, n_iter, t0 = {}, 0, time.time()
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{s.MAX_EPOCHS}", leave=False, disable=not main)
         for batch in bar:
-            images = {m: batch[m].to(device, non_blocking=True) for m in MODALITIES}
-            target = batch["pid"].to(device, non_blocking=True)
-            cams = batch["camid"].to(device, non_blocking=True)
-            with autocast_context(device, s.AMP):
-                outputs = model(images, cam_label=cams)
-                losses = loss_fn(outputs, target)
-                loss = sum(losses.values())
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
+            losses = train_step(model, batch, loss_fn, optimizer, device, s.AMP, scaler)
             n_iter += 1
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().float()

@@ -1,6 +1,14 @@
-"""Optimizer with per-parameter LR / weight-decay rules, and the LR schedules (timm)."""
+"""Optimizer with per-parameter LR / weight-decay rules, and the epoch LR schedules.
+
+The schedules are stepped with the 1-based epoch at the start of every epoch (``scheduler.step(epoch)``)
+and reproduce the official recipe: timm's cosine schedule with warmup and seeded LR noise (RGBNT201,
+RGBNT100) and a warmup multi-step schedule that decays at the milestone epochs themselves (MSVR310).
+"""
+import bisect
+
 import torch
-from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler
+from timm.scheduler import CosineLRScheduler
+from timm.scheduler.scheduler import Scheduler
 
 
 def param_rule(cfg, name):
@@ -21,6 +29,16 @@ def param_rule(cfg, name):
     return lr, wd
 
 
+def _fused_available(opt_name, device_type):
+    """Whether the installed torch has the fused (single-kernel) ``opt_name`` for ``device_type``: CUDA
+    Adam/AdamW since torch 2.0 and SGD since 2.3; CPU since 2.4 (older versions accept ``fused=True`` on
+    the CPU and fail at the first step)."""
+    version = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
+    if device_type == "cuda":
+        return version >= ((2, 3) if opt_name == "SGD" else (2, 0))
+    return device_type == "cpu" and version >= (2, 4)
+
+
 def build_optimizer(cfg, model):
     """Parameters sharing (lr, weight_decay) go into one group (same update as one group per tensor)."""
     groups = {}
@@ -29,26 +47,64 @@ def build_optimizer(cfg, model):
             groups.setdefault(param_rule(cfg, name), []).append(p)
     params = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
     s = cfg.SOLVER
-    # Fused kernels (one pass over all tensors) on CPU and CUDA; far faster than the per-tensor loop.
     types = {p.device.type for g in params for p in g["params"]}
-    fused = True if len(types) == 1 and types <= {"cpu", "cuda"} else None
+    # Fused kernels (one pass over all tensors) where this torch has them; same update as the loop.
+    fused = {"fused": True} if len(types) == 1 and _fused_available(s.OPTIMIZER_NAME, types.pop()) else {}
     if s.OPTIMIZER_NAME == "SGD":
-        return torch.optim.SGD(params, lr=s.BASE_LR, momentum=s.MOMENTUM, fused=fused)
+        return torch.optim.SGD(params, lr=s.BASE_LR, momentum=s.MOMENTUM, **fused)
     opt_cls = torch.optim.AdamW if s.OPTIMIZER_NAME == "AdamW" else torch.optim.Adam
-    return opt_cls(params, lr=s.BASE_LR, fused=fused)
+    return opt_cls(params, lr=s.BASE_LR, **fused)
+
+
+class WarmupMultiStepScheduler(Scheduler):
+    """Step decay with a linear warmup, stepped with the epoch.
+
+    LR of group g at epoch t: ``lr_g x w(t) x gamma ** (number of milestones <= t)`` with
+    ``w(t) = warmup_factor + (1 - warmup_factor) x t / warmup_t`` for ``t < warmup_t``, else 1. The decay
+    takes effect at the milestone epoch itself, as in the official MSVR310 schedule (timm's
+    ``MultiStepLRScheduler`` applies milestone m from epoch m - 1). The warmup is relative to each group's
+    LR, unlike the cosine schedule's absolute ``warmup_lr_init``.
+
+    Args:
+        optimizer: its groups' ``lr`` are the base values.
+        milestones: epochs at which the LR is multiplied by ``gamma``.
+        gamma: decay factor.
+        warmup_t: warmup length in epochs (0: none).
+        warmup_factor: LR fraction at epoch 0 of the warmup.
+    """
+
+    def __init__(self, optimizer, milestones, gamma: float = 0.1, warmup_t: int = 0, warmup_factor: float = 0.01):
+        super().__init__(optimizer, param_group_field="lr", t_in_epochs=True, initialize=True)
+        self.milestones = sorted(int(m) for m in milestones)
+        self.gamma = gamma
+        self.warmup_t = warmup_t
+        self.warmup_factor = warmup_factor
+
+    def _get_lr(self, t):
+        w = 1.0
+        if t < self.warmup_t:
+            alpha = t / self.warmup_t
+            w = self.warmup_factor * (1 - alpha) + alpha
+        decay = self.gamma ** bisect.bisect_right(self.milestones, t)
+        return [v * w * decay for v in self.base_values]
+
+
+def noise_range(cfg):
+    """SOLVER.LR_NOISE_RANGE (fractions of MAX_EPOCHS) as timm's ``noise_range_t`` in epochs, or None."""
+    s = cfg.SOLVER
+    if not s.LR_NOISE_RANGE:
+        return None
+    epochs = [int(round(r * s.MAX_EPOCHS)) for r in s.LR_NOISE_RANGE]
+    return epochs[0] if len(epochs) == 1 else tuple(epochs)
 
 
 def build_scheduler(cfg, optimizer):
     """Epoch-based schedule, stepped with the 1-based epoch at the start of each epoch."""
     s = cfg.SOLVER
-    warmup_lr = s.WARMUP_FACTOR * s.BASE_LR
     if s.SCHEDULER == "multistep":
-        return MultiStepLRScheduler(optimizer, decay_t=list(s.STEPS), decay_rate=s.GAMMA, warmup_t=s.WARMUP_ITERS,
-                                    warmup_lr_init=warmup_lr, warmup_prefix=False, t_in_epochs=True)
-    noise = [int(r * s.MAX_EPOCHS) for r in s.LR_NOISE_RANGE] if s.LR_NOISE_RANGE else None
-    if noise is not None and len(noise) == 1:
-        noise = noise[0]
+        return WarmupMultiStepScheduler(optimizer, milestones=list(s.STEPS), gamma=s.GAMMA,
+                                        warmup_t=s.WARMUP_ITERS, warmup_factor=s.WARMUP_FACTOR)
     return CosineLRScheduler(optimizer, t_initial=s.MAX_EPOCHS, lr_min=s.MIN_LR_FACTOR * s.BASE_LR, cycle_mul=1.0,
-                             cycle_decay=0.1, warmup_lr_init=warmup_lr, warmup_t=s.WARMUP_ITERS, cycle_limit=1,
-                             t_in_epochs=True, noise_range_t=noise, noise_pct=s.LR_NOISE_PCT,
-                             noise_std=s.LR_NOISE_STD, noise_seed=s.LR_NOISE_SEED)
+                             cycle_decay=0.1, warmup_lr_init=s.WARMUP_FACTOR * s.BASE_LR, warmup_t=s.WARMUP_ITERS,
+                             cycle_limit=1, t_in_epochs=True, noise_range_t=noise_range(cfg),
+                             noise_pct=s.LR_NOISE_PCT, noise_std=s.LR_NOISE_STD, noise_seed=s.LR_NOISE_SEED)

@@ -91,3 +91,34 @@ def test_public_api_names():
     assert list(inspect.signature(evaluate).parameters) == ["distmat", "q_pids", "g_pids", "q_camids", "g_camids",
                                                             "q_sceneids", "g_sceneids", "max_rank"]
     assert list(inspect.signature(re_ranking).parameters)[:5] == ["q_feat", "g_feat", "k1", "k2", "lambda_value"]
+
+
+def test_get_cfg_merges_like_the_command_line(tmp_path):
+    """detectron2-style scripting: _BASE_ inheritance, yes/no booleans and the same checks."""
+    path = os.path.join(ROOT, "configs", "RGBNT201", "Signal.yml")
+    cfg = get_cfg()
+    cfg.merge_from_file(path)
+    assert cfg.MODEL.USE_LAM is True and cfg.MODEL.TOPK == 80 and cfg.DATASETS.NAMES == "RGBNT201"  # from base.yml
+    cfg.merge_from_list(["TEST.RE_RANKING", "yes", "SOLVER.BASE_LR", "1e-3"])
+    assert cfg.dump() == load_config(path, ["TEST.RE_RANKING", "yes", "SOLVER.BASE_LR", "1e-3"]).dump()
+    with pytest.raises(KeyError, match="unknown config key 'MODEL.NOPE'"):
+        cfg.merge_from_list(["MODEL.NOPE", "1"])
+    with pytest.raises(ValueError, match="TEST.RE_RANKING expects yes/no"):
+        cfg.merge_from_list(["TEST.RE_RANKING", "maybe"])
+    with pytest.raises(ValueError, match="MODEL.TOPK must be >= 1"):
+        cfg.merge_from_list(["MODEL.TOPK", "0"])
+    bad = tmp_path / "bad.yml"
+    bad.write_text("SOLVER:\n  BASE_LRR: 1.0\n")
+    with pytest.raises(KeyError, match=str(bad)):
+        cfg.merge_from_file(str(bad))
+    cfg.freeze()
+    with pytest.raises(AttributeError, match="defrost"):
+        cfg.merge_from_list(["MODEL.TOPK", "3"])
+    assert type(cfg.clone()) is type(cfg)
+
+
+def test_official_recipe_defaults():
+    cfg = get_cfg()
+    assert cfg.SOLVER.AMP == "fp16" and cfg.SOLVER.LR_NOISE_RANGE == [0.0, 1.0]
+    msvr = load_config(os.path.join(ROOT, "configs", "MSVR310", "Signal.yml"))
+    assert msvr.SOLVER.SCHEDULER == "multistep" and msvr.SOLVER.STEPS == [20, 40]

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from modeling import WeightsError, build_model, load_pretrained_backbone, load_weights
 
 from .conftest import images
+from .official import official_state_dict
 
 WIDTH, LAYERS, HEADS, PATCH, OUT = 32, 2, 2, 8, 16
 
@@ -134,44 +135,6 @@ def test_own_checkpoint_round_trip(tiny_cfg, tmp_path):
         assert torch.equal(a(x, cam_label=cams), b(x, cam_label=cams))
     with pytest.raises(WeightsError, match="classifier.weight: checkpoint"):
         load_weights(build_model(cfg, 6, 3), str(tmp_path / "ck.pth"))
-
-
-def official_state_dict(model):
-    """Our model's weights written in the official Signal checkpoint layout (fp16 conv/linear weights)."""
-    sd = model.state_dict()
-    out = {}
-    for k, v in sd.items():
-        if k.startswith("backbone.vit."):
-            k = k[len("backbone.vit."):]
-            if k == "head.weight":
-                out["clip_vision_encoder.base.proj"] = v.T.clone().half()
-                continue
-            if k == "cls_token":
-                out["clip_vision_encoder.base.class_embedding"] = v.flatten().clone()
-                continue
-            if k == "pos_embed":
-                out["clip_vision_encoder.base.positional_embedding"] = v[0].clone()
-                continue
-            for a, b in [("patch_embed.proj", "conv1"), ("blocks.", "transformer.resblocks."),
-                         ("norm_pre", "ln_pre"), ("norm1", "ln_1"), ("norm2", "ln_2"),
-                         ("attn.qkv.", "attn.in_proj_"), ("attn.proj", "attn.out_proj"),
-                         ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")]:
-                k = k.replace(a, b)
-            if k.startswith("norm."):
-                k = k.replace("norm.", "ln_post.")
-            half = v.dim() > 1 and not k.startswith("ln")
-            out["clip_vision_encoder.base." + k] = v.half() if half else v.clone()
-            continue
-        for a, b in [("backbone.cam_embed", "clip_vision_encoder.cv_embed"), ("sim.selection.", "SIM.token_selection."),
-                     ("sim.interaction.", "SIM.modal_interactive."), ("classifier_sim.", "classifier_var."),
-                     ("bottleneck_sim.", "bottleneck_var."), ("gam.temperature", "AlignM.contra_temp"),
-                     ("lam.samplers.RGB.", "AlignM.DAS_r."), ("lam.samplers.NI.", "AlignM.DAS_n."),
-                     ("lam.samplers.TI.", "AlignM.DAS_t.")]:
-            k = k.replace(a, b)
-        out[k] = v.clone()
-    out["SIM.token_selection.W_v.weight"] = torch.randn(OUT, OUT)
-    out["SIM.token_selection.W_v.bias"] = torch.randn(OUT)
-    return out
 
 
 def test_official_checkpoint_layout_is_converted_completely(tiny_cfg, tmp_path):

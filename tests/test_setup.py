@@ -1,0 +1,47 @@
+"""Start-up: device resolution (never a silent multi-day CPU run) and the mixed-precision scaler."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from config import load_config
+from engine import make_grad_scaler
+from engine.setup import DeviceError, resolve_device
+
+from .conftest import ROOT, TINY
+
+SIGNAL_201 = os.path.join(ROOT, "configs", "RGBNT201", "Signal.yml")
+
+
+def test_auto_device_without_cuda_refuses_a_full_size_training_run(monkeypatch, caplog):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = load_config(SIGNAL_201)
+    assert cfg.MODEL.DEVICE == "auto"
+    with pytest.raises(DeviceError, match="no usable CUDA GPU.*MODEL.DEVICE cpu"):
+        resolve_device(cfg, training=True)
+    assert resolve_device(cfg, training=False).type == "cpu"  # evaluation goes on, loudly
+    assert "no usable CUDA GPU" in caplog.text
+    assert resolve_device(load_config(SIGNAL_201, ["MODEL.DEVICE", "cpu"]), training=True).type == "cpu"
+    assert resolve_device(load_config("", TINY[:-2] + ["MODEL.DEVICE", "auto"]), training=True).type == "cpu"
+    with pytest.raises(DeviceError, match="MODEL.DEVICE='cuda'"):
+        resolve_device(load_config(SIGNAL_201, ["MODEL.DEVICE", "cuda"]))
+
+
+def test_train_cli_stops_before_writing_anything(tmp_path):
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=ROOT, CUDA_VISIBLE_DEVICES="")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--config_file", SIGNAL_201,
+                        "OUTPUT_DIR", str(out)], cwd=str(tmp_path), env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.startswith("error: MODEL.DEVICE auto found no usable CUDA GPU") and "MODEL.DEVICE cpu" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+def test_grad_scaler_only_for_fp16_on_cuda():
+    assert make_grad_scaler(torch.device("cpu"), "fp16") is None
+    assert make_grad_scaler(torch.device("cuda"), "bf16") is None
+    assert make_grad_scaler(torch.device("cuda"), "none") is None
