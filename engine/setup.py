@@ -22,8 +22,21 @@ def parse_args(description):
     return p.parse_intermixed_args()
 
 
-class DeviceError(RuntimeError):
+class SetupError(RuntimeError):
+    """The environment cannot run what was asked (installed packages, device)."""
+
+
+class DeviceError(SetupError):
     """MODEL.DEVICE cannot be honoured, or 'auto' would silently train a full-size model on the CPU."""
+
+
+def check_packages():
+    """torch < 2.3 was built against NumPy 1.x and breaks with NumPy 2 (tensor <-> array conversions)."""
+    import numpy as np
+    torch_version = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
+    if torch_version < (2, 3) and int(np.__version__.split(".")[0]) >= 2:
+        raise SetupError(f"torch {torch.__version__} was built against NumPy 1.x and cannot use the installed "
+                         f"NumPy {np.__version__}: pip install 'numpy<2' (or a torch >= 2.3)")
 
 
 def _cuda_unavailable_reason():
@@ -73,6 +86,7 @@ def resolve_device(cfg, local_rank=0, training=False):
 def default_setup(args, log_name, training=False):
     """Config (frozen), device, logger and seed; the resolved config is dumped to OUTPUT_DIR. The device is
     resolved before anything is written."""
+    check_packages()
     local_rank = comm.init_distributed()
     cfg = load_config(args.config_file, args.opts)
     device = resolve_device(cfg, local_rank, training)
@@ -97,7 +111,7 @@ def run_cli(main):
     from modeling.weights import WeightsError
     try:
         main()
-    except (DatasetError, WeightsError, DeviceError, FileNotFoundError, KeyError, ValueError) as e:
+    except (DatasetError, WeightsError, SetupError, FileNotFoundError, KeyError, ValueError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {msg}", file=sys.stderr)
         sys.exit(2)

@@ -45,3 +45,18 @@ def test_grad_scaler_only_for_fp16_on_cuda():
     assert make_grad_scaler(torch.device("cpu"), "fp16") is None
     assert make_grad_scaler(torch.device("cuda"), "bf16") is None
     assert make_grad_scaler(torch.device("cuda"), "none") is None
+
+
+def test_old_torch_with_numpy_2_is_a_clear_error(monkeypatch):
+    import numpy as np
+
+    from engine.setup import SetupError, check_packages
+    monkeypatch.setattr(torch, "__version__", "2.1.2+cu121")
+    monkeypatch.setattr(np, "__version__", "2.1.0")
+    with pytest.raises(SetupError, match="numpy<2"):
+        check_packages()
+    monkeypatch.setattr(np, "__version__", "1.26.4")
+    check_packages()
+    monkeypatch.setattr(torch, "__version__", "2.4.0")
+    monkeypatch.setattr(np, "__version__", "2.1.0")
+    check_packages()

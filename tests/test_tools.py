@@ -88,3 +88,14 @@ def test_benchmarks_run(tiny_setup):
     text = run([os.path.join(TOOLS, "benchmark_reranking.py"), "--num-query", "50", "--num-gallery", "200",
                 "--repeat", "1"], d)
     assert "re_ranking_seconds_best" in text
+
+
+def test_lr_schedule_prints_every_epoch_of_every_group(tmp_path):
+    out = run([os.path.join(TOOLS, "lr_schedule.py"), "--config_file",
+               os.path.join(ROOT, "configs", "MSVR310", "Signal.yml"), "--csv", str(tmp_path / "lr.csv")], tmp_path)
+    rows = [line for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == 50
+    epoch19, epoch20 = (line.split(" | ") for line in rows[18:20])
+    assert float(epoch19[1]) == pytest.approx(5e-6) and float(epoch20[1]) == pytest.approx(5e-7)
+    assert "classifiers.RGB.weight" in out
+    assert len(open(tmp_path / "lr.csv").read().splitlines()) == 51

@@ -4,7 +4,7 @@
 
 Figures: training step seconds and samples/s, inference samples/s, model FLOPs per training step and per
 inference sample (torch.utils.flop_counter), achieved FLOP/s and its ratio to this device's dense matmul
-rate measured in the same run (fp32 on CPU, bf16 on CUDA), peak memory (RSS on CPU, max allocated on
+rate measured in the same run (fp32 on CPU; on CUDA the SOLVER.AMP dtype), peak memory (RSS on CPU, max allocated on
 CUDA), data loading samples/s per worker on the synthetic benchmark, and evaluation time for the test
 loader size of the config's benchmark (features + distances + metrics on random features).
 """
@@ -21,6 +21,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from config import load_config  # noqa: E402
+from engine import make_grad_scaler  # noqa: E402
+from engine import train_step as engine_train_step  # noqa: E402
 from engine.inference import autocast_context  # noqa: E402
 from layers import build_loss  # noqa: E402
 from modeling import MODALITIES, build_model  # noqa: E402
@@ -78,26 +80,23 @@ def bench_model(cfg, args, device):
     loss_fn = build_loss(cfg)
     images, target, cams = batch_for(cfg, args.batch, device, num_classes)
     amp = cfg.SOLVER.AMP if device.type == "cuda" else "none"
+    scaler = make_grad_scaler(device, amp)
+    batch = {**images, "pid": target, "camid": cams}
 
-    def train_step():
-        with autocast_context(device, amp):
-            losses = loss_fn(model(images, cam_label=cams), target)
-            loss = sum(losses.values())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    def step():
+        engine_train_step(model, batch, loss_fn, opt, device, amp, scaler)
 
     model.train()
     with FlopCounterMode(display=False) as fc:
-        train_step()
+        step()
     train_flops = fc.get_total_flops()
     for _ in range(args.warmup):
-        train_step()
+        step()
     sync(device)
     times = []
     for _ in range(args.steps):
         t = time.perf_counter()
-        train_step()
+        step()
         sync(device)
         times.append(time.perf_counter() - t)
     step = float(np.median(times))
@@ -177,7 +176,8 @@ def main():
     if device.type == "cpu" and cfg.SOLVER.CPU_KEEP_FREED_MEMORY:
         keep_freed_memory()
     skip = set(filter(None, args.skip.split(",")))
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    amp_dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16}
+    dtype = amp_dtypes.get(cfg.SOLVER.AMP, torch.float32) if device.type == "cuda" else torch.float32
     rate = matmul_rate(device, dtype)
     emit("matmul_rate", round(rate / 1e9, 2), "GFLOP/s", dtype=str(dtype), device=str(device),
          threads=torch.get_num_threads(),

@@ -1,0 +1,25 @@
+"""The README's Python API snippet runs as written from the repository root."""
+import os
+import re
+import subprocess
+import sys
+
+from .conftest import ROOT
+
+
+def readme_section(title):
+    text = open(os.path.join(ROOT, "README.md")).read()
+    start = text.index(f"## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end > 0 else None]
+
+
+def test_python_api_snippet_runs_as_written(tmp_path):
+    blocks = re.findall(r"```python\n(.*?)```", readme_section("Python API"), re.S)
+    assert blocks, "no python block in the README's Python API section"
+    os.symlink(os.path.join(ROOT, "configs"), tmp_path / "configs")  # the repository root, without its data
+    for code in blocks:
+        r = subprocess.run([sys.executable, "-c", code], cwd=str(tmp_path), capture_output=True, text=True,
+                           timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+        assert "torch.Size([64, 384])" in r.stdout
