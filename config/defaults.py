@@ -12,7 +12,8 @@ _C = CN()
 # MODEL
 # ---------------------------------------------------------------------------------------------------
 _C.MODEL = CN()
-# 'auto' picks CUDA when available, else CPU; 'cpu' / 'cuda' / 'cuda:N' force a device.
+# 'auto' picks CUDA when available, else the CPU, but train.py stops instead of training a full-size
+# backbone (anything but 'vit_custom') on the CPU; 'cpu' / 'cuda' / 'cuda:N' force a device.
 _C.MODEL.DEVICE = "auto"
 # Name used for checkpoint file names.
 _C.MODEL.NAME = "Signal"
