@@ -11,6 +11,7 @@ from utils.checkpoint import atomic_write_text
 from utils.cpu import keep_freed_memory
 from utils.logger import setup_logging
 from utils.seed import set_seed
+from utils.versions import torch_version
 
 
 def parse_args(description):
@@ -33,8 +34,7 @@ class DeviceError(SetupError):
 def check_packages():
     """torch < 2.3 was built against NumPy 1.x and breaks with NumPy 2 (tensor <-> array conversions)."""
     import numpy as np
-    torch_version = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
-    if torch_version < (2, 3) and int(np.__version__.split(".")[0]) >= 2:
+    if torch_version() < (2, 3) and int(np.__version__.split(".")[0]) >= 2:
         raise SetupError(f"torch {torch.__version__} was built against NumPy 1.x and cannot use the installed "
                          f"NumPy {np.__version__}: pip install 'numpy<2' (or a torch >= 2.3)")
 

@@ -10,6 +10,8 @@ import torch
 from timm.scheduler import CosineLRScheduler
 from timm.scheduler.scheduler import Scheduler
 
+from utils.versions import torch_version
+
 
 def param_rule(cfg, name):
     """(lr, weight_decay) of parameter ``name`` under the Signal recipe.
@@ -33,7 +35,7 @@ def _fused_available(opt_name, device_type):
     """Whether the installed torch has the fused (single-kernel) ``opt_name`` for ``device_type``: CUDA
     Adam/AdamW since torch 2.0 and SGD since 2.3; CPU since 2.4 (older versions accept ``fused=True`` on
     the CPU and fail at the first step)."""
-    version = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
+    version = torch_version()
     if device_type == "cuda":
         return version >= ((2, 3) if opt_name == "SGD" else (2, 0))
     return device_type == "cpu" and version >= (2, 4)
