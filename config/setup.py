@@ -70,10 +70,17 @@ def _merge(cfg, updates, source, prefix=""):
             cfg[name] = _coerce(key, value, cfg[name], source)
 
 
-def merge_file(cfg, path):
-    """Merge a YAML file into ``cfg``; unknown keys and ill-typed values name the file and key."""
+def merge_file(cfg, path, _chain=()):
+    """Merge a YAML file into ``cfg``; unknown keys and ill-typed values name the file and key.
+
+    ``_BASE_`` (a path relative to the file, or a list of them merged in order) is merged first; a file
+    that inherits from itself, directly or through others, is an error naming the chain."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file not found: {path}")
+        raise FileNotFoundError(f"config file not found: {path}" +
+                                (f" (the _BASE_ of {_chain[-1]})" if _chain else ""))
+    real = os.path.realpath(path)
+    if real in (os.path.realpath(p) for p in _chain):
+        raise ValueError("config: _BASE_ inheritance loops: " + " -> ".join([*_chain, path]))
     with open(path) as f:
         try:
             data = yaml.safe_load(f) or {}
@@ -81,9 +88,13 @@ def merge_file(cfg, path):
             raise ValueError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of config sections, got {type(data).__name__}")
-    base = data.pop("_BASE_", None)
-    if base:
-        merge_file(cfg, os.path.join(os.path.dirname(path), base))
+    bases = data.pop("_BASE_", None) or []
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
+        raise ValueError(f"{path}: _BASE_ must be a file path or a list of file paths, got {bases!r}")
+    for base in bases:
+        merge_file(cfg, os.path.join(os.path.dirname(path), base), (*_chain, path))
     _merge(cfg, data, path)
 
 
@@ -103,24 +114,126 @@ def merge_opts(cfg, opts):
         parent[node] = _coerce(key, value, parent[node], "command line")
 
 
+# (key, lowest, highest, what): numeric ranges checked at start-up; None leaves a side open.
+_RANGES = [
+    ("SOLVER.IMS_PER_BATCH", 1, None, "an integer >= 1"),
+    ("DATALOADER.NUM_INSTANCE", 1, None, "an integer >= 1"),
+    ("DATALOADER.NUM_WORKERS", 0, None, "an integer >= 0"),
+    ("TEST.IMS_PER_BATCH", 1, None, "an integer >= 1"),
+    ("SOLVER.MAX_EPOCHS", 1, None, "an integer >= 1"),
+    ("SOLVER.LOG_PERIOD", 1, None, "an integer >= 1 (iterations between log lines)"),
+    ("SOLVER.EVAL_PERIOD", 0, None, "an integer >= 0 (0: evaluate after the last epoch only)"),
+    ("SOLVER.CHECKPOINT_PERIOD", 0, None, "an integer >= 0 (0: only last.pth and best.pth)"),
+    ("SOLVER.WARMUP_ITERS", 0, None, "an integer >= 0"),
+    ("SOLVER.SEED", 0, 2 ** 32 - 1, "an integer in [0, 2**32 - 1]"),
+    ("SOLVER.LR_NOISE_SEED", 0, 2 ** 32 - 1, "an integer in [0, 2**32 - 1]"),
+    ("SOLVER.BASE_LR", 0.0, None, "a learning rate >= 0"),
+    ("SOLVER.BACKBONE_LR", 0.0, None, "a learning rate >= 0"),
+    ("SOLVER.BACKBONE_LR_FACTOR", 0.0, None, "a factor >= 0"),
+    ("SOLVER.CLASSIFIER_LR_FACTOR", 0.0, None, "a factor >= 0"),
+    ("SOLVER.BIAS_LR_FACTOR", 0.0, None, "a factor >= 0"),
+    ("SOLVER.WEIGHT_DECAY", 0.0, None, "a value >= 0"),
+    ("SOLVER.WEIGHT_DECAY_BIAS", 0.0, None, "a value >= 0"),
+    ("SOLVER.MOMENTUM", 0.0, 1.0, "a value in [0, 1]"),
+    ("SOLVER.WARMUP_FACTOR", 0.0, None, "a factor >= 0"),
+    ("SOLVER.MIN_LR_FACTOR", 0.0, None, "a factor >= 0"),
+    ("SOLVER.GAMMA", 0.0, None, "a factor >= 0"),
+    ("SOLVER.MARGIN", 0.0, None, "a margin >= 0"),
+    ("SOLVER.LR_NOISE_PCT", 0.0, None, "a value >= 0"),
+    ("SOLVER.LR_NOISE_STD", 0.0, None, "a value >= 0"),
+    ("INPUT.PROB", 0.0, 1.0, "a probability in [0, 1]"),
+    ("INPUT.RE_PROB", 0.0, 1.0, "a probability in [0, 1]"),
+    ("INPUT.PADDING", 0, None, "an integer >= 0"),
+    ("MODEL.DROP_PATH", 0.0, 1.0, "a probability in [0, 1]"),
+    ("MODEL.DROP_OUT", 0.0, 1.0, "a probability in [0, 1]"),
+    ("MODEL.ATT_DROP_RATE", 0.0, 1.0, "a probability in [0, 1]"),
+    ("MODEL.LABEL_SMOOTH", 0.0, 1.0, "a value in [0, 1]"),
+    ("MODEL.TOPK", 1, None, "an integer >= 1"),
+    ("MODEL.SIM_HEADS", 1, None, "an integer >= 1"),
+    ("MODEL.LAM_KERNEL", 1, None, "an integer >= 1"),
+    ("MODEL.LAM_STRIDE", 1, None, "an integer >= 1"),
+    ("MODEL.GAM_TEMPERATURE", 1e-12, None, "a temperature > 0"),
+    ("MODEL.ID_LOSS_WEIGHT", 0.0, None, "a weight >= 0"),
+    ("MODEL.TRIPLET_LOSS_WEIGHT", 0.0, None, "a weight >= 0"),
+    ("MODEL.GAM_WEIGHT", 0.0, None, "a weight >= 0"),
+    ("MODEL.LAM_WEIGHT", 0.0, None, "a weight >= 0"),
+    ("MODEL.CUSTOM_VIT.PATCH_SIZE", 1, None, "an integer >= 1"),
+    ("MODEL.CUSTOM_VIT.EMBED_DIM", 1, None, "an integer >= 1"),
+    ("MODEL.CUSTOM_VIT.DEPTH", 1, None, "an integer >= 1"),
+    ("MODEL.CUSTOM_VIT.NUM_HEADS", 1, None, "an integer >= 1"),
+    ("MODEL.CUSTOM_VIT.OUT_DIM", 0, None, "an integer >= 0 (0: no projection)"),
+    ("TEST.RE_RANKING_K1", 1, None, "an integer >= 1"),
+    ("TEST.RE_RANKING_K2", 1, None, "an integer >= 1"),
+    ("TEST.RE_RANKING_LAMBDA", 0.0, 1.0, "a weight in [0, 1]"),
+    ("DATASETS.VAL_IDS", 0.0, None, "a count >= 1, a fraction < 1, or 0"),
+    ("DATASETS.SYNTHETIC.NUM_TRAIN_IDS", 1, None, "an integer >= 1"),
+    ("DATASETS.SYNTHETIC.NUM_TEST_IDS", 1, None, "an integer >= 1"),
+    ("DATASETS.SYNTHETIC.IMAGES_PER_ID", 1, None, "an integer >= 1"),
+    ("DATASETS.SYNTHETIC.NUM_CAMERAS", 1, None, "an integer >= 1"),
+]
+
+
+def _get(cfg, key):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def patch_size(cfg):
+    """The backbone's patch size (pixels)."""
+    return cfg.MODEL.CUSTOM_VIT.PATCH_SIZE if cfg.MODEL.TRANSFORMER_TYPE == "vit_custom" else 16
+
+
 def validate(cfg):
+    """Every value that would fail (or silently misbehave) later, refused now with the key named."""
     for key, choices in _CHOICES.items():
-        section, name = key.split(".")
-        value = cfg[section][name]
+        value = _get(cfg, key)
         if value not in choices:
             raise ValueError(f"config: {key} must be one of {list(choices)}, got {value!r}")
+    for key, low, high, what in _RANGES:
+        value = _get(cfg, key)
+        if value != value or (low is not None and value < low) or (high is not None and value > high):
+            raise ValueError(f"config: {key} must be {what}, got {value!r}")
     for key in ("INPUT.SIZE_TRAIN", "INPUT.SIZE_TEST", "DATASETS.SYNTHETIC.SIZE"):
-        node = cfg
-        for part in key.split("."):
-            node = node[part]
-        if len(node) != 2 or any(int(v) <= 0 for v in node):
-            raise ValueError(f"config: {key} must be [H, W] with positive sizes, got {list(node)}")
+        node = _get(cfg, key)
+        if len(node) != 2 or any(not isinstance(v, int) or v <= 0 for v in node):
+            raise ValueError(f"config: {key} must be [H, W] with positive integer sizes, got {list(node)}")
+    if list(cfg.INPUT.SIZE_TEST) != list(cfg.INPUT.SIZE_TRAIN):
+        raise ValueError(
+            f"config: INPUT.SIZE_TEST {list(cfg.INPUT.SIZE_TEST)} differs from INPUT.SIZE_TRAIN "
+            f"{list(cfg.INPUT.SIZE_TRAIN)}; the position embedding, token selection (MODEL.TOPK) and LAM are "
+            f"built for one patch grid, so both must be equal")
+    patch = patch_size(cfg)
+    h, w = cfg.INPUT.SIZE_TRAIN
+    if h % patch or w % patch:
+        raise ValueError(
+            f"config: INPUT.SIZE_TRAIN {[h, w]} is not a multiple of the backbone's patch size {patch} "
+            f"(the last {h % patch} rows / {w % patch} columns would be dropped); use e.g. "
+            f"{[max(patch, h // patch * patch), max(patch, w // patch * patch)]}")
+    for key in ("INPUT.PIXEL_MEAN", "INPUT.PIXEL_STD"):
+        values = _get(cfg, key)
+        if len(values) != 3 or not all(isinstance(v, (int, float)) for v in values):
+            raise ValueError(f"config: {key} must hold 3 numbers (one per colour channel), got {list(values)}")
+    if any(v <= 0 for v in cfg.INPUT.PIXEL_STD):
+        raise ValueError(f"config: INPUT.PIXEL_STD must be > 0 in every channel, got {list(cfg.INPUT.PIXEL_STD)}")
+    noise = cfg.SOLVER.LR_NOISE_RANGE
+    if len(noise) > 2 or any(not 0 <= v <= 1 for v in noise) or (len(noise) == 2 and noise[0] >= noise[1]):
+        raise ValueError(f"config: SOLVER.LR_NOISE_RANGE must be [], [start] or [start, end] with "
+                         f"0 <= start < end <= 1 (fractions of SOLVER.MAX_EPOCHS), got {list(noise)}")
+    if any(not isinstance(v, int) or v < 1 for v in cfg.SOLVER.STEPS) or list(cfg.SOLVER.STEPS) != sorted(cfg.SOLVER.STEPS):
+        raise ValueError(f"config: SOLVER.STEPS must be increasing epochs >= 1, got {list(cfg.SOLVER.STEPS)}")
     if cfg.SOLVER.IMS_PER_BATCH % cfg.DATALOADER.NUM_INSTANCE:
         raise ValueError(
             f"config: SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) must be a multiple of "
             f"DATALOADER.NUM_INSTANCE ({cfg.DATALOADER.NUM_INSTANCE})")
-    if cfg.MODEL.TOPK < 1:
-        raise ValueError(f"config: MODEL.TOPK must be >= 1, got {cfg.MODEL.TOPK}")
+    if cfg.SOLVER.IMS_PER_BATCH // cfg.DATALOADER.NUM_INSTANCE < 2:
+        raise ValueError(
+            f"config: SOLVER.IMS_PER_BATCH / DATALOADER.NUM_INSTANCE = {cfg.SOLVER.IMS_PER_BATCH} / "
+            f"{cfg.DATALOADER.NUM_INSTANCE} gives fewer than 2 identities per batch; the triplet loss needs "
+            f"negatives")
+    if not cfg.OUTPUT_DIR:
+        raise ValueError("config: OUTPUT_DIR must not be empty")
 
 
 class SignalConfig(CN):

@@ -46,7 +46,7 @@ def test_ablation_configs_differ_only_in_module_switches():
 
 def test_yes_no_and_overrides():
     cfg = load_config("", ["TEST.RE_RANKING", "yes", "TEST.MISS", "rn", "SOLVER.BASE_LR", "1e-3",
-                           "INPUT.SIZE_TRAIN", "[128,256]"])
+                           "INPUT.SIZE_TRAIN", "[128,256]", "INPUT.SIZE_TEST", "[128,256]"])
     assert cfg.TEST.RE_RANKING is True and cfg.TEST.MISS == "rn"
     assert cfg.SOLVER.BASE_LR == pytest.approx(1e-3) and cfg.INPUT.SIZE_TRAIN == [128, 256]
     assert load_config("", ["TEST.MISS", "nothing"]).TEST.MISS == ""
@@ -105,7 +105,7 @@ def test_get_cfg_merges_like_the_command_line(tmp_path):
         cfg.merge_from_list(["MODEL.NOPE", "1"])
     with pytest.raises(ValueError, match="TEST.RE_RANKING expects yes/no"):
         cfg.merge_from_list(["TEST.RE_RANKING", "maybe"])
-    with pytest.raises(ValueError, match="MODEL.TOPK must be >= 1"):
+    with pytest.raises(ValueError, match="MODEL.TOPK must be an integer >= 1"):
         cfg.merge_from_list(["MODEL.TOPK", "0"])
     bad = tmp_path / "bad.yml"
     bad.write_text("SOLVER:\n  BASE_LRR: 1.0\n")
@@ -122,3 +122,52 @@ def test_official_recipe_defaults():
     assert cfg.SOLVER.AMP == "fp16" and cfg.SOLVER.LR_NOISE_RANGE == [0.0, 1.0]
     msvr = load_config(os.path.join(ROOT, "configs", "MSVR310", "Signal.yml"))
     assert msvr.SOLVER.SCHEDULER == "multistep" and msvr.SOLVER.STEPS == [20, 40]
+
+
+@pytest.mark.parametrize("opts,match", [
+    (["SOLVER.IMS_PER_BATCH", "0"], "SOLVER.IMS_PER_BATCH must be an integer >= 1"),
+    (["SOLVER.IMS_PER_BATCH", "-8"], "SOLVER.IMS_PER_BATCH must be an integer >= 1"),
+    (["DATALOADER.NUM_INSTANCE", "0"], "DATALOADER.NUM_INSTANCE must be an integer >= 1"),
+    (["SOLVER.LOG_PERIOD", "0"], "SOLVER.LOG_PERIOD must be an integer >= 1"),
+    (["SOLVER.EVAL_PERIOD", "-1"], "SOLVER.EVAL_PERIOD must be an integer >= 0"),
+    (["SOLVER.MAX_EPOCHS", "0"], "SOLVER.MAX_EPOCHS must be an integer >= 1"),
+    (["DATALOADER.NUM_WORKERS", "-2"], "DATALOADER.NUM_WORKERS must be an integer >= 0"),
+    (["SOLVER.BASE_LR", "-1e-3"], "SOLVER.BASE_LR must be a learning rate >= 0"),
+    (["SOLVER.SEED", "-1"], "SOLVER.SEED must be an integer in"),
+    (["INPUT.PROB", "1.5"], "INPUT.PROB must be a probability in"),
+    (["INPUT.RE_PROB", "-0.1"], "INPUT.RE_PROB must be a probability in"),
+    (["INPUT.PIXEL_STD", "[0.5,0.0,0.5]"], "INPUT.PIXEL_STD must be > 0"),
+    (["INPUT.PIXEL_MEAN", "[0.5,0.5]"], "INPUT.PIXEL_MEAN must hold 3 numbers"),
+    (["TEST.RE_RANKING_K1", "0"], "TEST.RE_RANKING_K1 must be an integer >= 1"),
+    (["TEST.RE_RANKING_K2", "-1"], "TEST.RE_RANKING_K2 must be an integer >= 1"),
+    (["TEST.RE_RANKING_LAMBDA", "1.2"], "TEST.RE_RANKING_LAMBDA must be a weight in"),
+    (["INPUT.SIZE_TEST", "[384,128]"], "INPUT.SIZE_TEST \\[384, 128\\] differs from INPUT.SIZE_TRAIN"),
+    (["INPUT.SIZE_TRAIN", "[250,128]", "INPUT.SIZE_TEST", "[250,128]"], "not a multiple of the backbone's patch"),
+    (["SOLVER.LR_NOISE_RANGE", "[0.5,0.2]"], "SOLVER.LR_NOISE_RANGE"),
+    (["SOLVER.IMS_PER_BATCH", "8", "DATALOADER.NUM_INSTANCE", "8"], "fewer than 2 identities"),
+])
+def test_values_that_would_fail_later_are_refused_at_start_up(opts, match):
+    with pytest.raises(ValueError, match=match):
+        load_config("", opts)
+
+
+def test_eval_period_zero_means_the_last_epoch_only():
+    assert load_config("", ["SOLVER.EVAL_PERIOD", "0"]).SOLVER.EVAL_PERIOD == 0
+
+
+def test_base_inheritance_loops_and_lists(tmp_path):
+    (tmp_path / "a.yml").write_text("_BASE_: b.yml\nMODEL:\n  TOPK: 5\n")
+    (tmp_path / "b.yml").write_text("_BASE_: a.yml\n")
+    with pytest.raises(ValueError, match="_BASE_ inheritance loops: .*a.yml -> .*b.yml -> .*a.yml"):
+        load_config(str(tmp_path / "a.yml"))
+    (tmp_path / "c.yml").write_text("MODEL:\n  TOPK: 7\n  SIM_HEADS: 4\n")
+    (tmp_path / "d.yml").write_text("MODEL:\n  TOPK: 9\n")
+    (tmp_path / "e.yml").write_text("_BASE_: [c.yml, d.yml]\nSOLVER:\n  MAX_EPOCHS: 3\n")
+    cfg = load_config(str(tmp_path / "e.yml"))
+    assert (cfg.MODEL.TOPK, cfg.MODEL.SIM_HEADS, cfg.SOLVER.MAX_EPOCHS) == (9, 4, 3)
+    (tmp_path / "f.yml").write_text("_BASE_: {x: 1}\n")
+    with pytest.raises(ValueError, match="_BASE_ must be a file path or a list"):
+        load_config(str(tmp_path / "f.yml"))
+    (tmp_path / "g.yml").write_text("_BASE_: missing.yml\n")
+    with pytest.raises(FileNotFoundError, match="the _BASE_ of .*g.yml"):
+        load_config(str(tmp_path / "g.yml"))
