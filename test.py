@@ -1,37 +1,77 @@
 """Evaluate a checkpoint: python test.py --config_file configs/RGBNT201/Signal.yml TEST.WEIGHT model.pth"""
 import os
+import re
+import tempfile
 
 import numpy as np
+import yaml
 
 from data import build_dataloaders
 from engine import evaluate_model, format_metrics
-from engine.setup import default_setup, parse_args, run_cli
+from engine.setup import SetupError, default_setup, parse_args, run_cli
 from modeling import build_model, load_weights
-from utils.checkpoint import atomic_write_json
+from utils.checkpoint import OutputError, atomic_write, atomic_write_json
+
+
+def result_name(cfg):
+    """``test_<checkpoint>_<dataset>[_miss-<m>][_rerank<k1>-<k2>-<lambda>]``: one name per checkpoint and
+    evaluation setting, never that of a training record. A checkpoint outside OUTPUT_DIR is named with its
+    folder (``run1-best``)."""
+    weight = os.path.abspath(cfg.TEST.WEIGHT)
+    name = os.path.splitext(os.path.basename(weight))[0]
+    folder = os.path.dirname(weight)
+    if os.path.realpath(folder) != os.path.realpath(cfg.OUTPUT_DIR):
+        name = f"{os.path.basename(folder)}-{name}"
+    t = cfg.TEST
+    tag = f"test_{name}_{cfg.DATASETS.NAMES}"
+    if t.MISS:
+        tag += f"_miss-{t.MISS}"
+    if t.RE_RANKING:
+        tag += f"_rerank{t.RE_RANKING_K1}-{t.RE_RANKING_K2}-{t.RE_RANKING_LAMBDA:g}"
+    return re.sub(r"[^\w.+-]", "_", tag)
+
+
+def features_path(path):
+    """The --save-features file (``.npz`` added when missing), checked writable before any work."""
+    if not path.endswith(".npz"):
+        path += ".npz"
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise OutputError(f"--save-features: cannot write to {folder}: {e.strerror or e}") from None
+    return path
 
 
 def main():
     args = parse_args("Evaluate Signal on a multi-modal ReID benchmark")
-    cfg, logger, device = default_setup(args, "test_log.txt")
+    cfg, logger, device, _ = default_setup(args, "test_log.txt")
     if not cfg.TEST.WEIGHT:
-        raise SystemExit("test.py needs TEST.WEIGHT path/to/model.pth")
+        raise SetupError("test.py needs TEST.WEIGHT path/to/model.pth")
+    if not os.path.isfile(cfg.TEST.WEIGHT):
+        raise FileNotFoundError(f"TEST.WEIGHT: no checkpoint at {cfg.TEST.WEIGHT}")
+    feats_out = features_path(args.save_features) if args.save_features else ""
     _, test_loader, num_query, num_classes, num_cameras = build_dataloaders(cfg)
     model = build_model(cfg, num_classes, num_cameras, pretrained=False)
     load_weights(model, cfg.TEST.WEIGHT)
     model.to(device)
     metrics, ev = evaluate_model(cfg, model, test_loader, num_query, device)
-    setting = {"weight": cfg.TEST.WEIGHT, "dataset": cfg.DATASETS.NAMES, "miss": cfg.TEST.MISS or "none",
-               "re_ranking": bool(cfg.TEST.RE_RANKING)}
+    setting = {"weight": os.path.abspath(cfg.TEST.WEIGHT), "dataset": cfg.DATASETS.NAMES,
+               "miss": cfg.TEST.MISS or "none", "re_ranking": bool(cfg.TEST.RE_RANKING)}
     logger.info("%s | %s", ", ".join(f"{k}={v}" for k, v in setting.items()), format_metrics(metrics))
-    tag = f"test_metrics{'_miss-' + cfg.TEST.MISS if cfg.TEST.MISS else ''}{'_rerank' if cfg.TEST.RE_RANKING else ''}"
-    atomic_write_json({**setting, **metrics}, os.path.join(cfg.OUTPUT_DIR, tag + ".json"))
-    if args.save_features:
+    out = os.path.join(cfg.OUTPUT_DIR, result_name(cfg) + ".json")
+    atomic_write_json({**setting, **metrics, "config": yaml.safe_load(cfg.dump())}, out)
+    logger.info("Wrote %s", out)
+    if feats_out:
         feats, pids, camids, scenes = ev.arrays()
         samples = test_loader.dataset.samples
         paths = np.array([samples[i].paths[0] for i in np.concatenate(ev.indices)])
-        np.savez(args.save_features, features=feats.numpy(), pids=pids, camids=camids, sceneids=scenes,
-                 paths=paths, num_query=num_query, gallery_is_query=len(feats) == num_query)
-        logger.info("Saved features to %s", args.save_features)
+        arrays = dict(features=feats.numpy(), pids=pids, camids=camids, sceneids=scenes, paths=paths,
+                      num_query=num_query, gallery_is_query=len(feats) == num_query)
+        atomic_write(feats_out, lambda f: np.savez(f, **arrays))
+        logger.info("Saved features to %s", feats_out)
 
 
 if __name__ == "__main__":

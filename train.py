@@ -1,4 +1,5 @@
 """Train Signal: python train.py --config_file configs/RGBNT201/Signal.yml [KEY VALUE ...] [--resume]"""
+import json
 import os
 
 import torch
@@ -15,7 +16,21 @@ from utils.checkpoint import atomic_write_json
 
 def main():
     args = parse_args("Train Signal for multi-modal object ReID")
-    cfg, logger, device = default_setup(args, "train_log.txt", training=True)
+    cfg, logger, device, run = default_setup(args, "train_log.txt", training=True)
+    try:
+        train(cfg, logger, device, run)
+    finally:
+        run.release()
+
+
+def train(cfg, logger, device, run):
+    """Train in the prepared run folder (``run``: its lock and, when resuming, the checkpoint)."""
+    state = run.state
+    if state is not None and state["epoch"] >= cfg.SOLVER.MAX_EPOCHS and not state.get("pending_eval"):
+        logger.info("The run in %s is finished (epoch %d of SOLVER.MAX_EPOCHS %d): nothing to train. To train "
+                    "it longer, raise SOLVER.MAX_EPOCHS and pass --allow-change SOLVER.MAX_EPOCHS.",
+                    cfg.OUTPUT_DIR, state["epoch"], cfg.SOLVER.MAX_EPOCHS)
+        return
     train_loader, test_loader, num_query, num_classes, num_cameras = build_dataloaders(cfg)
     logger.info("\n%s", train_loader.reid_dataset.summary())
     model = build_model(cfg, num_classes, num_cameras).to(device)
@@ -27,12 +42,15 @@ def main():
     scheduler = build_scheduler(cfg, optimizer)
     scaler = make_grad_scaler(device, cfg.SOLVER.AMP)
     loss_fn = build_loss(cfg)
-    start_epoch, best, summary = 1, None, {}
-    last = os.path.join(cfg.OUTPUT_DIR, "last.pth")
-    if args.resume:
-        if not os.path.isfile(last):
-            raise FileNotFoundError(f"--resume: no checkpoint at {last}")
-        start_epoch, best = resume_from(last, model, optimizer, scheduler, scaler)
+    start_epoch, best, records, pending, summary = 1, None, [], False, {}
+    summary_path = os.path.join(cfg.OUTPUT_DIR, "summary.json")
+    if state is not None:
+        start_epoch, best, records, pending = resume_from(state, model, optimizer, scheduler, scaler,
+                                                          os.path.join(cfg.OUTPUT_DIR, "last.pth"))
+        if os.path.isfile(summary_path):
+            with open(summary_path) as f:
+                summary = {k: v for k, v in json.load(f).items() if k == "before_training"}
+        del state, run.state
     if comm.get_world_size() > 1:
         if device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -49,7 +67,8 @@ def main():
         eval_loader, eval_nq = train_loader.val_loader, train_loader.val_num_query
         logger.info("Selecting the best epoch on %d held-out validation samples", eval_nq)
     records, best = do_train(cfg, model, train_loader, eval_loader, eval_nq, optimizer, scheduler, loss_fn,
-                             device, scaler=scaler, start_epoch=start_epoch, best=best)
+                             device, scaler=scaler, start_epoch=start_epoch, best=best, records=records,
+                             pending_eval=pending)
     if train_loader.val_loader is not None:
         raw = unwrap(model)
         for name in ("last", "best"):
@@ -68,7 +87,7 @@ def main():
         if best and best.get("epoch"):
             logger.info("Best epoch (%d): %s", best["epoch"], format_metrics(best))
             summary["best"] = best
-        atomic_write_json(summary, os.path.join(cfg.OUTPUT_DIR, "summary.json"))
+        atomic_write_json(summary, summary_path)
 
 
 if __name__ == "__main__":

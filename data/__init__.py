@@ -3,6 +3,7 @@
 Batches are dicts: ``{'RGB', 'NI', 'TI'}`` image tensors [B, 3, H, W] plus ``pid``, ``camid``,
 ``sceneid`` and ``index`` (position of the sample in its split, for looking up paths).
 """
+import contextlib
 import random
 
 import numpy as np
@@ -49,10 +50,34 @@ class MultiModalImageDataset(Dataset):
         return {m: read_image(p) for m, p in zip(MODALITIES, s.paths)}
 
     def __getitem__(self, index):
+        """``index``: a sample position, or ``(position, seed)`` from the training sampler, in which case
+        the random augmentation is drawn from ``seed`` alone (the process's random state is untouched)."""
+        seed = None
+        if isinstance(index, (tuple, list)):
+            index, seed = index
         s = self.samples[index]
-        item = self.transform(self.load(index))
+        images = self.load(index)
+        if seed is None:
+            item = self.transform(images)
+        else:
+            with seeded(seed):
+                item = self.transform(images)
         item.update(pid=s.pid, camid=s.camid, sceneid=s.sceneid, index=index)
         return item
+
+
+@contextlib.contextmanager
+def seeded(seed):
+    """Run the block with torch's CPU and Python's random generators seeded from ``seed``, then restore
+    both (the transforms draw from these two)."""
+    py_state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        random.seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
 
 
 def _worker_kwargs(cfg):
@@ -64,7 +89,10 @@ def build_test_loader(cfg, query, gallery, gallery_is_query, tiled):
     """Loader over query (+ gallery unless the benchmark evaluates with gallery = query)."""
     samples = list(query) if gallery_is_query else list(query) + list(gallery)
     ds = MultiModalImageDataset(samples, build_transforms(cfg, train=False), tiled)
-    return DataLoader(ds, batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False, **_worker_kwargs(cfg))
+    # Its own generator: creating the loader's iterator then draws nothing from the global torch RNG, so an
+    # evaluation leaves the training's random state as it was.
+    return DataLoader(ds, batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False, generator=torch.Generator(),
+                      **_worker_kwargs(cfg))
 
 
 def split_validation(train, val_ids, seed):

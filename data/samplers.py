@@ -2,6 +2,11 @@
 
 One shared-seed stream of batches is drawn per epoch (seed + epoch); with ``num_replicas`` > 1 each
 rank takes its own slice of identities from every global batch, so ranks see disjoint samples.
+
+The sampler yields ``(index, augmentation seed)`` pairs: every position of an epoch gets its own seed,
+drawn from (seed, epoch), and the dataset seeds the random augmentation of that sample with it. The
+augmentation is therefore a function of the run's seed, the epoch and the position alone: it does not
+depend on DATALOADER.NUM_WORKERS, on which worker loads the sample, or on whether the run was resumed.
 """
 import numpy as np
 from torch.utils.data import Sampler
@@ -52,9 +57,13 @@ class IdentitySampler(Sampler):
 
     def __iter__(self):
         per_rank = self.num_pids_per_batch // self.num_replicas
-        for batch in self._global_batches():
-            for group in batch[self.rank * per_rank:(self.rank + 1) * per_rank]:
-                yield from group
+        batches = self._global_batches()
+        seeds = np.random.default_rng([self.seed, self.epoch, 1]).integers(
+            0, 2 ** 63, size=(len(batches), self.num_pids_per_batch, self.num_instances))
+        for batch, batch_seeds in zip(batches, seeds):
+            lo, hi = self.rank * per_rank, (self.rank + 1) * per_rank
+            for group, group_seeds in zip(batch[lo:hi], batch_seeds[lo:hi]):
+                yield from zip(group, group_seeds.tolist())
 
     def __len__(self):
         return self._length

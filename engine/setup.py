@@ -2,6 +2,7 @@
 import argparse
 import logging
 import os
+import re
 
 import torch
 
@@ -17,7 +18,12 @@ from utils.versions import torch_version
 def parse_args(description):
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config_file", default="", help="YAML config (see configs/)")
-    p.add_argument("--resume", action="store_true", help="continue the run saved in OUTPUT_DIR/last.pth")
+    p.add_argument("--resume", action="store_true", help="train.py: continue the run saved in OUTPUT_DIR/last.pth")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train.py: delete the training run already in OUTPUT_DIR and start a fresh one")
+    p.add_argument("--allow-change", action="append", default=[], metavar="KEY",
+                   help="train.py --resume: continue with this config key changed against the checkpoint "
+                        "(repeatable, or comma-separated; 'all' allows every change)")
     p.add_argument("--save-features", default="", help="test.py: save query/gallery features to this .npz")
     p.add_argument("opts", nargs="*", help="KEY VALUE pairs overriding the config")
     return p.parse_intermixed_args()
@@ -84,34 +90,84 @@ def resolve_device(cfg, local_rank=0, training=False):
 
 
 def default_setup(args, log_name, training=False):
-    """Config (frozen), device, logger and seed; the resolved config is dumped to OUTPUT_DIR. The device is
-    resolved before anything is written."""
+    """Config (frozen), device, logger and seed. Returns ``(cfg, logger, device, run)``.
+
+    Nothing is written before the config and the device are checked. For training, OUTPUT_DIR is then
+    checked and locked (``engine.rundir``; ``run`` holds the lock and, with --resume, the checkpoint) and
+    the resolved config is written to OUTPUT_DIR/config.yaml; ``run`` is None otherwise."""
     check_packages()
     local_rank = comm.init_distributed()
     cfg = load_config(args.config_file, args.opts)
     device = resolve_device(cfg, local_rank, training)
-    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    run = None
+    if training:
+        from .rundir import prepare_run_folder
+        run = prepare_run_folder(cfg, getattr(args, "resume", False), getattr(args, "overwrite", False),
+                                 getattr(args, "allow_change", ()), main_process=comm.is_main_process())
+    else:
+        try:
+            os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+        except OSError as e:
+            raise SetupError(f"cannot create OUTPUT_DIR {cfg.OUTPUT_DIR}: {e.strerror or e}") from None
     logger = setup_logging(cfg.OUTPUT_DIR, log_name)
+    if training:
+        logger.info("=" * 20 + (" resumed run " if run.state is not None else " new run ") + "=" * 20)
     logger.info("Config file: %s; overrides: %s", args.config_file or "(defaults)", args.opts)
     logger.info("Device: %s (torch %s, CUDA build %s)", device, torch.__version__, torch.version.cuda)
-    if comm.is_main_process():
-        atomic_write_text(cfg.dump(), os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
+    if run is not None:
+        if run.removed:
+            logger.warning("--overwrite: deleted the previous run's %s", ", ".join(run.removed))
+        for key, old, new in (run.state or {}).get("changes", []):
+            logger.warning("--resume: %s changed from %r (checkpoint) to %r", key, old, new)
+        if comm.is_main_process():
+            atomic_write_text(cfg.dump(), os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
     set_seed(cfg.SOLVER.SEED + comm.get_rank(), cfg.SOLVER.DETERMINISTIC)
     if device.type == "cpu" and cfg.SOLVER.CPU_KEEP_FREED_MEMORY:
         keep_freed_memory()
-    return cfg, logger, device
+    return cfg, logger, device, run
+
+
+def error_message(e):
+    """One line (or the exception's own lines) for the user: a KeyError's key text without quotes, and an
+    error raised inside a DataLoader worker without the embedded worker traceback."""
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and e.strerror:
+        msg = f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    if "Original Traceback (most recent call last)" in msg:
+        last = [line for line in msg.splitlines() if line.strip()][-1]
+        msg = re.sub(r"^[\w.]+(Error|Exception|Interrupt)?: ", "", last.strip())
+    return msg
+
+
+def _to_log_file(level, msg, exc_info=None):
+    """Write to the log file only (the console already shows the message or the traceback)."""
+    log = logging.getLogger("signal")
+    record = log.makeRecord(log.name, level, __file__, 0, msg, None, exc_info)
+    for h in log.handlers:
+        if isinstance(h, logging.FileHandler):
+            h.handle(record)
 
 
 def run_cli(main):
-    """Run ``main``; errors about the user's input (config, data, weights) end the program with a one-line
-    message and exit code 2 instead of a traceback."""
+    """Run ``main``; errors about the user's input (config, data, weights, output folder, device) end the
+    program with a one-line ``error:`` message and exit code 2 instead of a traceback. Every fatal error is
+    also written to the log file when one is open."""
     import sys
 
     from data.datasets import DatasetError
     from modeling.weights import WeightsError
+    from utils.checkpoint import CheckpointError, OutputError
     try:
         main()
-    except (DatasetError, WeightsError, SetupError, FileNotFoundError, KeyError, ValueError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+    except (DatasetError, WeightsError, SetupError, CheckpointError, OutputError, OSError, KeyError,
+            ValueError) as e:
+        msg = error_message(e)
+        _to_log_file(logging.ERROR, f"error: {msg}")
         print(f"error: {msg}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        _to_log_file(logging.ERROR, "interrupted (KeyboardInterrupt)")
+        raise
+    except Exception as e:
+        _to_log_file(logging.ERROR, f"fatal error: {type(e).__name__}: {e}", sys.exc_info())
+        raise

@@ -1,5 +1,4 @@
 """The training loop: epochs of P x K batches, periodic evaluation, resumable checkpoints."""
-import json
 import logging
 import math
 import os
@@ -10,7 +9,7 @@ from tqdm import tqdm
 
 from modeling import MODALITIES
 from utils import comm
-from utils.checkpoint import atomic_save, rng_state, set_rng_state
+from utils.checkpoint import atomic_save, atomic_write_jsonl, load_checkpoint, rng_state, set_rng_state
 
 from .inference import autocast_context, evaluate_model, format_metrics
 
@@ -27,27 +26,37 @@ def unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
-def training_state(model, optimizer, scheduler, scaler, epoch, best, cfg):
+def training_state(model, optimizer, scheduler, scaler, epoch, best, cfg, records=(), pending_eval=False):
+    """Everything needed to continue the run after ``epoch``: weights, optimizer, scaler, RNG, the best
+    metrics, the per-epoch records (metrics.jsonl) and whether the epoch still awaits its evaluation."""
     return {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-            "epoch": epoch, "best": best, "rng": rng_state(), "config": cfg.dump()}
+            "epoch": epoch, "best": best, "rng": rng_state(), "config": cfg.dump(), "records": list(records),
+            "pending_eval": pending_eval}
 
 
-def resume_from(path, model, optimizer, scheduler, scaler):
-    """Restore a training checkpoint; returns (next epoch, best metrics)."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    missing = [k for k in ("model", "optimizer", "scheduler", "epoch") if k not in state]
-    if missing:
-        raise RuntimeError(f"{path} is not a resumable training checkpoint (missing {missing})")
+def resume_from(state, model, optimizer, scheduler, scaler, path="last.pth"):
+    """Restore a training checkpoint (a path or its loaded dict).
+
+    The learning-rate schedule is not restored from the checkpoint: it is a function of the epoch and the
+    current config, so an allowed change (a longer SOLVER.MAX_EPOCHS, another BASE_LR) applies from the next
+    epoch on. For the same reason every optimizer hyper-parameter (weight decay, betas, ...) is taken from
+    the current config; only the optimizer's running state (moments, step counts) comes from the checkpoint.
+
+    Returns ``(next epoch, best metrics, per-epoch records, pending_eval)``."""
+    if isinstance(state, str):
+        path, state = state, load_checkpoint(state, "training checkpoint")
     unwrap(model).load_state_dict(state["model"])
+    fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    for group, hyper in zip(optimizer.param_groups, fresh):
+        group.update(hyper)
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     if state.get("rng"):
         set_rng_state(state["rng"])
     logger.info("Resumed from %s (completed epoch %d)", path, state["epoch"])
-    return state["epoch"] + 1, state.get("best")
+    return state["epoch"] + 1, state.get("best"), list(state.get("records", [])), bool(state.get("pending_eval"))
 
 
 def make_grad_scaler(device, amp):
@@ -81,17 +90,50 @@ def train_step(model, batch, loss_fn, optimizer, device, amp="none", scaler=None
     return losses
 
 
+def evaluates(epoch, solver):
+    """Whether ``epoch`` is evaluated: every EVAL_PERIOD epochs (0: never before the last) and the last."""
+    return epoch == solver.MAX_EPOCHS or (solver.EVAL_PERIOD > 0 and epoch % solver.EVAL_PERIOD == 0)
+
+
 def do_train(cfg, model, train_loader, test_loader, num_query, optimizer, scheduler, loss_fn, device,
-             scaler=None, start_epoch=1, best=None):
+             scaler=None, start_epoch=1, best=None, records=None, pending_eval=False):
     """Train from ``start_epoch`` to SOLVER.MAX_EPOCHS. Writes ``last.pth``, ``best.pth`` and
     ``metrics.jsonl`` to OUTPUT_DIR (main process only). ``scaler``: a GradScaler for fp16 on CUDA.
-    Returns (per-epoch records, best metrics)."""
+    ``records``: the per-epoch records of the epochs before ``start_epoch`` (a resumed run);
+    ``pending_eval``: the epoch before ``start_epoch`` was saved but not yet evaluated.
+
+    ``last.pth`` is written before each evaluation (and again after it), so a crash during an evaluation
+    loses no training: the resumed run evaluates that epoch first. Returns (all per-epoch records, best)."""
     s = cfg.SOLVER
     out_dir = cfg.OUTPUT_DIR
     check_every_step = device.type == "cpu"
     best = best or {"mAP": -1.0}
-    records = []
+    records = list(records or [])
     main = comm.is_main_process()
+
+    def save_last(epoch, pending):
+        if main:
+            atomic_save(training_state(model, optimizer, scheduler, scaler, epoch, best, cfg, records, pending),
+                        os.path.join(out_dir, "last.pth"))
+            atomic_write_jsonl(records, os.path.join(out_dir, "metrics.jsonl"))
+
+    def evaluate_epoch(epoch, record):
+        nonlocal best
+        metrics, _ = evaluate_model(cfg, unwrap(model), test_loader, num_query, device)
+        record.update({k: metrics[k] for k in METRIC_KEYS})
+        logger.info("Validation epoch %d: %s", epoch, format_metrics(metrics))
+        if metrics["mAP"] > best["mAP"]:
+            best = {"epoch": epoch, **{k: metrics[k] for k in METRIC_KEYS}}
+            if main:
+                atomic_save({"model": unwrap(model).state_dict(), "epoch": epoch, "metrics": best},
+                            os.path.join(out_dir, "best.pth"))
+        logger.info("Best so far (epoch %d): mAP %.1f%%, Rank-1 %.1f%%", best["epoch"], 100 * best["mAP"],
+                    100 * best["Rank-1"])
+        save_last(epoch, False)
+
+    if pending_eval and records:
+        logger.info("Epoch %d was saved but not evaluated: evaluating it first", records[-1]["epoch"])
+        evaluate_epoch(records[-1]["epoch"], records[-1])
     for epoch in range(start_epoch, s.MAX_EPOCHS + 1):
         model.train()
         train_loader.sampler.set_epoch(epoch)
@@ -124,25 +166,13 @@ def do_train(cfg, model, train_loader, test_loader, num_query, optimizer, schedu
                   "seconds": round(elapsed, 2), "samples_per_s": round(n_iter * train_loader.batch_size / elapsed, 1)}
         logger.info("Epoch %d done: loss %.4f (%s), lr %.2e, %.1fs, %.1f samples/s", epoch, record["loss"],
                     ", ".join(f"{k} {v:.4f}" for k, v in means.items()), lr, elapsed, record["samples_per_s"])
-        if epoch % s.EVAL_PERIOD == 0 or epoch == s.MAX_EPOCHS:
-            metrics, _ = evaluate_model(cfg, unwrap(model), test_loader, num_query, device)
-            record.update({k: metrics[k] for k in METRIC_KEYS})
-            logger.info("Validation epoch %d: %s", epoch, format_metrics(metrics))
-            if metrics["mAP"] > best["mAP"]:
-                best = {"epoch": epoch, **{k: metrics[k] for k in METRIC_KEYS}}
-                if main:
-                    atomic_save({"model": unwrap(model).state_dict(), "epoch": epoch, "metrics": best},
-                                os.path.join(out_dir, "best.pth"))
-            logger.info("Best so far (epoch %d): mAP %.1f%%, Rank-1 %.1f%%", best["epoch"], 100 * best["mAP"],
-                        100 * best["Rank-1"])
-        if main:
-            atomic_save(training_state(model, optimizer, scheduler, scaler, epoch, best, cfg),
-                        os.path.join(out_dir, "last.pth"))
-            if s.CHECKPOINT_PERIOD and epoch % s.CHECKPOINT_PERIOD == 0:
-                atomic_save({"model": unwrap(model).state_dict(), "epoch": epoch},
-                            os.path.join(out_dir, f"{cfg.MODEL.NAME}_{epoch}.pth"))
-            with open(os.path.join(out_dir, "metrics.jsonl"), "a") as f:
-                f.write(json.dumps(record) + "\n")
         records.append(record)
+        pending = evaluates(epoch, s)
+        save_last(epoch, pending)
+        if main and s.CHECKPOINT_PERIOD and epoch % s.CHECKPOINT_PERIOD == 0:
+            atomic_save({"model": unwrap(model).state_dict(), "epoch": epoch},
+                        os.path.join(out_dir, f"{cfg.MODEL.NAME}_{epoch}.pth"))
+        if pending:
+            evaluate_epoch(epoch, record)
         comm.synchronize()
     return records, best

@@ -129,22 +129,25 @@ def test_missing_dataset_folder(tiny_cfg, tmp_path):
 def test_sampler_pk_structure():
     pids = np.repeat(np.arange(10), [2, 3, 4, 5, 6, 7, 8, 9, 10, 11])
     sampler = IdentitySampler(pids, batch_size=12, num_instances=4, seed=3)
-    idx = list(sampler)
+    pairs = list(sampler)
+    idx = [i for i, _ in pairs]
+    seeds = [s for _, s in pairs]
+    assert len(set(seeds)) == len(seeds)             # one augmentation seed per position
     assert len(idx) % 12 == 0 and len(idx) > 0
     for b in range(0, len(idx), 12):
         batch = pids[idx[b:b + 12]]
         ids, counts = np.unique(batch, return_counts=True)
         assert len(ids) == 3 and (counts == 4).all()
         assert [batch[i] for i in range(0, 12, 4)] == [batch[i + 3] for i in range(0, 12, 4)]
-    assert list(sampler) == idx                      # same epoch, same stream
+    assert list(sampler) == pairs                    # same epoch, same stream
     sampler.set_epoch(1)
-    assert list(sampler) != idx
+    assert [s for _, s in sampler] != seeds and [i for i, _ in sampler] != idx
 
 
 def test_sampler_shards_disjointly_by_rank():
     pids = np.repeat(np.arange(12), 8)
     ranks = [list(IdentitySampler(pids, 16, 4, seed=0, num_replicas=2, rank=r)) for r in range(2)]
-    full = list(IdentitySampler(pids, 16, 4, seed=0))
+    full = list(IdentitySampler(pids, 16, 4, seed=0))     # (index, augmentation seed) pairs
     assert len(ranks[0]) == len(ranks[1]) == len(full) // 2
     assert not set(ranks[0]) & set(ranks[1])
     assert sorted(ranks[0] + ranks[1]) == sorted(full)

@@ -38,8 +38,9 @@ def test_train_then_test_through_the_command_line(synth_root, tmp_path):
     assert {"before_training", "last_epoch", "best"} <= set(summary)
     log = open(os.path.join(out, "train_log.txt")).read()
     assert "Before training" in log and "Best epoch" in log
-    for extra, tag in [([], "test_metrics"), (["TEST.RE_RANKING", "yes"], "test_metrics_rerank"),
-                       (["TEST.MISS", "nt"], "test_metrics_miss-nt")]:
+    config_before = open(os.path.join(out, "config.yaml")).read()
+    for extra, tag in [([], "test_best_Synthetic"), (["TEST.RE_RANKING", "yes"], "test_best_Synthetic_rerank20-6-0.3"),
+                       (["TEST.MISS", "nt", "TEST.IMS_PER_BATCH", "7"], "test_best_Synthetic_miss-nt")]:
         r = subprocess.run([sys.executable, os.path.join(ROOT, "test.py"), *TINY, "DATASETS.ROOT_DIR", synth_root,
                             "OUTPUT_DIR", out, "TEST.WEIGHT", os.path.join(out, "best.pth"), *extra,
                             "--save-features", str(tmp_path / "f.npz")],
@@ -48,6 +49,8 @@ def test_train_then_test_through_the_command_line(synth_root, tmp_path):
         metrics = json.load(open(os.path.join(out, tag + ".json")))
         assert 0.0 <= metrics["mAP"] <= 1.0 and {"Rank-1", "Rank-5", "Rank-10", "mINP"} <= set(metrics)
         assert "mAP" in r.stdout
+        assert metrics["config"]["TEST"]["MISS"] == ("nt" if "nt" in extra else "")
+    assert open(os.path.join(out, "config.yaml")).read() == config_before   # the training record is untouched
     import numpy as np
     f = np.load(tmp_path / "f.npz")
     assert f["features"].shape[0] == len(f["pids"]) == len(f["paths"])

@@ -1,0 +1,176 @@
+"""The training run folder (OUTPUT_DIR): one run per folder, held under a lock, resumed only with a
+config that does not silently change the run.
+
+A folder *holds a run* once it contains any of the files a run writes (``last.pth``, ``best.pth``,
+``metrics.jsonl``, ``summary.json``, numbered checkpoints). A fresh ``train.py`` into such a folder stops
+before writing anything: continue it with ``--resume``, pick another OUTPUT_DIR, or pass ``--overwrite`` to
+delete the old run's files first.
+"""
+import logging
+import os
+import re
+import socket
+
+import yaml
+
+from utils.checkpoint import load_checkpoint
+
+from .setup import SetupError
+
+logger = logging.getLogger("signal.run")
+
+RUN_FILES = ("last.pth", "best.pth", "metrics.jsonl", "summary.json")
+# Files a fresh run rewrites; --overwrite deletes them together with RUN_FILES.
+RECORD_FILES = ("config.yaml", "train_log.txt")
+LOCK_FILE = ".lock"
+
+# Keys that may differ between a checkpoint and the resumed run without changing what is trained:
+# where things are, how fast they run, how often the log is written.
+FREE_KEYS = {"OUTPUT_DIR", "DATASETS.ROOT_DIR", "MODEL.DEVICE", "MODEL.COMPILE", "DATALOADER.NUM_WORKERS",
+             "TEST.IMS_PER_BATCH", "TEST.WEIGHT", "TEST.EVAL_BEFORE_TRAIN", "SOLVER.LOG_PERIOD",
+             "SOLVER.CHECKPOINT_PERIOD", "SOLVER.CPU_KEEP_FREED_MEMORY"}
+
+
+class RunFolderError(SetupError):
+    """OUTPUT_DIR cannot take this run (it holds another run, another process writes to it, ...)."""
+
+
+def _numbered_checkpoints(out_dir, name):
+    pattern = re.compile(re.escape(name) + r"_\d+\.pth$")
+    return sorted(f for f in os.listdir(out_dir) if pattern.match(f)) if os.path.isdir(out_dir) else []
+
+
+def run_files(out_dir, model_name):
+    """The files of a training run present in ``out_dir``."""
+    present = [f for f in RUN_FILES if os.path.exists(os.path.join(out_dir, f))]
+    return present + _numbered_checkpoints(out_dir, model_name)
+
+
+class RunLock:
+    """An exclusive ``flock`` on OUTPUT_DIR/.lock, held for the life of the process (the kernel releases it
+    when the process ends, even on kill -9). A second holder gets a RunFolderError naming the folder and
+    the process that holds it."""
+
+    def __init__(self, out_dir):
+        self.path = os.path.join(out_dir, LOCK_FILE)
+        self.fd = None
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock, say so
+            logger.warning("file locking is not available here; nothing stops two runs writing to %s", out_dir)
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunFolderError(f"another run is writing to {out_dir} ({holder}); wait for it to end or set "
+                                 f"another OUTPUT_DIR") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self):
+        if self.fd is not None:
+            import fcntl
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+def flatten(node, prefix=""):
+    """{'SECTION.KEY': value} of a (nested) config mapping."""
+    out = {}
+    for k, v in node.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, prefix + k + "."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def config_changes(saved_yaml, cfg):
+    """[(key, checkpoint value, current value)] for every key whose value differs; keys the checkpoint's
+    config does not have (written by an older version) are not reported."""
+    old = flatten(yaml.safe_load(saved_yaml) or {})
+    new = flatten(yaml.safe_load(cfg.dump()))
+    return [(k, old[k], new[k]) for k in sorted(new) if k in old and old[k] != new[k]]
+
+
+def check_resume_config(saved_yaml, cfg, allowed, path):
+    """Refuse config changes against the checkpoint at ``path`` that change the run, unless each key is in
+    ``allowed`` (or ``allowed`` holds 'all'). Returns the list of changes (logged by the caller)."""
+    changes = config_changes(saved_yaml, cfg)
+    allowed = {a.strip() for item in allowed for a in item.split(",") if a.strip()}
+    unknown = sorted(a for a in allowed if a != "all" and a not in flatten(yaml.safe_load(cfg.dump())))
+    if unknown:
+        raise RunFolderError(f"--allow-change: unknown config key(s) {unknown}")
+    refused = [c for c in changes if c[0] not in FREE_KEYS and c[0] not in allowed and "all" not in allowed]
+    if refused:
+        lines = [f"--resume: the config differs from the one {path} was trained with:"]
+        lines += [f"  {k}: checkpoint {old!r}, now {new!r}" for k, old, new in refused]
+        lines.append("Resume with the checkpoint's values, or continue with the new ones by passing "
+                     + " ".join(f"--allow-change {k}" for k, _, _ in refused))
+        raise RunFolderError("\n".join(lines))
+    return changes
+
+
+def prepare_run_folder(cfg, resume=False, overwrite=False, allow_changes=(), main_process=True):
+    """Check OUTPUT_DIR for a training run before anything is written, and take its lock.
+
+    Returns a ``Run``: its lock, the loaded ``last.pth`` (``state``) when resuming, and the files deleted by
+    ``overwrite``. Raises RunFolderError (or CheckpointError) with what to do instead. Other processes of a
+    distributed run (``main_process`` False) only read the checkpoint."""
+    out = cfg.OUTPUT_DIR
+    if not main_process:
+        state = load_checkpoint(os.path.join(out, "last.pth"), "training checkpoint") if resume else None
+        return Run(None, state, [])
+    if resume and overwrite:
+        raise RunFolderError("--resume and --overwrite contradict each other: pick one")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise RunFolderError(f"OUTPUT_DIR {out} is a file, not a folder")
+    if resume and not os.path.isfile(os.path.join(out, "last.pth")):
+        raise RunFolderError(f"--resume: no checkpoint at {os.path.join(out, 'last.pth')}; "
+                             f"start a fresh run without --resume")
+    found = run_files(out, cfg.MODEL.NAME)
+    if found and not resume and not overwrite:
+        raise RunFolderError(
+            f"OUTPUT_DIR {out} already holds a training run ({', '.join(found)}). Continue it with --resume, "
+            f"set another OUTPUT_DIR, or pass --overwrite to delete that run and start again.")
+    try:
+        os.makedirs(out, exist_ok=True)
+        lock = RunLock(out)
+    except OSError as e:
+        raise RunFolderError(f"cannot write to OUTPUT_DIR {out}: {e.strerror or e}") from None
+    state, removed = None, []
+    try:
+        if overwrite and found:
+            removed = found + [f for f in RECORD_FILES if os.path.exists(os.path.join(out, f))]
+            for f in removed:
+                os.remove(os.path.join(out, f))
+        if resume:
+            path = os.path.join(out, "last.pth")
+            state = load_checkpoint(path, "training checkpoint")
+            missing = [k for k in ("model", "optimizer", "epoch") if k not in state]
+            if missing:
+                raise RunFolderError(f"{path} is not a resumable training checkpoint (it lacks {missing}); "
+                                     f"last.pth is written by train.py")
+            state["changes"] = check_resume_config(state.get("config", ""), cfg, allow_changes, path) \
+                if state.get("config") else []
+    except BaseException:
+        lock.release()
+        raise
+    return Run(lock, state, removed)
+
+
+class Run:
+    """What ``prepare_run_folder`` found: ``lock`` (held), ``state`` (last.pth when resuming, with the
+    config ``changes`` against it), ``removed`` (files deleted by --overwrite)."""
+
+    def __init__(self, lock, state, removed):
+        self.lock, self.state, self.removed = lock, state, removed
+
+    def release(self):
+        if self.lock is not None:
+            self.lock.release()
