@@ -4,28 +4,20 @@ Batches are dicts: ``{'RGB', 'NI', 'TI'}`` image tensors [B, 3, H, W] plus ``pid
 ``sceneid`` and ``index`` (position of the sample in its split, for looking up paths).
 """
 import contextlib
+import logging
 import random
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from utils import comm
 
-from .datasets import MODALITIES, DatasetError, build_dataset
+from .checks import check_queries, read_image, verify_images
+from .datasets import MODALITIES, DatasetError, build_dataset, uses_scenes
 from .datasets.bases import relabel
 from .samplers import IdentitySampler
 from .transforms import build_transforms
-
-
-def read_image(path):
-    """Open an image as RGB; an unreadable or missing file is a DatasetError naming the file."""
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise DatasetError(f"cannot read image {path}: {e}") from None
 
 
 class MultiModalImageDataset(Dataset):
@@ -112,18 +104,30 @@ def split_validation(train, val_ids, seed):
     return relabel([s for s in train if s.pid not in held]), val
 
 
-def build_dataloaders(cfg):
+def build_dataloaders(cfg, verify=True):
     """Returns ``train_loader, test_loader, num_query, num_classes, num_cameras``.
 
     ``test_loader`` iterates the query samples first, then the gallery; when its dataset has exactly
     ``num_query`` samples the gallery is the query set itself (RGBNT201 protocol). With
     ``DATASETS.VAL_IDS`` the held-out identities are left out of training and ``train_loader.val_loader``
     (with ``train_loader.val_num_query``) evaluates on them.
+
+    With ``verify`` every image of every split is decoded once and the evaluation protocol is checked to
+    leave a valid query, so bad data stops the program here rather than at a later epoch.
     """
     dataset = build_dataset(cfg)
     val = None
     if cfg.DATASETS.VAL_IDS > 0:
         dataset.train, val = split_validation(dataset.train, cfg.DATASETS.VAL_IDS, cfg.SOLVER.SEED)
+    if verify:
+        scenes = uses_scenes(cfg.DATASETS.NAMES)
+        check_queries(dataset.query, dataset.gallery, scenes, f"{dataset.name} test split")
+        if val is not None:
+            check_queries(val, val, scenes, "the validation split (DATASETS.VAL_IDS)")
+        if comm.is_main_process():
+            n = verify_images({"train": dataset.train, "query": dataset.query, "gallery": dataset.gallery},
+                              dataset.tiled)
+            logging.getLogger("signal.data").info("Checked %d image files: all readable", n)
     world = comm.get_world_size()
     train_set = MultiModalImageDataset(dataset.train, build_transforms(cfg, train=True), dataset.tiled)
     sampler = IdentitySampler([s.pid for s in dataset.train], cfg.SOLVER.IMS_PER_BATCH,

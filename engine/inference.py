@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from data.datasets import uses_scenes
 from modeling import MODALITIES
 from utils import comm
 from utils.metrics import Evaluator
@@ -47,7 +48,7 @@ def extract(model, loader, device, miss="", amp="none", evaluator=None, progress
 def build_evaluator(cfg, num_query):
     t = cfg.TEST
     rerank = (t.RE_RANKING_K1, t.RE_RANKING_K2, t.RE_RANKING_LAMBDA) if t.RE_RANKING else None
-    return Evaluator(num_query, use_scenes=cfg.DATASETS.NAMES == "MSVR310", rerank=rerank)
+    return Evaluator(num_query, use_scenes=uses_scenes(cfg.DATASETS.NAMES), rerank=rerank)
 
 
 def _shard(loader):

@@ -21,13 +21,13 @@ def main():
 
     def getitem(self, index):
         if getattr(self, "is_train", False):
-            seen.append(int(index))
+            seen.append(int(index[0]))        # (position, augmentation seed) from the training sampler
         return original_getitem(self, index)
 
     original_build = data.build_dataloaders
 
-    def build(cfg):
-        loaders = original_build(cfg)
+    def build(cfg, **kwargs):
+        loaders = original_build(cfg, **kwargs)
         loaders[0].dataset.is_train = True
         return loaders
 

@@ -11,6 +11,11 @@ from .synthetic import synthetic_root, write_synthetic
 _FACTORY = {"RGBNT201": RGBNT201, "RGBNT100": RGBNT100, "MSVR310": MSVR310}
 
 
+def uses_scenes(name):
+    """Whether benchmark ``name`` removes same-identity gallery samples by scene (MSVR310), not by camera."""
+    return name == "MSVR310"
+
+
 def build_dataset(cfg):
     """Parse the benchmark named by ``DATASETS.NAMES`` under ``DATASETS.ROOT_DIR``.
 
@@ -35,4 +40,4 @@ def build_dataset(cfg):
 
 
 __all__ = ["MODALITIES", "DatasetError", "ReIDDataset", "Sample", "build_dataset", "write_synthetic",
-           "RGBNT201", "RGBNT100", "MSVR310"]
+           "RGBNT201", "RGBNT100", "MSVR310", "uses_scenes"]

@@ -24,11 +24,16 @@ class DatasetError(RuntimeError):
     """Bad data on disk: a missing folder or file, a name that does not parse, an empty split."""
 
 
+def is_hidden(name):
+    """Hidden entries (``.DS_Store``, macOS ``._*`` resource forks, ``.ipynb_checkpoints``) are not data."""
+    return name.startswith(".")
+
+
 def list_images(folder):
-    """Sorted image file names in ``folder``; a missing folder is a DatasetError."""
+    """Sorted image file names in ``folder``, hidden files skipped; a missing folder is a DatasetError."""
     if not os.path.isdir(folder):
         raise DatasetError(f"missing folder: {folder}")
-    return sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTS))
+    return sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTS) and not is_hidden(f))
 
 
 def require_dir(path, what):

@@ -7,7 +7,7 @@ gallery samples of the same id and the same scene.
 import os
 import re
 
-from .bases import DatasetError, ReIDDataset, Sample, list_images, require_dir, require_file, require_nonempty
+from .bases import DatasetError, ReIDDataset, Sample, is_hidden, list_images, require_dir, require_file, require_nonempty
 
 _NAME = re.compile(r"^\d{4}_s\d{3}_v[0-7]")
 _SUBDIRS = ("vis", "ni", "th")
@@ -25,7 +25,7 @@ def read_vehicle_folders(folder, split):
     samples = []
     for vid in sorted(os.listdir(folder)):
         vdir = os.path.join(folder, vid)
-        if not os.path.isdir(vdir):
+        if is_hidden(vid) or not os.path.isdir(vdir):
             continue
         for name in list_images(os.path.join(vdir, _SUBDIRS[0])):
             paths = tuple(os.path.join(vdir, sub, name) for sub in _SUBDIRS)

@@ -1,0 +1,101 @@
+"""Reading images, and the checks run on every split before any training or evaluation starts.
+
+``read_image`` returns 8-bit RGB for every image format the loaders meet: 16-bit single-channel images
+(radiometric thermal or NIR data, PIL modes ``I;16*`` and ``I``) are scaled linearly from 0..65535 to
+0..255 instead of being clipped to white by PIL's conversion; floating-point images are refused.
+
+``verify_images`` decodes every file of the splits once at start-up (JPEGs at 1/8 scale, which still reads
+the whole compressed stream), so a truncated or unreadable image stops the run before the first epoch,
+not at a random later one. ``check_queries`` verifies that the evaluation protocol leaves at least one
+query with a true match in the gallery.
+"""
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .datasets import DatasetError
+
+logger = logging.getLogger("signal.data")
+
+SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _to_rgb(img, path):
+    if img.mode in SIXTEEN_BIT:
+        arr = np.asarray(img)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise DatasetError(f"{path}: {img.mode} image with values outside 0..65535 "
+                               f"({arr.min()}..{arr.max()}); expected 8- or 16-bit data")
+        scaled = np.rint(arr.astype(np.float32) * (255.0 / 65535.0)).astype(np.uint8)
+        return Image.fromarray(scaled).convert("RGB")
+    if img.mode == "F":
+        raise DatasetError(f"{path}: floating-point image (PIL mode F); expected 8- or 16-bit data")
+    return img.convert("RGB")
+
+
+def read_image(path):
+    """Open an image as 8-bit RGB; an unreadable or missing file is a DatasetError naming the file."""
+    try:
+        with Image.open(path) as img:
+            return _to_rgb(img, path)
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise DatasetError(f"cannot read image {path}: {e}") from None
+
+
+def _check_one(path, tiled):
+    """(path, problem or None, mode) after decoding ``path``."""
+    try:
+        with Image.open(path) as img:
+            mode, (w, h) = img.mode, img.size
+            if img.format == "JPEG":
+                img.draft(img.mode, (max(1, w // 8), max(1, h // 8)))
+            img.load()
+            if mode == "F":
+                return path, "floating-point image (PIL mode F); expected 8- or 16-bit data", mode
+            if tiled and w % 3:
+                return path, f"width {w} is not three side-by-side tiles (RGB | NI | TI)", mode
+            return path, None, mode
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
+        return path, str(e) or type(e).__name__, None
+
+
+def verify_images(splits, tiled=False, workers=None):
+    """Decode every image of ``splits`` ({split name: samples}); raise a DatasetError listing the unreadable
+    files (up to 20, with the total). Returns the number of files checked."""
+    paths = sorted({p for samples in splits.values() for s in samples for p in s.paths})
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        results = list(pool.map(lambda p: _check_one(p, tiled), paths, chunksize=64))
+    bad = [(p, why) for p, why, _ in results if why]
+    if bad:
+        lines = [f"{len(bad)} of {len(paths)} images cannot be used:"]
+        lines += [f"  {p}: {why}" for p, why in bad[:20]]
+        if len(bad) > 20:
+            lines.append(f"  ... and {len(bad) - 20} more")
+        raise DatasetError("\n".join(lines))
+    deep = [p for p, _, mode in results if mode in SIXTEEN_BIT]
+    if deep:
+        logger.warning("%d of %d images are 16-bit (e.g. %s): they are scaled linearly from 0..65535 to 0..255",
+                       len(deep), len(paths), deep[0])
+    return len(paths)
+
+
+def count_valid_queries(query, gallery, use_scenes=False):
+    """Queries that keep at least one true match once the protocol removes gallery samples of the same
+    identity and camera (or scene, ``use_scenes``)."""
+    g_pid = np.array([s.pid for s in gallery])
+    g_key = np.array([s.sceneid if use_scenes else s.camid for s in gallery])
+    valid = 0
+    for q in query:
+        valid += bool(np.any((g_pid == q.pid) & (g_key != (q.sceneid if use_scenes else q.camid))))
+    return valid
+
+
+def check_queries(query, gallery, use_scenes, what):
+    if count_valid_queries(query, gallery, use_scenes) == 0:
+        rule = "scene" if use_scenes else "camera"
+        raise DatasetError(f"{what}: no query has a true match in the gallery under the evaluation protocol "
+                           f"(same identity seen from another {rule}); nothing could be evaluated")
