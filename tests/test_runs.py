@@ -1,0 +1,274 @@
+"""Run folders, resume and output files: nothing a run wrote is lost or silently mixed with another run."""
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from engine.rundir import RunFolderError, RunLock
+from utils.checkpoint import CheckpointError
+
+from .conftest import ROOT, TINY
+from .test_end_to_end import opts, run_train_inprocess
+
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def _epochs(out):
+    return [json.loads(line)["epoch"] for line in open(os.path.join(out, "metrics.jsonl"))]
+
+
+def _snapshot(out):
+    return {f: open(os.path.join(out, f), "rb").read() for f in sorted(os.listdir(out)) if not f.startswith(".")}
+
+
+def test_a_fresh_run_into_a_finished_run_stops_before_writing(synth_root, tmp_path, monkeypatch):
+    out = str(tmp_path / "run")
+    run_train_inprocess(opts(synth_root, out), monkeypatch)
+    before = _snapshot(out)
+    with pytest.raises(RunFolderError, match="already holds a training run.*--resume.*--overwrite"):
+        run_train_inprocess(opts(synth_root, out), monkeypatch)
+    assert _snapshot(out) == before
+    # --overwrite deletes the old run and starts again
+    run_train_inprocess(["--overwrite"] + opts(synth_root, out, "SOLVER.MAX_EPOCHS", "1"), monkeypatch)
+    assert _epochs(out) == [1]
+    import yaml
+    assert yaml.safe_load(open(os.path.join(out, "config.yaml")))["SOLVER"]["MAX_EPOCHS"] == 1
+
+
+def test_a_second_run_into_a_locked_folder_stops(synth_root, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    out.mkdir()
+    lock = RunLock(str(out))
+    try:
+        with pytest.raises(RunFolderError, match=f"another run is writing to {out} \\(process {os.getpid()}"):
+            run_train_inprocess(opts(synth_root, str(out)), monkeypatch)
+        assert sorted(os.listdir(out)) == [".lock"]
+    finally:
+        lock.release()
+    run_train_inprocess(opts(synth_root, str(out), "SOLVER.MAX_EPOCHS", "1"), monkeypatch)   # free again
+
+
+def test_a_second_process_is_refused_while_the_first_trains(synth_root, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]);"
+                               "from engine.rundir import RunLock; RunLock(sys.argv[2]); print('locked', flush=True);"
+                               "time.sleep(60)", ROOT, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *opts(synth_root, str(out))],
+                           capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
+        assert r.returncode == 2 and f"error: another run is writing to {out} (process {holder.pid}" in r.stderr
+        assert "Traceback" not in r.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_resume_refuses_config_changes_unless_allowed_and_extends_the_schedule(synth_root, tmp_path, monkeypatch):
+    out = str(tmp_path / "run")
+    run_train_inprocess(opts(synth_root, out), monkeypatch)
+    before = _snapshot(out)
+    with pytest.raises(RunFolderError, match="SOLVER.MAX_EPOCHS: checkpoint 2, now 3(.|\n)*--allow-change SOLVER.MAX_EPOCHS"):
+        run_train_inprocess(["--resume"] + opts(synth_root, out, "SOLVER.MAX_EPOCHS", "3"), monkeypatch)
+    assert _snapshot(out) == before
+    # keys that change nothing about the run may differ
+    run_train_inprocess(["--resume"] + opts(synth_root, out, "SOLVER.LOG_PERIOD", "1"), monkeypatch)
+    run_train_inprocess(["--resume", "--allow-change", "SOLVER.MAX_EPOCHS"]
+                        + opts(synth_root, out, "SOLVER.MAX_EPOCHS", "3"), monkeypatch)
+    assert _epochs(out) == [1, 2, 3]
+    # epoch 3 ran at the LR of a 3-epoch schedule, as the log says, and equals an uninterrupted 3-epoch run's
+    ref = str(tmp_path / "ref")
+    run_train_inprocess(opts(synth_root, ref, "SOLVER.MAX_EPOCHS", "3"), monkeypatch)
+    lrs = [json.loads(line)["lr"] for line in open(os.path.join(out, "metrics.jsonl"))]
+    ref_lrs = [json.loads(line)["lr"] for line in open(os.path.join(ref, "metrics.jsonl"))]
+    assert lrs[2] == ref_lrs[2] and lrs[1] != ref_lrs[1]
+    assert "SOLVER.MAX_EPOCHS changed from 2 (checkpoint) to 3" in open(os.path.join(out, "train_log.txt")).read()
+
+
+def test_resume_applies_an_allowed_weight_decay_change(synth_root, tmp_path, monkeypatch):
+    out = str(tmp_path / "run")
+    run_train_inprocess(opts(synth_root, out, "SOLVER.MAX_EPOCHS", "1"), monkeypatch)
+    seen = {}
+    import engine.trainer as trainer
+    original = trainer.train_step
+
+    def spy(model, batch, loss_fn, optimizer, *args, **kwargs):
+        seen["wd"] = {g["weight_decay"] for g in optimizer.param_groups}
+        return original(model, batch, loss_fn, optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_step", spy)
+    run_train_inprocess(["--resume", "--allow-change", "SOLVER.MAX_EPOCHS,SOLVER.WEIGHT_DECAY,SOLVER.WEIGHT_DECAY_BIAS"]
+                        + opts(synth_root, out, "SOLVER.WEIGHT_DECAY", "0.05", "SOLVER.WEIGHT_DECAY_BIAS", "0.05"),
+                        monkeypatch)
+    assert seen["wd"] == {0.05}
+
+
+def test_resuming_a_finished_run_says_so_and_keeps_its_record(synth_root, tmp_path, monkeypatch, caplog):
+    out = str(tmp_path / "run")
+    run_train_inprocess(opts(synth_root, out), monkeypatch)
+    before = {f: v for f, v in _snapshot(out).items() if f != "train_log.txt"}
+    run_train_inprocess(["--resume"] + opts(synth_root, out), monkeypatch)
+    after = {f: v for f, v in _snapshot(out).items() if f != "train_log.txt"}
+    assert after == before
+    assert "last_epoch" in json.loads(before["summary.json"])
+    assert "is finished (epoch 2 of SOLVER.MAX_EPOCHS 2): nothing to train" in open(os.path.join(out, "train_log.txt")).read()
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", "truncate"])
+def test_a_damaged_last_pth_is_named(synth_root, tmp_path, monkeypatch, content):
+    out = str(tmp_path / "run")
+    run_train_inprocess(opts(synth_root, out, "SOLVER.MAX_EPOCHS", "1"), monkeypatch)
+    path = os.path.join(out, "last.pth")
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:len(data) // 2] if content == "truncate" else content)
+    with pytest.raises(CheckpointError, match=f"cannot read the training checkpoint {path} .*truncated, damaged"):
+        run_train_inprocess(["--resume"] + opts(synth_root, out, "SOLVER.MAX_EPOCHS", "1"), monkeypatch)
+
+
+def test_resume_without_a_checkpoint_and_contradicting_flags(synth_root, tmp_path, monkeypatch):
+    with pytest.raises(RunFolderError, match="--resume: no checkpoint at"):
+        run_train_inprocess(["--resume"] + opts(synth_root, str(tmp_path / "new")), monkeypatch)
+    with pytest.raises(RunFolderError, match="contradict"):
+        run_train_inprocess(["--resume", "--overwrite"] + opts(synth_root, str(tmp_path / "new")), monkeypatch)
+
+
+def test_resume_with_dataloader_workers_is_bit_exact_and_worker_count_free(synth_root, tmp_path, monkeypatch):
+    """The augmentation is seeded per sample position, so 2 workers (persistent, resumed) reproduce the
+    uninterrupted run, and that run equals one without workers."""
+    two = ["DATALOADER.NUM_WORKERS", "2"]
+    run_train_inprocess(opts(synth_root, str(tmp_path / "full"), *two), monkeypatch)
+    from data.samplers import IdentitySampler
+    original = IdentitySampler.set_epoch
+
+    def interrupt(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        original(self, epoch)
+
+    monkeypatch.setattr(IdentitySampler, "set_epoch", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_train_inprocess(opts(synth_root, str(tmp_path / "cut"), *two), monkeypatch)
+    monkeypatch.setattr(IdentitySampler, "set_epoch", original)
+    run_train_inprocess(["--resume"] + opts(synth_root, str(tmp_path / "cut"), *two), monkeypatch)
+    run_train_inprocess(opts(synth_root, str(tmp_path / "zero")), monkeypatch)
+    full = torch.load(tmp_path / "full" / "last.pth", weights_only=False)
+    cut = torch.load(tmp_path / "cut" / "last.pth", weights_only=False)
+    zero = torch.load(tmp_path / "zero" / "last.pth", weights_only=False)
+    for k in full["model"]:
+        assert torch.equal(full["model"][k], cut["model"][k]), k
+        assert torch.equal(full["model"][k], zero["model"][k]), k
+    for a, b in zip(full["optimizer"]["state"].values(), cut["optimizer"]["state"].values()):
+        assert all(torch.equal(a[n], b[n]) for n in a)
+    assert _epochs(tmp_path / "cut") == [1, 2]
+
+
+def test_a_crash_during_evaluation_loses_no_epoch(synth_root, tmp_path, monkeypatch):
+    run_train_inprocess(opts(synth_root, str(tmp_path / "full")), monkeypatch)
+    import engine.trainer as trainer
+    original = trainer.evaluate_model
+    calls = []
+
+    def crash_on_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    out = str(tmp_path / "cut")
+    monkeypatch.setattr(trainer, "evaluate_model", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_train_inprocess(opts(synth_root, out), monkeypatch)
+    state = torch.load(os.path.join(out, "last.pth"), weights_only=False)
+    assert state["epoch"] == 2 and state["pending_eval"] is True
+    monkeypatch.setattr(trainer, "evaluate_model", original)
+    run_train_inprocess(["--resume"] + opts(synth_root, out), monkeypatch)
+    a = [json.loads(line) for line in open(tmp_path / "full" / "metrics.jsonl")]
+    b = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("seconds", "samples_per_s")}  # noqa: E731
+    assert [strip(r) for r in a] == [strip(r) for r in b]
+    assert json.load(open(os.path.join(out, "summary.json")))["best"] == \
+        json.load(open(tmp_path / "full" / "summary.json"))["best"]
+    a, b = _weights(tmp_path / "full" / "best.pth"), _weights(os.path.join(out, "best.pth"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_eval_period_zero_evaluates_the_last_epoch_only(synth_root, tmp_path, monkeypatch):
+    out = str(tmp_path / "run")
+    run_train_inprocess(opts(synth_root, out, "SOLVER.EVAL_PERIOD", "0", "SOLVER.MAX_EPOCHS", "3"), monkeypatch)
+    records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    assert ["mAP" in r for r in records] == [False, False, True]
+
+
+def test_outputs_follow_the_umask(synth_root, tmp_path, monkeypatch):
+    old = os.umask(0o022)
+    try:
+        out = str(tmp_path / "run")
+        run_train_inprocess(opts(synth_root, out, "SOLVER.MAX_EPOCHS", "1"), monkeypatch)
+    finally:
+        os.umask(old)
+    for f in ("last.pth", "best.pth", "metrics.jsonl", "summary.json", "config.yaml"):
+        assert stat.S_IMODE(os.stat(os.path.join(out, f)).st_mode) == 0o644, f
+
+
+def _cli(script, *args, cwd):
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
+
+
+def test_cli_errors_are_one_line_and_reach_the_log(synth_root, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    r = _cli("train.py", *opts(synth_root, str(blocker / "run")), cwd=str(tmp_path))
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+    assert str(blocker) in r.stderr
+    out = tmp_path / "run"
+    r = _cli("train.py", *opts(synth_root, str(out), "MODEL.PRETRAIN_PATH", str(tmp_path / "missing.pth")),
+             cwd=str(tmp_path))
+    assert r.returncode == 2 and "missing.pth" in r.stderr and "Traceback" not in r.stderr
+    assert "error: " in open(out / "train_log.txt").read() and "missing.pth" in open(out / "train_log.txt").read()
+    r = _cli("test.py", *TINY, "DATASETS.ROOT_DIR", synth_root, "OUTPUT_DIR", str(out), "TEST.WEIGHT",
+             str(out / "none.pth"), cwd=str(tmp_path))
+    assert r.returncode == 2 and "TEST.WEIGHT: no checkpoint at" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_save_features_checks_its_folder_before_evaluating(synth_root, tmp_path, monkeypatch):
+    out = str(tmp_path / "run")
+    run_train_inprocess(opts(synth_root, out, "SOLVER.MAX_EPOCHS", "1"), monkeypatch)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    r = _cli("test.py", *TINY, "DATASETS.ROOT_DIR", synth_root, "OUTPUT_DIR", out, "TEST.WEIGHT",
+             os.path.join(out, "best.pth"), "--save-features", str(blocker / "f.npz"), cwd=str(tmp_path))
+    assert r.returncode == 2 and "--save-features: cannot write to" in r.stderr
+    assert "mAP" not in r.stdout                             # refused before the evaluation ran
+    r = _cli("test.py", *TINY, "DATASETS.ROOT_DIR", synth_root, "OUTPUT_DIR", out, "TEST.WEIGHT",
+             os.path.join(out, "best.pth"), "--save-features", str(tmp_path / "new" / "feats"), cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert os.path.isfile(tmp_path / "new" / "feats.npz")
+
+
+def test_test_results_are_named_by_checkpoint_and_never_overwrite_the_run(synth_root, tmp_path, monkeypatch):
+    import test as test_script
+    out = str(tmp_path / "run")
+    run_train_inprocess(opts(synth_root, out, "SOLVER.MAX_EPOCHS", "1"), monkeypatch)
+    before = _snapshot(out)
+    names = []
+    for weight in ("best.pth", "last.pth"):
+        monkeypatch.setattr(sys, "argv", ["test.py", *TINY, "DATASETS.ROOT_DIR", synth_root, "OUTPUT_DIR", out,
+                                          "TEST.WEIGHT", os.path.join(out, weight)])
+        test_script.main()
+        names.append(f"test_{weight[:-4]}_Synthetic.json")
+    after = _snapshot(out)
+    assert all(after[f] == before[f] for f in before if f not in ("test_log.txt",))
+    assert set(after) - set(before) == set(names) | ({"test_log.txt"} - set(before))
+    other = tmp_path / "eval"
+    monkeypatch.setattr(sys, "argv", ["test.py", *TINY, "DATASETS.ROOT_DIR", synth_root, "OUTPUT_DIR", str(other),
+                                      "TEST.WEIGHT", os.path.join(out, "best.pth"), "TEST.MISS", "r"])
+    test_script.main()
+    assert os.path.isfile(other / "test_run-best_Synthetic_miss-r.json")
