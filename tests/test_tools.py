@@ -67,6 +67,19 @@ def test_ablate_writes_table_and_curves(tiny_setup, tmp_path):
     assert Image.open(tmp_path / "abl" / "tiny_curves.png").height > 300
     records = [json.loads(line) for line in open(tmp_path / "runs" / "tiny" / "metrics.jsonl")]
     assert [r["epoch"] for r in records] == [1, 2]
+    base = [sys.executable, os.path.join(TOOLS, "ablate.py"), "--configs", cfg, "--output", str(tmp_path / "abl"),
+            "--runs-dir", str(tmp_path / "runs")]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    # again into the same folders: refused before anything trains
+    r = subprocess.run(base + ["SOLVER.MAX_EPOCHS", "2"], cwd=str(d), capture_output=True, text=True, env=env)
+    assert r.returncode != 0 and "already hold runs" in r.stderr and "running:" not in r.stdout
+    # collecting with another config than the run's: refused, naming the key
+    r = subprocess.run(base + ["--skip-training", "SOLVER.MAX_EPOCHS", "3"], cwd=str(d), capture_output=True,
+                       text=True, env=env)
+    assert r.returncode != 0 and "SOLVER.MAX_EPOCHS: run 2, asked 3" in r.stderr
+    # --resume keeps the finished run and reports the same table
+    assert run(base[1:] + ["--resume", "SOLVER.MAX_EPOCHS", "2"], d).count("| tiny |") == 1
+    assert (tmp_path / "abl" / "ablation.md").read_text() == table
 
 
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnxscript") is None,

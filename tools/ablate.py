@@ -5,7 +5,11 @@ one training-curve plot per run (loss terms and mAP per epoch, read from metrics
         --output docs/ablation [--runs-dir output/ablation] [KEY VALUE ...]
 
 Each run trains into <runs-dir>/<config name>/ (OUTPUT_DIR is overridden); the table (ablation.md) and
-the plots (<name>_curves.png) go to --output. --skip-training only collects finished runs.
+the plots (<name>_curves.png) go to --output. A run folder that already holds a run stops the tool before
+anything trains, unless --resume (continue unfinished runs, keep finished ones) or --overwrite (train
+them again) says what to do. --skip-training only collects finished runs. Every collected run must be
+finished and trained with the config the command names (paths and speed settings aside), so a table never
+mixes runs.
 """
 import argparse
 import json
@@ -15,7 +19,12 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 from plotting import line_chart, stack  # noqa: E402
+
+from config import load_config  # noqa: E402
+from engine.rundir import FREE_KEYS, config_changes, run_files  # noqa: E402
+from engine.setup import run_cli  # noqa: E402
 
 METRICS = ("mAP", "Rank-1", "Rank-5", "Rank-10", "mINP")
 
@@ -35,6 +44,24 @@ def read_records(out_dir):
     return [records[e] for e in sorted(records)]
 
 
+def check_finished(name, out_dir, cfg):
+    """The run in ``out_dir`` is finished and was trained with ``cfg`` (paths and speed settings aside)."""
+    saved = os.path.join(out_dir, "config.yaml")
+    if not os.path.isfile(saved):
+        raise SystemExit(f"{name}: no run in {out_dir} (config.yaml missing)")
+    with open(saved) as f:
+        changes = [c for c in config_changes(f.read(), cfg) if c[0] not in FREE_KEYS]
+    if changes:
+        raise SystemExit(f"{name}: the run in {out_dir} was trained with another config:\n"
+                         + "\n".join(f"  {k}: run {old!r}, asked {new!r}" for k, old, new in changes))
+    records = read_records(out_dir)
+    if not records or records[-1]["epoch"] != cfg.SOLVER.MAX_EPOCHS:
+        done = records[-1]["epoch"] if records else 0
+        raise SystemExit(f"{name}: the run in {out_dir} is not finished ({done} of {cfg.SOLVER.MAX_EPOCHS} "
+                         f"epochs); continue it with --resume")
+    return records
+
+
 def curves(name, records):
     skip = {"epoch", "loss", "lr", "seconds", "samples_per_s", *METRICS}
     losses = {k: [(r["epoch"], r[k]) for r in records if k in r]
@@ -49,20 +76,42 @@ def main():
     p.add_argument("--configs", nargs="+", required=True)
     p.add_argument("--output", required=True, help="folder for the table and the plots")
     p.add_argument("--runs-dir", default="output/ablation", help="folder for the training runs")
-    p.add_argument("--skip-training", action="store_true")
+    p.add_argument("--skip-training", action="store_true", help="only collect finished runs")
+    p.add_argument("--resume", action="store_true", help="continue unfinished runs; finished runs are kept")
+    p.add_argument("--overwrite", action="store_true", help="train every run again, deleting the old ones")
     p.add_argument("opts", nargs="*", help="KEY VALUE overrides applied to every run")
     args = p.parse_intermixed_args()
-    os.makedirs(args.output, exist_ok=True)
-    rows = []
+    if sum((args.skip_training, args.resume, args.overwrite)) > 1:
+        raise SystemExit("--skip-training, --resume and --overwrite exclude each other")
+    runs = []
     for cfg_path in args.configs:
         name = run_name(cfg_path)
         out_dir = os.path.join(args.runs_dir, name)
+        runs.append((name, cfg_path, out_dir, load_config(cfg_path, args.opts + ["OUTPUT_DIR", out_dir])))
+    if len({name for name, *_ in runs}) < len(runs):
+        raise SystemExit("two configs share a file name; their runs would share a folder under --runs-dir")
+    if not (args.skip_training or args.resume or args.overwrite):
+        taken = [out_dir for _, _, out_dir, cfg in runs if run_files(out_dir, cfg.MODEL.NAME)]
+        if taken:
+            raise SystemExit("these run folders already hold runs: " + ", ".join(taken) + "\nPass --resume to "
+                             "continue them, --overwrite to train them again, --skip-training to only collect "
+                             "them, or another --runs-dir.")
+    os.makedirs(args.output, exist_ok=True)
+    rows = []
+    for name, cfg_path, out_dir, cfg in runs:
         if not args.skip_training:
-            cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config_file", cfg_path, *args.opts,
+            flag = []
+            if args.overwrite:
+                flag = ["--overwrite"]
+            elif args.resume and os.path.isfile(os.path.join(out_dir, "last.pth")):
+                flag = ["--resume"]
+            cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config_file", cfg_path, *flag, *args.opts,
                    "OUTPUT_DIR", out_dir]
             print("running:", " ".join(cmd), flush=True)
-            subprocess.run(cmd, check=True)
-        records = read_records(out_dir)
+            code = subprocess.run(cmd).returncode
+            if code:
+                raise SystemExit(f"training {name} failed (exit code {code}); see {out_dir}/train_log.txt")
+        records = check_finished(name, out_dir, cfg)
         evaluated = [r for r in records if "mAP" in r]
         best = max(evaluated, key=lambda r: r["mAP"])
         rows.append((name, evaluated[-1], best))
@@ -79,4 +128,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

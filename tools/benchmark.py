@@ -29,6 +29,7 @@ from modeling import MODALITIES, build_model  # noqa: E402
 from solver import build_optimizer  # noqa: E402
 from utils.cpu import keep_freed_memory  # noqa: E402
 from utils.metrics import Evaluator  # noqa: E402
+from engine.setup import run_cli  # noqa: E402
 
 _EVAL_SIZES = {"RGBNT201": (836, 836), "RGBNT100": (1715, 8575), "MSVR310": (591, 1055), "Synthetic": (192, 192)}
 
@@ -193,4 +194,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -14,6 +14,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from utils.reranking import re_ranking  # noqa: E402
+from engine.setup import run_cli  # noqa: E402
 
 
 def main():
@@ -51,4 +52,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

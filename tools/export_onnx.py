@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from common import load_everything, tool_parser
+from engine.setup import run_cli  # noqa: E402
 from modeling import MODALITIES
 
 
@@ -61,4 +62,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from config import load_config  # noqa: E402
 from modeling import build_model  # noqa: E402
 from solver import build_optimizer, build_scheduler  # noqa: E402
+from engine.setup import run_cli  # noqa: E402
 
 
 def schedule(cfg, model):
@@ -65,4 +66,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from config import load_config  # noqa: E402
 from layers import build_loss  # noqa: E402
 from modeling import MODALITIES, build_model  # noqa: E402
+from engine.setup import run_cli  # noqa: E402
 
 
 # (training identities, cameras) of each benchmark.
@@ -84,4 +85,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

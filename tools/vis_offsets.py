@@ -11,6 +11,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from common import compose, encode_samples, label, load_everything, sample_images, samples_parser, save
+from engine.setup import run_cli  # noqa: E402
 
 
 def to_pixels(yx, grid, size):
@@ -61,4 +62,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

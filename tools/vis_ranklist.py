@@ -6,6 +6,7 @@ false ones red; gallery samples the protocol ignores (same id and camera, or sce
 """
 import numpy as np
 from common import compose, frame, label, load_everything, sample_images, save, stack_modalities, tool_parser
+from engine.setup import run_cli  # noqa: E402
 from engine import evaluate_model
 from utils.metrics import pairwise_distance
 
@@ -43,4 +44,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -9,6 +9,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from common import compose, encode_samples, label, load_everything, sample_images, samples_parser, save
+from engine.setup import run_cli  # noqa: E402
 
 COLORS = {"intra": (40, 90, 255), "inter": (255, 140, 0), "both": (230, 0, 200)}
 
@@ -62,4 +63,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)
