@@ -5,7 +5,7 @@ from .alignment import DeformableSampler, GlobalAlignment, LocalAlignment
 from .backbone import ViTBackbone, create_vit
 from .signal import MODALITIES, Signal
 from .sim import ModalInteraction, SelectiveInteraction, TokenSelection
-from .weights import WeightsError, load_pretrained_backbone, load_weights
+from .weights import WeightsError, load_finetune, load_pretrained_backbone, load_weights, read_checkpoint, signal_model_state
 
 logger = logging.getLogger("signal.model")
 
@@ -13,14 +13,19 @@ logger = logging.getLogger("signal.model")
 def build_model(cfg, num_classes, num_cameras, pretrained=True):
     """Build Signal from ``cfg`` for ``num_classes`` training identities and ``num_cameras`` cameras.
 
-    ``pretrained=False`` skips MODEL.PRETRAIN_PATH (when a full checkpoint is loaded afterwards)."""
+    MODEL.PRETRAIN_PATH is either a backbone checkpoint (CLIP / timm) or a whole Signal model (a run's
+    ``best.pth`` / ``last.pth`` or the official checkpoint), which fine-tunes from that model
+    (``weights.load_finetune``). ``pretrained=False`` skips MODEL.PRETRAIN_PATH (when a full checkpoint is
+    loaded afterwards)."""
     m = cfg.MODEL
     vit = create_vit(m.TRANSFORMER_TYPE, cfg.INPUT.SIZE_TRAIN, drop_path=m.DROP_PATH, drop=m.DROP_OUT,
                      attn_drop=m.ATT_DROP_RATE, custom=dict(m.CUSTOM_VIT))
     backbone = ViTBackbone(vit, num_cameras if m.SIE_CAMERA else 0, m.SIE_COE)
     backbone.set_fused_attn(m.FUSED_ATTN)
-    if pretrained and m.PRETRAIN_PATH:
-        load_pretrained_backbone(backbone, m.PRETRAIN_PATH)
+    state = read_checkpoint(m.PRETRAIN_PATH) if pretrained and m.PRETRAIN_PATH else None
+    whole = signal_model_state(state) if state is not None else None
+    if state is not None and whole is None:
+        load_pretrained_backbone(backbone, m.PRETRAIN_PATH, state)
     elif pretrained and m.TRANSFORMER_TYPE != "vit_custom":
         logger.warning("!" * 80)
         logger.warning("MODEL.PRETRAIN_PATH is empty: the %s backbone starts from RANDOM weights. "
@@ -32,8 +37,11 @@ def build_model(cfg, num_classes, num_cameras, pretrained=True):
     gam = GlobalAlignment(m.GAM_TEMPERATURE) if m.USE_GAM else None
     lam = LocalAlignment(d, backbone.grid, MODALITIES, m.LAM_KERNEL, m.LAM_STRIDE, m.LAM_OFFSET_RANGE,
                          m.LAM_OFFSET_CHANNELS) if m.USE_LAM else None
-    return Signal(backbone, num_classes, direct=bool(m.DIRECT), sim=sim, gam=gam, lam=lam,
-                  feat_norm=cfg.TEST.FEAT_NORM)
+    model = Signal(backbone, num_classes, direct=bool(m.DIRECT), sim=sim, gam=gam, lam=lam,
+                   feat_norm=cfg.TEST.FEAT_NORM)
+    if whole is not None:
+        load_finetune(model, whole, m.PRETRAIN_PATH)
+    return model
 
 
 __all__ = ["build_model", "load_weights", "load_pretrained_backbone", "Signal", "ViTBackbone", "create_vit",

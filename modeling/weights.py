@@ -73,9 +73,10 @@ def convert_backbone_state(state, vit):
     return out
 
 
-def load_pretrained_backbone(backbone, path):
-    """Load pretrained weights into ``backbone.vit``; the camera table stays randomly initialised."""
-    state = convert_backbone_state(read_checkpoint(path), backbone.vit)
+def load_pretrained_backbone(backbone, path, state=None):
+    """Load pretrained weights (read from ``path`` unless ``state`` is given) into ``backbone.vit``; the
+    camera table stays randomly initialised."""
+    state = convert_backbone_state(read_checkpoint(path) if state is None else state, backbone.vit)
     _check_and_load(backbone.vit, state, path, "backbone")
     logger.info("Loaded pretrained backbone weights from %s (%d tensors)", path, len(state))
 
@@ -117,6 +118,56 @@ def convert_official_state(state, model):
             new = re.sub(pattern, repl, new)
         out[new] = v.float() if v.is_floating_point() else v
     return out
+
+
+def signal_model_state(state):
+    """The model state dict when ``state`` is a whole Signal model (our training checkpoint or state dict,
+    or the official Signal checkpoint), else None (a backbone checkpoint)."""
+    if "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    keys = [k[len("module."):] if k.startswith("module.") else k for k in state]
+    if is_official_checkpoint(state) or any(k.startswith("backbone.vit.") for k in keys):
+        return state
+    return None
+
+
+_CLASSIFIER = re.compile(r"^(classifier|classifiers\.\w+|classifier_sim)\.")
+
+
+def load_finetune(model, state, path):
+    """Start training from a whole Signal model given as MODEL.PRETRAIN_PATH (fine-tuning an earlier run).
+
+    Every tensor is loaded. Classifiers sized for another identity count are left at their initialisation
+    (reported); any other shape mismatch is an error listing the keys. Modules present on one side only
+    (a checkpoint trained with other module switches) are reported and keep their initialisation."""
+    if is_official_checkpoint(state):
+        state = convert_official_state(state, model)
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    own = model.state_dict()
+    mismatched = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    reset = [k for k in mismatched if _CLASSIFIER.match(k)]
+    bad = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+           for k in mismatched if k not in reset]
+    if bad:
+        raise WeightsError(f"{path} (MODEL.PRETRAIN_PATH, a Signal model) does not fit this model:\n"
+                           + "\n".join(f"  shape mismatch  {m}" for m in bad)
+                           + "\nA camera-table mismatch means another camera count: set MODEL.SIE_CAMERA no, or "
+                             "fine-tune on data with the same cameras.")
+    load = {k: v.to(own[k].dtype) if v.is_floating_point() else v
+            for k, v in state.items() if k in own and k not in reset}
+    model.load_state_dict(load, strict=False)
+    modules = lambda keys: sorted({".".join(k.split(".")[:2]) for k in keys})  # noqa: E731
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    logger.info("Fine-tuning from the Signal model %s: %d tensors loaded", path, len(load))
+    if reset:
+        logger.warning("Classifiers re-initialised (the checkpoint has %d identities, this data %d): %s",
+                       state[reset[0]].shape[0], own[reset[0]].shape[0], ", ".join(modules(reset)))
+    if missing:
+        logger.warning("Not in %s, left at initialisation: %s", path, ", ".join(modules(missing)))
+    if unexpected:
+        logger.warning("In %s but not in this model, ignored: %s", path, ", ".join(modules(unexpected)))
+    return model
 
 
 def load_weights(model, path):

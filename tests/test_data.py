@@ -207,3 +207,81 @@ def test_split_validation_holds_out_identities(layouts):
     assert not {s.paths for s in train} & {s.paths for s in val}
     with pytest.raises(ValueError, match="VAL_IDS"):
         split_validation(ds.train, 10, seed=0)
+
+
+def _copy_tree(src, dst):
+    import shutil
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
+    from data import read_image
+    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1024 + 1023).astype(np.uint16)
+    path = str(tmp_path / "thermal.png")
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode.startswith("I")           # stored as 16-bit
+    rgb = np.asarray(read_image(path))
+    assert rgb.shape == (8, 8, 3) and (rgb[..., 0] == rgb[..., 2]).all()
+    expected = np.rint(ramp.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    assert np.array_equal(rgb[..., 0], expected) and rgb.min() < 10 and rgb.max() == 255
+    Image.fromarray(np.ones((4, 4), np.float32)).save(tmp_path / "f.tif")
+    with pytest.raises(DatasetError, match="f.tif: floating-point image"):
+        read_image(str(tmp_path / "f.tif"))
+
+
+def test_hidden_files_are_skipped(layouts, tmp_path):
+    root = _copy_tree(layouts["RGBNT201"], str(tmp_path / "h"))
+    n = len(RGBNT201(root).train)
+    for m in ("RGB", "NI", "TI"):
+        with open(os.path.join(root, "RGBNT201", "train_171", m, "._000001_cam1_00.jpg"), "wb") as f:
+            f.write(b"\x00\x05\x16\x07 macOS resource fork")
+    assert len(RGBNT201(root).train) == n
+    msvr = _copy_tree(layouts["MSVR310"], str(tmp_path / "m"))
+    n = len(MSVR310(msvr).train)
+    os.makedirs(os.path.join(msvr, "MSVR310", "bounding_box_train", ".ipynb_checkpoints"))
+    assert len(MSVR310(msvr).train) == n
+
+
+def _layout_cfg(tiny_cfg, root, layout="RGBNT201", *extra):
+    return tiny_cfg("DATASETS.NAMES", layout, "DATASETS.ROOT_DIR", root, "SOLVER.IMS_PER_BATCH", "4",
+                    "DATALOADER.NUM_INSTANCE", "2", *extra)
+
+
+@pytest.mark.parametrize("split,index", [("train", 5), ("test", 2)])
+def test_a_bad_image_in_any_split_stops_the_start(layouts, tmp_path, tiny_cfg, split, index):
+    root = _copy_tree(layouts["RGBNT201"], str(tmp_path / "b"))
+    ds = RGBNT201(root)
+    victim = (ds.train if split == "train" else ds.query)[index].paths[2]
+    data = open(victim, "rb").read()
+    open(victim, "wb").write(data[:len(data) // 2])        # truncated JPEG: the header still opens
+    with pytest.raises(DatasetError, match=f"1 of \\d+ images cannot be used:\n  {victim}: "):
+        build_dataloaders(_layout_cfg(tiny_cfg, root))
+
+
+def test_a_test_split_without_valid_queries_stops_the_start(layouts, tmp_path, tiny_cfg):
+    root = _copy_tree(layouts["RGBNT201"], str(tmp_path / "q"))
+    folder = os.path.join(root, "RGBNT201", "test")
+    for m in ("RGB", "NI", "TI"):                           # every test image from camera 1 only
+        for name in os.listdir(os.path.join(folder, m)):
+            if "_cam1_" not in name:
+                os.remove(os.path.join(folder, m, name))
+    with pytest.raises(DatasetError, match="no query has a true match in the gallery .*another camera"):
+        build_dataloaders(_layout_cfg(tiny_cfg, root))
+
+
+class _Broken(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        raise DatasetError("cannot read image /data/x.jpg: broken data stream")
+
+
+def test_an_error_in_a_dataloader_worker_is_one_line():
+    from engine.setup import error_message
+    loader = torch.utils.data.DataLoader(_Broken(), num_workers=1)
+    with pytest.raises(DatasetError) as info:
+        next(iter(loader))
+    assert "Traceback" in str(info.value)
+    assert error_message(info.value) == "cannot read image /data/x.jpg: broken data stream"

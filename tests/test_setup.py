@@ -60,3 +60,29 @@ def test_old_torch_with_numpy_2_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch, "__version__", "2.4.0")
     monkeypatch.setattr(np, "__version__", "2.1.0")
     check_packages()
+
+
+def test_cuda_without_a_gpu_is_one_line_on_the_command_line(tmp_path):
+    from .conftest import TINY
+    env = dict(os.environ, PYTHONPATH=ROOT, CUDA_VISIBLE_DEVICES="")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *TINY[:-2], "MODEL.DEVICE", "cuda",
+                        "OUTPUT_DIR", str(tmp_path / "run")], cwd=str(tmp_path), env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error: MODEL.DEVICE='cuda' but no usable CUDA GPU")
+    assert "Traceback" not in r.stderr
+
+
+def test_a_full_disk_is_an_error_naming_the_file(tmp_path, monkeypatch):
+    from utils.checkpoint import OutputError, atomic_save
+
+    def full(obj, f):
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", full)
+    path = tmp_path / "last.pth"
+    path.write_bytes(b"previous checkpoint")
+    with pytest.raises(OutputError, match=f"cannot write {path}: .*file write failed"):
+        atomic_save({"x": 1}, str(path))
+    assert path.read_bytes() == b"previous checkpoint" and os.listdir(tmp_path) == ["last.pth"]

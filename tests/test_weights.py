@@ -183,3 +183,31 @@ def test_timm_imagenet_layout_drops_the_classifier_and_resizes_positions(tiny_cf
     ref = F.interpolate(grid, size=(8, 4), mode="bilinear", align_corners=False).permute(0, 2, 3, 1).reshape(1, 32, WIDTH)
     assert torch.allclose(vit.pos_embed[:, 1:], ref, atol=1e-6)
     assert model.backbone.out_dim == WIDTH
+
+
+def test_a_signal_model_as_pretrain_path_fine_tunes_from_it(tiny_cfg, tmp_path, caplog):
+    """MODEL.PRETRAIN_PATH may name a whole Signal model (a run's best.pth, a plain state dict or the
+    official checkpoint): everything loads, classifiers of another identity count are re-initialised."""
+    import logging
+
+    from modeling import build_model
+
+    from .official import official_state_dict
+    torch.manual_seed(0)
+    src = build_model(tiny_cfg(), 5, 3)
+    torch.save({"model": src.state_dict(), "epoch": 3}, tmp_path / "best.pth")
+    torch.save(official_state_dict(src), tmp_path / "official.pth")
+    for name in ("best.pth", "official.pth"):
+        cfg = tiny_cfg("MODEL.PRETRAIN_PATH", str(tmp_path / name))
+        same = build_model(cfg, 5, 3).state_dict()
+        ref = src.state_dict()
+        assert all(torch.allclose(same[k].float(), ref[k].float(), atol=1e-3) for k in ref
+                   if not k.endswith("num_batches_tracked")), name
+        with caplog.at_level(logging.WARNING, logger="signal"):
+            other = build_model(cfg, 7, 3).state_dict()
+        assert "Classifiers re-initialised (the checkpoint has 5 identities, this data 7)" in caplog.text
+        assert torch.equal(other["backbone.vit.pos_embed"].float(), ref["backbone.vit.pos_embed"].float()) \
+            or name == "official.pth"
+        assert other["classifier.weight"].shape[0] == 7
+    with pytest.raises(WeightsError, match="backbone.cam_embed: checkpoint"):
+        build_model(tiny_cfg("MODEL.PRETRAIN_PATH", str(tmp_path / "best.pth")), 5, 4)
