@@ -157,10 +157,12 @@ def run_cli(main):
     from data.datasets import DatasetError
     from modeling.weights import WeightsError
     from utils.checkpoint import CheckpointError, OutputError
+
+    from .trainer import NonFiniteLossError
     try:
         main()
-    except (DatasetError, WeightsError, SetupError, CheckpointError, OutputError, OSError, KeyError,
-            ValueError) as e:
+    except (DatasetError, WeightsError, SetupError, CheckpointError, OutputError, NonFiniteLossError, OSError,
+            KeyError, ValueError) as e:
         msg = error_message(e)
         _to_log_file(logging.ERROR, f"error: {msg}")
         print(f"error: {msg}", file=sys.stderr)

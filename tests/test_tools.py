@@ -112,3 +112,15 @@ def test_lr_schedule_prints_every_epoch_of_every_group(tmp_path):
     assert float(epoch19[1]) == pytest.approx(5e-6) and float(epoch20[1]) == pytest.approx(5e-7)
     assert "classifiers.RGB.weight" in out
     assert len(open(tmp_path / "lr.csv").read().splitlines()) == 51
+
+
+def test_tool_errors_are_one_line(tiny_setup):
+    d, cfg, _ = tiny_setup
+    r = subprocess.run([sys.executable, os.path.join(TOOLS, "vis_ranklist.py"), "--config_file", cfg, "--weight",
+                        str(d / "missing.pth"), "--output", str(d / "x.png")], cwd=str(d), capture_output=True,
+                       text=True, timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert r.returncode == 2 and r.stderr.startswith("error: weights file not found:") and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, os.path.join(TOOLS, "lr_schedule.py"), "--config_file", cfg,
+                        "SOLVER.MAX_EPOCHS", "0"], cwd=str(d), capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+    assert r.returncode == 2 and "SOLVER.MAX_EPOCHS must be an integer >= 1" in r.stderr and "Traceback" not in r.stderr
