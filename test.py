@@ -53,7 +53,7 @@ def main():
     if not os.path.isfile(cfg.TEST.WEIGHT):
         raise FileNotFoundError(f"TEST.WEIGHT: no checkpoint at {cfg.TEST.WEIGHT}")
     feats_out = features_path(args.save_features) if args.save_features else ""
-    _, test_loader, num_query, num_classes, num_cameras = build_dataloaders(cfg)
+    _, test_loader, num_query, num_classes, num_cameras = build_dataloaders(cfg, verify="test")
     model = build_model(cfg, num_classes, num_cameras, pretrained=False)
     load_weights(model, cfg.TEST.WEIGHT)
     model.to(device)

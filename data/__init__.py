@@ -112,8 +112,9 @@ def build_dataloaders(cfg, verify=True):
     ``DATASETS.VAL_IDS`` the held-out identities are left out of training and ``train_loader.val_loader``
     (with ``train_loader.val_num_query``) evaluates on them.
 
-    With ``verify`` every image of every split is decoded once and the evaluation protocol is checked to
-    leave a valid query, so bad data stops the program here rather than at a later epoch.
+    With ``verify`` every image of every split (``verify='test'``: of the query and gallery) is decoded
+    once and the evaluation protocol is checked to leave a valid query, so bad data stops the program here
+    rather than at a later epoch.
     """
     dataset = build_dataset(cfg)
     val = None
@@ -125,8 +126,10 @@ def build_dataloaders(cfg, verify=True):
         if val is not None:
             check_queries(val, val, scenes, "the validation split (DATASETS.VAL_IDS)")
         if comm.is_main_process():
-            n = verify_images({"train": dataset.train, "query": dataset.query, "gallery": dataset.gallery},
-                              dataset.tiled)
+            splits = {"query": dataset.query, "gallery": dataset.gallery}
+            if verify != "test":
+                splits["train"] = dataset.train
+            n = verify_images(splits, dataset.tiled)
             logging.getLogger("signal.data").info("Checked %d image files: all readable", n)
     world = comm.get_world_size()
     train_set = MultiModalImageDataset(dataset.train, build_transforms(cfg, train=True), dataset.tiled)

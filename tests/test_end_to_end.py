@@ -16,6 +16,22 @@ def run_train_inprocess(argv, monkeypatch):
     train.main()
 
 
+def run_interrupted_at_epoch_2(argv, monkeypatch):
+    """Run train.py in-process and stop it (KeyboardInterrupt) as epoch 2 begins."""
+    from data.samplers import IdentitySampler
+    original = IdentitySampler.set_epoch
+
+    def interrupt(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        original(self, epoch)
+
+    monkeypatch.setattr(IdentitySampler, "set_epoch", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_train_inprocess(argv, monkeypatch)
+    monkeypatch.setattr(IdentitySampler, "set_epoch", original)
+
+
 def opts(synth_root, out, *extra):
     return TINY + ["DATASETS.ROOT_DIR", synth_root, "OUTPUT_DIR", out, "SOLVER.MAX_EPOCHS", "2",
                    "SOLVER.WARMUP_ITERS", "1", "SOLVER.BASE_LR", "0.001", "SOLVER.EVAL_PERIOD", "1",
@@ -79,19 +95,8 @@ def test_seeded_runs_are_identical(synth_root, tmp_path, monkeypatch):
 
 def test_interrupted_run_resumes_to_the_same_weights(synth_root, tmp_path, monkeypatch):
     run_train_inprocess(opts(synth_root, str(tmp_path / "full")), monkeypatch)
-    from data.samplers import IdentitySampler
-    original = IdentitySampler.set_epoch
-
-    def interrupt(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        original(self, epoch)
-
-    monkeypatch.setattr(IdentitySampler, "set_epoch", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        run_train_inprocess(opts(synth_root, str(tmp_path / "cut")), monkeypatch)
+    run_interrupted_at_epoch_2(opts(synth_root, str(tmp_path / "cut")), monkeypatch)
     assert torch.load(tmp_path / "cut" / "last.pth", weights_only=False)["epoch"] == 1
-    monkeypatch.setattr(IdentitySampler, "set_epoch", original)
     run_train_inprocess(["--resume"] + opts(synth_root, str(tmp_path / "cut")), monkeypatch)
     a, b = _weights(tmp_path / "full" / "last.pth"), _weights(tmp_path / "cut" / "last.pth")
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -12,7 +12,7 @@ from engine.rundir import RunFolderError, RunLock
 from utils.checkpoint import CheckpointError
 
 from .conftest import ROOT, TINY
-from .test_end_to_end import opts, run_train_inprocess
+from .test_end_to_end import opts, run_interrupted_at_epoch_2, run_train_inprocess
 
 
 def _weights(path):
@@ -144,18 +144,7 @@ def test_resume_with_dataloader_workers_is_bit_exact_and_worker_count_free(synth
     uninterrupted run, and that run equals one without workers."""
     two = ["DATALOADER.NUM_WORKERS", "2"]
     run_train_inprocess(opts(synth_root, str(tmp_path / "full"), *two), monkeypatch)
-    from data.samplers import IdentitySampler
-    original = IdentitySampler.set_epoch
-
-    def interrupt(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        original(self, epoch)
-
-    monkeypatch.setattr(IdentitySampler, "set_epoch", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        run_train_inprocess(opts(synth_root, str(tmp_path / "cut"), *two), monkeypatch)
-    monkeypatch.setattr(IdentitySampler, "set_epoch", original)
+    run_interrupted_at_epoch_2(opts(synth_root, str(tmp_path / "cut"), *two), monkeypatch)
     run_train_inprocess(["--resume"] + opts(synth_root, str(tmp_path / "cut"), *two), monkeypatch)
     run_train_inprocess(opts(synth_root, str(tmp_path / "zero")), monkeypatch)
     full = torch.load(tmp_path / "full" / "last.pth", weights_only=False)

@@ -44,7 +44,7 @@ def load_everything(args, need_weights=True):
     """(cfg, model in eval mode, test loader, num_query, device)."""
     cfg = load_config(args.config_file, args.opts + ["DATALOADER.NUM_WORKERS", "0"])
     device = resolve_device(cfg)
-    _, test_loader, num_query, num_classes, num_cameras = build_dataloaders(cfg)
+    _, test_loader, num_query, num_classes, num_cameras = build_dataloaders(cfg, verify="test")
     model = build_model(cfg, num_classes, num_cameras, pretrained=False)
     weight = args.weight or cfg.TEST.WEIGHT
     if weight:
