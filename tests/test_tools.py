@@ -124,3 +124,18 @@ def test_tool_errors_are_one_line(tiny_setup):
                         "SOLVER.MAX_EPOCHS", "0"], cwd=str(d), capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, PYTHONPATH=ROOT))
     assert r.returncode == 2 and "SOLVER.MAX_EPOCHS must be an integer >= 1" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_check_data_reports_the_splits_and_a_bad_file(tiny_setup, synth_root, tmp_path):
+    import shutil
+    d, cfg, _ = tiny_setup
+    text = run([os.path.join(TOOLS, "check_data.py"), "--config_file", cfg], d)
+    assert "decoded" in text and "files/s" in text and "queries have a true match" in text
+    root = tmp_path / "copy"
+    shutil.copytree(synth_root, root)
+    victim = sorted((root).rglob("*.jpg"))[7]
+    victim.write_bytes(b"garbage")
+    r = subprocess.run([sys.executable, os.path.join(TOOLS, "check_data.py"), "--config_file", cfg,
+                        "DATASETS.ROOT_DIR", str(root)], cwd=str(d), capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+    assert r.returncode == 2 and f"  {victim}: " in r.stderr
