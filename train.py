@@ -23,6 +23,18 @@ def main():
         run.release()
 
 
+def read_records(path, last_epoch):
+    """The per-epoch records in ``path`` up to ``last_epoch`` (the last copy of a repeated epoch)."""
+    records = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                if line.strip():
+                    r = json.loads(line)
+                    records[r["epoch"]] = r
+    return [records[e] for e in sorted(records) if e <= last_epoch]
+
+
 def train(cfg, logger, device, run):
     """Train in the prepared run folder (``run``: its lock and, when resuming, the checkpoint)."""
     state = run.state
@@ -47,6 +59,8 @@ def train(cfg, logger, device, run):
     if state is not None:
         start_epoch, best, records, pending = resume_from(state, model, optimizer, scheduler, scaler,
                                                           os.path.join(cfg.OUTPUT_DIR, "last.pth"))
+        if "records" not in state:  # a checkpoint of an earlier version: keep metrics.jsonl's records
+            records = read_records(os.path.join(cfg.OUTPUT_DIR, "metrics.jsonl"), state["epoch"])
         if os.path.isfile(summary_path):
             with open(summary_path) as f:
                 summary = {k: v for k, v in json.load(f).items() if k == "before_training"}

@@ -261,3 +261,17 @@ def test_test_results_are_named_by_checkpoint_and_never_overwrite_the_run(synth_
                                       "TEST.WEIGHT", os.path.join(out, "best.pth"), "TEST.MISS", "r"])
     test_script.main()
     assert os.path.isfile(other / "test_run-best_Synthetic_miss-r.json")
+
+
+def test_a_checkpoint_without_records_keeps_metrics_jsonl(synth_root, tmp_path, monkeypatch):
+    out = str(tmp_path / "run")
+    run_interrupted_at_epoch_2(opts(synth_root, out), monkeypatch)
+    path = os.path.join(out, "last.pth")
+    state = torch.load(path, weights_only=False)
+    del state["records"], state["pending_eval"]                  # as written by an earlier version
+    torch.save(state, path)
+    with open(os.path.join(out, "metrics.jsonl"), "a") as f:     # and a line of an epoch it did not save
+        f.write(json.dumps({"epoch": 2, "loss": 1.0}) + "\n")
+    run_train_inprocess(["--resume"] + opts(synth_root, out), monkeypatch)
+    records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    assert [r["epoch"] for r in records] == [1, 2] and "mAP" in records[0] and records[1]["loss"] != 1.0
