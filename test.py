@@ -7,7 +7,7 @@ import numpy as np
 import yaml
 
 from data import build_dataloaders
-from engine import evaluate_model, format_metrics
+from engine import evaluate_missing, evaluate_model, format_metrics, missing_table
 from engine.setup import SetupError, default_setup, parse_args, run_cli
 from modeling import build_model, load_weights
 from utils.checkpoint import OutputError, atomic_write, atomic_write_json
@@ -57,10 +57,15 @@ def main():
     model = build_model(cfg, num_classes, num_cameras, pretrained=False)
     load_weights(model, cfg.TEST.WEIGHT)
     model.to(device)
-    metrics, ev = evaluate_model(cfg, model, test_loader, num_query, device)
     setting = {"weight": os.path.abspath(cfg.TEST.WEIGHT), "dataset": cfg.DATASETS.NAMES,
                "miss": cfg.TEST.MISS or "none", "re_ranking": bool(cfg.TEST.RE_RANKING)}
-    logger.info("%s | %s", ", ".join(f"{k}={v}" for k, v in setting.items()), format_metrics(metrics))
+    if cfg.TEST.MISS == "all":
+        metrics, ev = evaluate_missing(cfg, model, test_loader, num_query, device)
+        logger.info("%s | full input and missing modalities (percent):\n%s",
+                    ", ".join(f"{k}={v}" for k, v in setting.items()), missing_table(metrics))
+    else:
+        metrics, ev = evaluate_model(cfg, model, test_loader, num_query, device)
+        logger.info("%s | %s", ", ".join(f"{k}={v}" for k, v in setting.items()), format_metrics(metrics))
     out = os.path.join(cfg.OUTPUT_DIR, result_name(cfg) + ".json")
     atomic_write_json({**setting, **metrics, "config": yaml.safe_load(cfg.dump())}, out)
     logger.info("Wrote %s", out)

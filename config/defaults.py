@@ -196,10 +196,22 @@ _C.TEST.RE_RANKING_K2 = 6
 _C.TEST.RE_RANKING_LAMBDA = 0.3
 # L2-normalise the test feature.
 _C.TEST.FEAT_NORM = True
-# Missing-modality evaluation: '' (none) or one of r, n, t, rn, rt, nt (those inputs are zeroed).
+# Missing-modality evaluation: '' (none) or one of r, n, t, rn, rt, nt (those inputs are zeroed after
+# normalisation, query and gallery alike); 'all': test.py reports the full input, the six settings and
+# their average in one run (training then selects epochs on the full input).
 _C.TEST.MISS = ""
 # Evaluate the untrained model before training (prints the "before" figure).
 _C.TEST.EVAL_BEFORE_TRAIN = False
+
+# ---------------------------------------------------------------------------------------------------
+# LOG
+# ---------------------------------------------------------------------------------------------------
+_C.LOG = CN()
+# TensorBoard event files in OUTPUT_DIR/tensorboard (every loss term and the LR per iteration, epoch
+# means, evaluation metrics) when the tensorboard package is installed (requirements-extras.txt).
+_C.LOG.TENSORBOARD = True
+# tqdm progress bars for training and evaluation; 'no' for cluster logs.
+_C.LOG.PROGRESS_BARS = True
 
 _C.OUTPUT_DIR = "./output"
 

@@ -18,7 +18,7 @@ _CHOICES = {
     "SOLVER.SCHEDULER": ("cosine", "multistep"),
     "SOLVER.OPTIMIZER_NAME": ("Adam", "AdamW", "SGD"),
     "SOLVER.AMP": ("bf16", "fp16", "none"),
-    "TEST.MISS": ("", "r", "n", "t", "rn", "rt", "nt"),
+    "TEST.MISS": ("", "r", "n", "t", "rn", "rt", "nt", "all"),
 }
 
 

@@ -34,14 +34,21 @@ def autocast_context(device, amp):
 
 @torch.no_grad()
 def extract(model, loader, device, miss="", amp="none", evaluator=None, progress=True):
-    """Run the eval model over ``loader``; features go to ``evaluator`` (returned)."""
+    """Run the eval model over ``loader``; features go to ``evaluator`` (returned).
+
+    ``miss`` may also be a list of settings with ``evaluator`` a dict of evaluators keyed by them: every
+    batch is then loaded once and encoded once per setting."""
     model.eval()
+    settings = miss if isinstance(miss, (list, tuple)) else [miss]
+    evaluators = evaluator if isinstance(evaluator, dict) else {settings[0]: evaluator}
     for batch in tqdm(loader, desc="eval", leave=False, disable=not progress or not comm.is_main_process()):
-        images = apply_missing({m: batch[m].to(device, non_blocking=True) for m in MODALITIES}, miss)
-        with autocast_context(device, amp):
-            feat = model(images, cam_label=batch["camid"].to(device, non_blocking=True))
-        evaluator.process(feat, batch["pid"].numpy(), batch["camid"].numpy(), batch["sceneid"].numpy(),
-                          batch["index"].numpy())
+        full = {m: batch[m].to(device, non_blocking=True) for m in MODALITIES}
+        cams = batch["camid"].to(device, non_blocking=True)
+        for setting in settings:
+            with autocast_context(device, amp):
+                feat = model(apply_missing(full, setting), cam_label=cams)
+            evaluators[setting].process(feat, batch["pid"].numpy(), batch["camid"].numpy(),
+                                        batch["sceneid"].numpy(), batch["index"].numpy())
     return evaluator
 
 
@@ -78,14 +85,51 @@ def _gather(ev):
 def evaluate_model(cfg, model, loader, num_query, device, miss=None, progress=True):
     """Metrics dict (mAP, Rank-1/5/10, mINP, eval_seconds) of ``model`` on ``loader``.
 
+    ``miss`` (default TEST.MISS) zeroes the inputs of those modalities; 'all' evaluates the full input
+    (training uses it for model selection; ``evaluate_missing`` gives the seven-setting table).
     Under torch.distributed every rank extracts the features of its share of the samples; they are
     gathered and every rank returns the same metrics."""
     start = time.time()
     miss = cfg.TEST.MISS if miss is None else miss
-    ev = extract(model, _shard(loader), device, miss, cfg.SOLVER.AMP, build_evaluator(cfg, num_query), progress)
+    miss = "" if miss == "all" else miss
+    ev = extract(model, _shard(loader), device, miss, cfg.SOLVER.AMP, build_evaluator(cfg, num_query),
+                 progress and cfg.LOG.PROGRESS_BARS)
     metrics = _gather(ev).evaluate()
     metrics["eval_seconds"] = round(time.time() - start, 2)
     return metrics, ev
+
+
+# The full input and the six missing-modality settings, in the order of the papers' tables.
+MISS_SETTINGS = ("none", "r", "n", "t", "rn", "rt", "nt")
+MISS_NAMES = {"none": "Full", "r": "M (RGB)", "n": "M (NIR)", "t": "M (TIR)", "rn": "M (RGB+NIR)",
+              "rt": "M (RGB+TIR)", "nt": "M (NIR+TIR)"}
+
+
+def evaluate_missing(cfg, model, loader, num_query, device, progress=True):
+    """``TEST.MISS all``: metrics of the full input and of the six missing-modality settings, from one pass
+    over the data (each batch is loaded once and encoded once per setting), plus ``average`` over the six
+    missing settings. Returns ({setting: metrics}, evaluator of the full input)."""
+    start = time.time()
+    settings = [("" if s == "none" else s) for s in MISS_SETTINGS]
+    evaluators = {s: build_evaluator(cfg, num_query) for s in settings}
+    extract(model, _shard(loader), device, settings, cfg.SOLVER.AMP, evaluators,
+            progress and cfg.LOG.PROGRESS_BARS)
+    results = {("none" if s == "" else s): _gather(ev).evaluate() for s, ev in evaluators.items()}
+    keys = [k for k in results["none"] if k != "num_valid_queries"]
+    results["average"] = {k: float(np.mean([results[s][k] for s in MISS_SETTINGS[1:]])) for k in keys}
+    results["eval_seconds"] = round(time.time() - start, 2)
+    return results, evaluators[""]
+
+
+def missing_table(results, digits=1):
+    """The markdown table of ``evaluate_missing`` in the papers' layout: one column per setting plus the
+    average of the six missing settings, one row per metric (percent)."""
+    cols = list(MISS_SETTINGS) + ["average"]
+    lines = ["| metric | " + " | ".join(MISS_NAMES.get(c, "Average (6 missing)") for c in cols) + " |",
+             "|---|" + "---:|" * len(cols)]
+    for k in ("mAP", "Rank-1", "Rank-5", "Rank-10", "mINP"):
+        lines.append(f"| {k} | " + " | ".join(f"{100 * results[c][k]:.{digits}f}" for c in cols) + " |")
+    return "\n".join(lines)
 
 
 def format_metrics(m):

@@ -90,6 +90,27 @@ def train_step(model, batch, loss_fn, optimizer, device, amp="none", scaler=None
     return losses
 
 
+def make_writer(cfg, purge_step=None):
+    """A TensorBoard SummaryWriter on OUTPUT_DIR/tensorboard (main process, LOG.TENSORBOARD, the
+    tensorboard package installed), else None. ``purge_step``: a resumed run drops the events a stopped
+    run logged from that step on."""
+    if not cfg.LOG.TENSORBOARD or not comm.is_main_process():
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        logger.info("LOG.TENSORBOARD: the tensorboard package is not installed (pip install -r "
+                    "requirements-extras.txt), so no event files are written")
+        return None
+    return SummaryWriter(os.path.join(cfg.OUTPUT_DIR, "tensorboard"), purge_step=purge_step)
+
+
+def log_scalars(writer, prefix, values, step):
+    if writer is not None:
+        for k, v in values.items():
+            writer.add_scalar(f"{prefix}/{k}", v, step)
+
+
 def evaluates(epoch, solver):
     """Whether ``epoch`` is evaluated: every EVAL_PERIOD epochs (0: never before the last) and the last."""
     return epoch == solver.MAX_EPOCHS or (solver.EVAL_PERIOD > 0 and epoch % solver.EVAL_PERIOD == 0)
@@ -110,6 +131,9 @@ def do_train(cfg, model, train_loader, test_loader, num_query, optimizer, schedu
     best = best or {"mAP": -1.0}
     records = list(records or [])
     main = comm.is_main_process()
+    # TensorBoard's x axis: iterations since the start of the run (epochs differ in length with P x K).
+    step = sum(r.get("iterations", 0) for r in records)
+    writer = make_writer(cfg, step + 1 if records else None)
 
     def save_last(epoch, pending):
         if main:
@@ -122,6 +146,8 @@ def do_train(cfg, model, train_loader, test_loader, num_query, optimizer, schedu
         metrics, _ = evaluate_model(cfg, unwrap(model), test_loader, num_query, device)
         record.update({k: metrics[k] for k in METRIC_KEYS})
         logger.info("Validation epoch %d: %s", epoch, format_metrics(metrics))
+        end_step = sum(r.get("iterations", 0) for r in records[:records.index(record) + 1])
+        log_scalars(writer, "eval", {k: metrics[k] for k in METRIC_KEYS}, end_step)
         if metrics["mAP"] > best["mAP"]:
             best = {"epoch": epoch, **{k: metrics[k] for k in METRIC_KEYS}}
             if main:
@@ -139,14 +165,18 @@ def do_train(cfg, model, train_loader, test_loader, num_query, optimizer, schedu
         train_loader.sampler.set_epoch(epoch)
         scheduler.step(epoch)
         sums, n_iter, t0 = {}, 0, time.time()
-        bar = tqdm(train_loader, desc=f"epoch {epoch}/{s.MAX_EPOCHS}", leave=False, disable=not main)
+        bar = tqdm(train_loader, desc=f"epoch {epoch}/{s.MAX_EPOCHS}", leave=False,
+                   disable=not main or not cfg.LOG.PROGRESS_BARS)
         for batch in bar:
             losses = train_step(model, batch, loss_fn, optimizer, device, s.AMP, scaler)
             n_iter += 1
+            step += 1
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().float()
-            if check_every_step or n_iter % s.LOG_PERIOD == 0:
+            if check_every_step or writer is not None or n_iter % s.LOG_PERIOD == 0:
                 values = {k: float(v.detach()) for k, v in losses.items()}
+                log_scalars(writer, "iter", {**values, "loss": sum(values.values()),
+                                             "lr": optimizer.param_groups[0]["lr"]}, step)
                 if not all(math.isfinite(v) for v in values.values()):
                     raise NonFiniteLossError(f"non-finite loss at epoch {epoch}, iteration {n_iter}: {values}")
                 if n_iter % s.LOG_PERIOD == 0:
@@ -163,10 +193,12 @@ def do_train(cfg, model, train_loader, test_loader, num_query, optimizer, schedu
         means = {k: round(float(v) / n_iter, 5) for k, v in sums.items()}
         lr = optimizer.param_groups[0]["lr"]
         record = {"epoch": epoch, "loss": round(sum(means.values()), 5), **means, "lr": lr,
-                  "seconds": round(elapsed, 2), "samples_per_s": round(n_iter * train_loader.batch_size / elapsed, 1)}
+                  "seconds": round(elapsed, 2), "samples_per_s": round(n_iter * train_loader.batch_size / elapsed, 1),
+                  "iterations": n_iter}
         logger.info("Epoch %d done: loss %.4f (%s), lr %.2e, %.1fs, %.1f samples/s", epoch, record["loss"],
                     ", ".join(f"{k} {v:.4f}" for k, v in means.items()), lr, elapsed, record["samples_per_s"])
         records.append(record)
+        log_scalars(writer, "epoch", {k: v for k, v in record.items() if k not in ("epoch", "iterations")}, step)
         pending = evaluates(epoch, s)
         save_last(epoch, pending)
         if main and s.CHECKPOINT_PERIOD and epoch % s.CHECKPOINT_PERIOD == 0:
@@ -175,4 +207,6 @@ def do_train(cfg, model, train_loader, test_loader, num_query, optimizer, schedu
         if pending:
             evaluate_epoch(epoch, record)
         comm.synchronize()
+    if writer is not None:
+        writer.close()
     return records, best

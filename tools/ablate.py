@@ -63,7 +63,7 @@ def check_finished(name, out_dir, cfg):
 
 
 def curves(name, records):
-    skip = {"epoch", "loss", "lr", "seconds", "samples_per_s", *METRICS}
+    skip = {"epoch", "loss", "lr", "seconds", "samples_per_s", "iterations", *METRICS}
     losses = {k: [(r["epoch"], r[k]) for r in records if k in r]
               for k in records[0] if k not in skip}
     losses["total"] = [(r["epoch"], r["loss"]) for r in records]
