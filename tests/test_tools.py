@@ -42,7 +42,7 @@ def run(args, cwd):
     return r.stdout
 
 
-@pytest.mark.parametrize("tool", ["vis_ranklist.py", "vis_tokens.py", "vis_offsets.py"])
+@pytest.mark.parametrize("tool", ["vis_ranklist.py", "vis_tokens.py", "vis_offsets.py", "vis_cam.py"])
 def test_visual_tools_write_images(tiny_setup, tool):
     d, cfg, weight = tiny_setup
     out = d / (tool + ".png")
@@ -50,6 +50,35 @@ def test_visual_tools_write_images(tiny_setup, tool):
          "--num-" + ("query" if tool == "vis_ranklist.py" else "samples"), "2"], d)
     img = Image.open(out)
     assert img.width > 100 and img.height > 100
+
+
+def test_tools_write_to_output_dir_by_default(tiny_setup):
+    d, cfg, weight = tiny_setup
+    run([os.path.join(TOOLS, "vis_cam.py"), "--config_file", cfg, "--weight", weight, "--num-samples", "1"], d)
+    assert Image.open(d / "out" / "vis_cam.png").width > 100
+
+
+def test_vis_cam_heat_follows_the_gradient(tiny_cfg):
+    """The Grad-CAM map lies in [0, 1] with a peak of 1 per image, on the patch grid."""
+    sys.path.insert(0, TOOLS)
+    from vis_cam import grad_cam
+
+    from .conftest import images
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(), 5, 3).eval()
+    heat = grad_cam(model, images(2), torch.tensor([0, 1]))
+    assert heat.shape == (2, 3, *model.backbone.grid)
+    assert heat.min() >= 0 and torch.allclose(heat.flatten(2).amax(-1), torch.ones(2, 3))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sklearn") is None,
+                    reason="optional scikit-learn not installed (requirements-extras.txt)")
+def test_vis_tsne_writes_both_pictures(tiny_setup):
+    d, cfg, weight = tiny_setup
+    text = run([os.path.join(TOOLS, "vis_tsne.py"), "--config_file", cfg, "--weight", weight, "--output",
+                str(d / "tsne.png")], d)
+    assert Image.open(d / "tsne.png").width > 100 and Image.open(d / "tsne_modalities.png").width > 100
+    assert "same sample" in text
 
 
 def test_model_cost_prints_the_table(tiny_setup):

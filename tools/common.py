@@ -14,12 +14,13 @@ from engine.setup import resolve_device  # noqa: E402
 from modeling import MODALITIES, build_model, load_weights  # noqa: E402
 
 
-def tool_parser(description):
-    p = argparse.ArgumentParser(description=description)
+def tool_parser(description, ext=".png"):
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config_file", required=True, help="YAML config of the trained model")
     p.add_argument("--weight", default="", help="checkpoint (default: TEST.WEIGHT of the config)")
-    p.add_argument("--output", required=True, help="output file")
+    p.add_argument("--output", default="", help=f"output file (default: OUTPUT_DIR/<tool name>{ext})")
     p.add_argument("opts", nargs="*", help="KEY VALUE config overrides")
+    p.set_defaults(output_ext=ext)
     return p
 
 
@@ -43,6 +44,9 @@ def encode_samples(model, loader, device, num_samples):
 def load_everything(args, need_weights=True):
     """(cfg, model in eval mode, test loader, num_query, device)."""
     cfg = load_config(args.config_file, args.opts + ["DATALOADER.NUM_WORKERS", "0"])
+    if not args.output:  # tools write to the run's folder unless told otherwise, never into tracked files
+        tool = os.path.splitext(os.path.basename(sys.argv[0]))[0]
+        args.output = os.path.join(cfg.OUTPUT_DIR, tool + getattr(args, "output_ext", ".png"))
     device = resolve_device(cfg)
     _, test_loader, num_query, num_classes, num_cameras = build_dataloaders(cfg, verify="test")
     model = build_model(cfg, num_classes, num_cameras, pretrained=False)

@@ -28,7 +28,7 @@ class ExportWrapper(nn.Module):
 
 
 def main():
-    p = tool_parser(__doc__)
+    p = tool_parser(__doc__, ext=".onnx")
     p.add_argument("--batch", type=int, default=3, help="batch of the check input (the export is dynamic)")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--tolerance", type=float, default=1e-4)

@@ -1,4 +1,4 @@
-"""A small line-chart renderer on PIL (no plotting library needed)."""
+"""Small line-chart and scatter-plot renderers on PIL (no plotting library needed)."""
 from PIL import Image, ImageDraw
 
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
@@ -48,3 +48,40 @@ def stack(images, gap=6):
         out.paste(i, (0, y))
         y += i.height + gap
     return out
+
+
+def distinct_colors(n):
+    """``n`` well-separated RGB colours (hues around the circle, two brightness levels)."""
+    import colorsys
+    return [tuple(int(255 * c) for c in colorsys.hsv_to_rgb(i / max(n, 1), 0.85, 0.95 if i % 2 else 0.7))
+            for i in range(n)]
+
+
+def _marker(d, x, y, kind, color, r=4):
+    if kind == "s":
+        d.rectangle((x - r, y - r, x + r, y + r), fill=color, outline="black")
+    elif kind == "^":
+        d.polygon([(x, y - r - 1), (x - r, y + r), (x + r, y + r)], fill=color, outline="black")
+    else:
+        d.ellipse((x - r, y - r, x + r, y + r), fill=color, outline="black")
+
+
+def scatter(points, colors, title, markers=None, legend=None, size=(560, 480)):
+    """``points`` [(x, y)], one RGB colour (and marker: 'o', 's' or '^') per point -> PIL image.
+    ``legend``: [(text, color, marker)] drawn at the right."""
+    w, h = size
+    left, right, top, bottom = 12, 130 if legend else 12, 24, 12
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    d.text((left, 5), title, fill="black")
+    d.rectangle((left, top, w - right, h - bottom), outline="black")
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    sx = lambda x: left + 8 + (x - x0) / ((x1 - x0) or 1) * (w - left - right - 16)  # noqa: E731
+    sy = lambda y: h - bottom - 8 - (y - y0) / ((y1 - y0) or 1) * (h - top - bottom - 16)  # noqa: E731
+    for i, (x, y) in enumerate(points):
+        _marker(d, sx(x), sy(y), markers[i] if markers else "o", colors[i])
+    for i, (text, color, kind) in enumerate(legend or []):
+        _marker(d, w - right + 14, top + 10 + 16 * i, kind, color)
+        d.text((w - right + 24, top + 4 + 16 * i), text, fill="black")
+    return img

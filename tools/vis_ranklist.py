@@ -8,6 +8,7 @@ import numpy as np
 from common import compose, frame, label, load_everything, sample_images, save, stack_modalities, tool_parser
 from engine.setup import run_cli  # noqa: E402
 from engine import evaluate_model
+from data.datasets import uses_scenes
 from utils.metrics import pairwise_distance
 
 
@@ -23,7 +24,7 @@ def main():
     feats, pids, camids, scenes = ev.arrays()
     g0 = 0 if len(feats) == nq else nq
     dist = pairwise_distance(feats[:nq], feats[g0:]).numpy()
-    use_scenes = cfg.DATASETS.NAMES == "MSVR310"
+    use_scenes = uses_scenes(cfg.DATASETS.NAMES)
     rows = []
     queries = np.random.default_rng(args.seed).choice(nq, size=min(args.num_query, nq), replace=False)
     for q in sorted(queries):
