@@ -5,7 +5,7 @@ one training-curve plot per run (loss terms and mAP per epoch, read from metrics
         --output docs/ablation [--runs-dir output/ablation] [KEY VALUE ...]
 
 Each run trains into <runs-dir>/<config name>/ (OUTPUT_DIR is overridden); the table (ablation.md) and
-the plots (<name>_curves.png) go to --output. A run folder that already holds a run stops the tool before
+the plots (<name>_curves.png) go to --output (default: the runs folder). A run folder that already holds a run stops the tool before
 anything trains, unless --resume (continue unfinished runs, keep finished ones) or --overwrite (train
 them again) says what to do. --skip-training only collects finished runs. Every collected run must be
 finished and trained with the config the command names (paths and speed settings aside), so a table never
@@ -74,13 +74,14 @@ def curves(name, records):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", nargs="+", required=True)
-    p.add_argument("--output", required=True, help="folder for the table and the plots")
+    p.add_argument("--output", default="", help="folder for the table and the plots (default: --runs-dir)")
     p.add_argument("--runs-dir", default="output/ablation", help="folder for the training runs")
     p.add_argument("--skip-training", action="store_true", help="only collect finished runs")
     p.add_argument("--resume", action="store_true", help="continue unfinished runs; finished runs are kept")
     p.add_argument("--overwrite", action="store_true", help="train every run again, deleting the old ones")
     p.add_argument("opts", nargs="*", help="KEY VALUE overrides applied to every run")
     args = p.parse_intermixed_args()
+    args.output = args.output or args.runs_dir
     if sum((args.skip_training, args.resume, args.overwrite)) > 1:
         raise SystemExit("--skip-training, --resume and --overwrite exclude each other")
     runs = []
