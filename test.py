@@ -6,10 +6,11 @@ import tempfile
 import numpy as np
 import yaml
 
-from data import build_dataloaders
+from data import build_test_dataloader
 from engine import evaluate_missing, evaluate_model, format_metrics, missing_table
 from engine.setup import SetupError, default_setup, parse_args, run_cli
 from modeling import build_model, load_weights
+from modeling.weights import model_sizes, read_checkpoint
 from utils.checkpoint import OutputError, atomic_write, atomic_write_json
 
 
@@ -53,9 +54,19 @@ def main():
     if not os.path.isfile(cfg.TEST.WEIGHT):
         raise FileNotFoundError(f"TEST.WEIGHT: no checkpoint at {cfg.TEST.WEIGHT}")
     feats_out = features_path(args.save_features) if args.save_features else ""
-    _, test_loader, num_query, num_classes, num_cameras = build_dataloaders(cfg, verify="test")
+    test_loader, num_query, dataset = build_test_dataloader(cfg)
+    # The model is sized from the checkpoint, not from the data: evaluation needs no training split, and a
+    # model trained on one benchmark can be evaluated on another.
+    state = read_checkpoint(cfg.TEST.WEIGHT)
+    num_classes, num_cameras = model_sizes(state, cfg.TEST.WEIGHT)
     model = build_model(cfg, num_classes, num_cameras, pretrained=False)
-    load_weights(model, cfg.TEST.WEIGHT)
+    load_weights(model, cfg.TEST.WEIGHT, state)
+    del state
+    model.backbone.camera_mode = cfg.TEST.CAMERA_EMBEDDING
+    if num_cameras and dataset.num_cameras > num_cameras and cfg.TEST.CAMERA_EMBEDDING == "index":
+        logger.warning("%s has %d cameras, the model's camera table %d: cameras %d and above get the table's "
+                       "mean (TEST.CAMERA_EMBEDDING mean gives every camera the mean)", dataset.name,
+                       dataset.num_cameras, num_cameras, num_cameras)
     model.to(device)
     setting = {"weight": os.path.abspath(cfg.TEST.WEIGHT), "dataset": cfg.DATASETS.NAMES,
                "miss": cfg.TEST.MISS or "none", "re_ranking": bool(cfg.TEST.RE_RANKING)}

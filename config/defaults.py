@@ -100,7 +100,8 @@ _C.INPUT.SHARED_AUG_PARAMS = False
 # DATASETS
 # ---------------------------------------------------------------------------------------------------
 _C.DATASETS = CN()
-# One of 'RGBNT201', 'RGBNT100', 'MSVR310', 'Synthetic'.
+# One of 'RGBNT201', 'RGBNT100', 'MSVR310', 'WMVeID863' (alias 'MSVWild863'), 'Market1501-MM', 'Synthetic',
+# or 'Custom' (a layout described by DATASETS.CUSTOM).
 _C.DATASETS.NAMES = "RGBNT201"
 # Folder that holds the dataset folder (e.g. ROOT_DIR/RGBNT201/train_171).
 _C.DATASETS.ROOT_DIR = "./datasets"
@@ -108,6 +109,33 @@ _C.DATASETS.ROOT_DIR = "./datasets"
 # epoch is chosen without the test set: a count (>= 1) or a fraction (< 1) of the training ids; 0 = off
 # (the official recipe selects the best epoch on the test set).
 _C.DATASETS.VAL_IDS = 0.0
+# Datasets paired by file name (WMVeID863, Market1501-MM, Custom): a file without a partner of the same name
+# in every modality folder stops the start with the list of such files; yes leaves them out, listing each
+# in a warning.
+_C.DATASETS.SKIP_UNPAIRED = False
+# Your own data, no code (DATASETS.NAMES Custom; README "Your own data").
+_C.DATASETS.CUSTOM = CN()
+# Folder under ROOT_DIR, and its split folders. GALLERY equal to QUERY: gallery = query (RGBNT201 style).
+_C.DATASETS.CUSTOM.FOLDER = ""
+_C.DATASETS.CUSTOM.TRAIN = "train"
+_C.DATASETS.CUSTOM.QUERY = "query"
+_C.DATASETS.CUSTOM.GALLERY = "gallery"
+# The folders of RGB, NI and TI inside a split (or inside an id folder). Naming one folder several times
+# duplicates that modality, e.g. [images, images, images] runs RGB-only data as RGB three times.
+_C.DATASETS.CUSTOM.MODALITY_FOLDERS = ["RGB", "NI", "TI"]
+# yes: <split>/<id>/<modality folder>/file (the id is the folder name unless PATTERN has an id group).
+_C.DATASETS.CUSTOM.ID_FOLDERS = False
+# yes: each file holds the three modalities side by side, left to right in TILE_ORDER (no modality folders).
+_C.DATASETS.CUSTOM.TILED = False
+_C.DATASETS.CUSTOM.TILE_ORDER = ["RGB", "NI", "TI"]
+# Regular expression searched in each file name, with named groups id, camera and optionally scene.
+_C.DATASETS.CUSTOM.PATTERN = "^(?P<id>-?\\d+)_c(?P<camera>\\d+)"
+# Camera number of the first camera in file names (1: c1 is the first camera; 0: c0 is).
+_C.DATASETS.CUSTOM.CAMERA_BASE = 1
+# Evaluation: remove gallery samples of the query's identity seen by the same 'camera' or in the same 'scene'.
+_C.DATASETS.CUSTOM.PROTOCOL = "camera"
+# Identities to leave out everywhere (Market-1501's junk images have id -1).
+_C.DATASETS.CUSTOM.IGNORE_IDS = [-1]
 # Synthetic benchmark (written in the RGBNT201 layout under ROOT_DIR on first use).
 _C.DATASETS.SYNTHETIC = CN()
 _C.DATASETS.SYNTHETIC.NUM_TRAIN_IDS = 48
@@ -200,6 +228,10 @@ _C.TEST.FEAT_NORM = True
 # normalisation, query and gallery alike); 'all': test.py reports the full input, the six settings and
 # their average in one run (training then selects epochs on the full input).
 _C.TEST.MISS = ""
+# SIE camera embedding at test time: 'index' (the learned row of each camera id; ids beyond the trained
+# table get the table's mean) or 'mean' (every sample gets the mean row: for another benchmark's cameras,
+# e.g. cross-dataset evaluation).
+_C.TEST.CAMERA_EMBEDDING = "index"
 # Evaluate the untrained model before training (prints the "before" figure).
 _C.TEST.EVAL_BEFORE_TRAIN = False
 

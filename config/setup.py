@@ -14,7 +14,11 @@ _CHOICES = {
     "MODEL.TRANSFORMER_TYPE": ("ViT-B-16", "vit_base_patch16_224", "vit_custom"),
     "MODEL.DIRECT": (0, 1),
     "MODEL.LAM_OFFSET_CHANNELS": (1, 2),
-    "DATASETS.NAMES": ("RGBNT201", "RGBNT100", "MSVR310", "Synthetic"),
+    "DATASETS.NAMES": ("RGBNT201", "RGBNT100", "MSVR310", "WMVeID863", "MSVWild863", "Market1501-MM", "Synthetic",
+                       "Custom"),
+    "DATASETS.CUSTOM.PROTOCOL": ("camera", "scene"),
+    "DATASETS.CUSTOM.CAMERA_BASE": (0, 1),
+    "TEST.CAMERA_EMBEDDING": ("index", "mean"),
     "SOLVER.SCHEDULER": ("cosine", "multistep"),
     "SOLVER.OPTIMIZER_NAME": ("Adam", "AdamW", "SGD"),
     "SOLVER.AMP": ("bf16", "fp16", "none"),
@@ -234,6 +238,15 @@ def validate(cfg):
             f"negatives")
     if not cfg.OUTPUT_DIR:
         raise ValueError("config: OUTPUT_DIR must not be empty")
+    c = cfg.DATASETS.CUSTOM
+    if len(c.MODALITY_FOLDERS) != 3 or not all(isinstance(f, str) and f for f in c.MODALITY_FOLDERS):
+        raise ValueError(f"config: DATASETS.CUSTOM.MODALITY_FOLDERS must name 3 folders (RGB, NI, TI; repeat one "
+                         f"to duplicate a modality), got {list(c.MODALITY_FOLDERS)}")
+    if sorted(c.TILE_ORDER) != ["NI", "RGB", "TI"]:
+        raise ValueError(f"config: DATASETS.CUSTOM.TILE_ORDER must order RGB, NI and TI, got {list(c.TILE_ORDER)}")
+    if cfg.DATASETS.NAMES == "Custom" and not c.FOLDER:
+        raise ValueError("config: DATASETS.NAMES Custom needs DATASETS.CUSTOM.FOLDER (the dataset folder under "
+                         "DATASETS.ROOT_DIR)")
 
 
 class SignalConfig(CN):

@@ -21,10 +21,11 @@ from .transforms import build_transforms
 
 
 class MultiModalImageDataset(Dataset):
-    def __init__(self, samples, transform, tiled=False):
+    def __init__(self, samples, transform, tiled=False, tile_order=MODALITIES):
         self.samples = samples
         self.transform = transform
         self.tiled = tiled
+        self.tile_order = tuple(tile_order)
 
     def __len__(self):
         return len(self.samples)
@@ -36,9 +37,11 @@ class MultiModalImageDataset(Dataset):
             img = read_image(s.paths[0])
             w, h = img.size
             if w % 3:
-                raise DatasetError(f"{s.paths[0]}: width {w} is not three side-by-side tiles (RGB | NI | TI)")
+                raise DatasetError(f"{s.paths[0]}: width {w} is not three side-by-side tiles "
+                                   f"({' | '.join(self.tile_order)})")
             t = w // 3
-            return {m: img.crop((i * t, 0, (i + 1) * t, h)) for i, m in enumerate(MODALITIES)}
+            tiles = {m: img.crop((i * t, 0, (i + 1) * t, h)) for i, m in enumerate(self.tile_order)}
+            return {m: tiles[m] for m in MODALITIES}
         return {m: read_image(p) for m, p in zip(MODALITIES, s.paths)}
 
     def __getitem__(self, index):
@@ -77,14 +80,36 @@ def _worker_kwargs(cfg):
     return dict(num_workers=workers, pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
 
 
-def build_test_loader(cfg, query, gallery, gallery_is_query, tiled):
+def build_test_loader(cfg, query, gallery, gallery_is_query, tiled, tile_order=MODALITIES):
     """Loader over query (+ gallery unless the benchmark evaluates with gallery = query)."""
     samples = list(query) if gallery_is_query else list(query) + list(gallery)
-    ds = MultiModalImageDataset(samples, build_transforms(cfg, train=False), tiled)
+    ds = MultiModalImageDataset(samples, build_transforms(cfg, train=False), tiled, tile_order)
     # Its own generator: creating the loader's iterator then draws nothing from the global torch RNG, so an
     # evaluation leaves the training's random state as it was.
     return DataLoader(ds, batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False, generator=torch.Generator(),
                       **_worker_kwargs(cfg))
+
+
+def _verify(cfg, dataset, val=None, splits=("train", "query", "gallery")):
+    scenes = uses_scenes(cfg)
+    check_queries(dataset.query, dataset.gallery, scenes, f"{dataset.name} test split")
+    if val is not None:
+        check_queries(val, val, scenes, "the validation split (DATASETS.VAL_IDS)")
+    if comm.is_main_process():
+        n = verify_images({k: getattr(dataset, k) for k in splits}, dataset.tiled)
+        logging.getLogger("signal.data").info("Checked %d image files: all readable", n)
+
+
+def build_test_dataloader(cfg, verify=True):
+    """``(test_loader, num_query, dataset)`` from the query and gallery splits alone: the training split is
+    neither parsed nor needed (evaluating a checkpoint, also on another benchmark)."""
+    dataset = build_dataset(cfg, test_only=True)
+    if verify:
+        _verify(cfg, dataset, splits=("query", "gallery"))
+    loader = build_test_loader(cfg, dataset.query, dataset.gallery, dataset.gallery_is_query, dataset.tiled,
+                               dataset.tile_order)
+    loader.reid_dataset = dataset
+    return loader, len(dataset.query), dataset
 
 
 def split_validation(train, val_ids, seed):
@@ -121,18 +146,10 @@ def build_dataloaders(cfg, verify=True):
     if cfg.DATASETS.VAL_IDS > 0:
         dataset.train, val = split_validation(dataset.train, cfg.DATASETS.VAL_IDS, cfg.SOLVER.SEED)
     if verify:
-        scenes = uses_scenes(cfg.DATASETS.NAMES)
-        check_queries(dataset.query, dataset.gallery, scenes, f"{dataset.name} test split")
-        if val is not None:
-            check_queries(val, val, scenes, "the validation split (DATASETS.VAL_IDS)")
-        if comm.is_main_process():
-            splits = {"query": dataset.query, "gallery": dataset.gallery}
-            if verify != "test":
-                splits["train"] = dataset.train
-            n = verify_images(splits, dataset.tiled)
-            logging.getLogger("signal.data").info("Checked %d image files: all readable", n)
+        _verify(cfg, dataset, val, ("query", "gallery") if verify == "test" else ("train", "query", "gallery"))
     world = comm.get_world_size()
-    train_set = MultiModalImageDataset(dataset.train, build_transforms(cfg, train=True), dataset.tiled)
+    train_set = MultiModalImageDataset(dataset.train, build_transforms(cfg, train=True), dataset.tiled,
+                                       dataset.tile_order)
     sampler = IdentitySampler([s.pid for s in dataset.train], cfg.SOLVER.IMS_PER_BATCH,
                               cfg.DATALOADER.NUM_INSTANCE, seed=cfg.SOLVER.SEED,
                               num_replicas=world, rank=comm.get_rank())
@@ -141,11 +158,12 @@ def build_dataloaders(cfg, verify=True):
     train_loader = DataLoader(train_set, batch_size=cfg.SOLVER.IMS_PER_BATCH // world, sampler=sampler,
                               drop_last=True, generator=generator, worker_init_fn=_seed_worker,
                               **_worker_kwargs(cfg))
-    test_loader = build_test_loader(cfg, dataset.query, dataset.gallery, dataset.gallery_is_query, dataset.tiled)
+    test_loader = build_test_loader(cfg, dataset.query, dataset.gallery, dataset.gallery_is_query, dataset.tiled,
+                                    dataset.tile_order)
     train_loader.reid_dataset = test_loader.reid_dataset = dataset
     train_loader.val_loader, train_loader.val_num_query = None, 0
     if val is not None:
-        train_loader.val_loader = build_test_loader(cfg, val, val, True, dataset.tiled)
+        train_loader.val_loader = build_test_loader(cfg, val, val, True, dataset.tiled, dataset.tile_order)
         train_loader.val_num_query = len(val)
     return train_loader, test_loader, len(dataset.query), dataset.num_train_pids, dataset.num_cameras
 
@@ -156,5 +174,5 @@ def _seed_worker(worker_id):
     random.seed(seed)
 
 
-__all__ = ["build_dataloaders", "split_validation", "build_dataset", "build_test_loader", "DatasetError", "MODALITIES",
+__all__ = ["build_dataloaders", "build_test_dataloader", "split_validation", "build_dataset", "build_test_loader", "DatasetError", "MODALITIES",
            "MultiModalImageDataset", "IdentitySampler", "read_image"]

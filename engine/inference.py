@@ -55,7 +55,7 @@ def extract(model, loader, device, miss="", amp="none", evaluator=None, progress
 def build_evaluator(cfg, num_query):
     t = cfg.TEST
     rerank = (t.RE_RANKING_K1, t.RE_RANKING_K2, t.RE_RANKING_LAMBDA) if t.RE_RANKING else None
-    return Evaluator(num_query, use_scenes=uses_scenes(cfg.DATASETS.NAMES), rerank=rerank)
+    return Evaluator(num_query, use_scenes=uses_scenes(cfg), rerank=rerank)
 
 
 def _shard(loader):

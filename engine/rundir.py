@@ -9,6 +9,7 @@ delete the old run's files first.
 import logging
 import os
 import re
+import shutil
 import socket
 
 import yaml
@@ -149,6 +150,9 @@ def prepare_run_folder(cfg, resume=False, overwrite=False, allow_changes=(), mai
             removed = found + [f for f in RECORD_FILES if os.path.exists(os.path.join(out, f))]
             for f in removed:
                 os.remove(os.path.join(out, f))
+            if os.path.isdir(os.path.join(out, "tensorboard")):
+                shutil.rmtree(os.path.join(out, "tensorboard"))
+                removed.append("tensorboard/")
         if resume:
             path = os.path.join(out, "last.pth")
             state = load_checkpoint(path, "training checkpoint")

@@ -85,11 +85,25 @@ class ViTBackbone(nn.Module):
         self.grid = tuple(vit.patch_embed.grid_size)
         self.out_dim = vit.head.out_features if isinstance(vit.head, nn.Linear) else vit.embed_dim
         self.sie_coe = sie_coe
+        self.camera_mode = "index"
         if num_cameras > 0:
             self.cam_embed = nn.Parameter(torch.zeros(num_cameras, 1, vit.embed_dim))
             trunc_normal_(self.cam_embed, std=0.02)
         else:
             self.cam_embed = None
+
+    def camera_embedding(self, cam_label):
+        """Rows of the camera table for ``cam_label`` [B] -> [B, 1, width]. ``camera_mode`` 'index' takes each
+        camera's row, and the table's mean for ids beyond it (cameras the model was not trained with);
+        'mean' gives every sample the mean row (TEST.CAMERA_EMBEDDING)."""
+        table = self.cam_embed
+        if self.camera_mode == "mean":
+            return table.mean(0, keepdim=True).expand(cam_label.shape[0], -1, -1)
+        if self.camera_mode != "index":
+            raise ValueError(f"camera_mode must be 'index' or 'mean', got {self.camera_mode!r}")
+        unseen = cam_label >= len(table)
+        rows = table[cam_label.clamp(max=len(table) - 1)]
+        return torch.where(unseen[:, None, None], table.mean(0, keepdim=True), rows)
 
     def set_fused_attn(self, enabled: bool):
         for blk in self.vit.blocks:
@@ -104,7 +118,7 @@ class ViTBackbone(nn.Module):
             if cam_label is None:
                 raise ValueError("cam_label is required: the model uses the SIE camera embedding "
                                  "(MODEL.SIE_CAMERA)")
-            cls = cls + self.sie_coe * self.cam_embed[cam_label]
+            cls = cls + self.sie_coe * self.camera_embedding(cam_label)
         x = torch.cat([cls, x], dim=1) + v.pos_embed
         x = v.norm_pre(v.pos_drop(x))
         x = v.head(v.norm(v.blocks(x)))

@@ -170,11 +170,27 @@ def load_finetune(model, state, path):
     return model
 
 
-def load_weights(model, path):
+def model_sizes(state, path):
+    """(identity count of the classifiers, rows of the camera table; 0 without SIE) of a whole-model
+    checkpoint (ours or the official layout), so a model can be built to load it without the training data."""
+    state = signal_model_state(state)
+    if state is None:
+        raise WeightsError(f"{path} is not a Signal model checkpoint (no backbone.vit.* or clip_vision_encoder.* "
+                           f"keys)")
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    classes = next((state[k].shape[0] for k in ("classifier.weight", "classifiers.RGB.weight", "classifier_r.weight",
+                                               "classifier_sim.weight", "classifier_var.weight") if k in state), None)
+    if classes is None:
+        raise WeightsError(f"{path}: no classifier weights found, cannot tell the model's identity count")
+    cams = next((state[k].shape[0] for k in ("backbone.cam_embed", "clip_vision_encoder.cv_embed") if k in state), 0)
+    return int(classes), int(cams)
+
+
+def load_weights(model, path, state=None):
     """Load a full-model checkpoint into ``model``: our training checkpoint (``{'model': ...}``), a plain
-    state dict of our model, or the official Signal checkpoint. Raises WeightsError listing every key
-    that does not fit."""
-    state = read_checkpoint(path)
+    state dict of our model, or the official Signal checkpoint (read from ``path`` unless ``state`` is
+    given). Raises WeightsError listing every key that does not fit."""
+    state = read_checkpoint(path) if state is None else state
     if "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if is_official_checkpoint(state):

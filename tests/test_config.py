@@ -87,7 +87,7 @@ def test_public_api_names():
     from utils.metrics import evaluate
     from utils.reranking import re_ranking
     assert list(inspect.signature(build_model).parameters)[:3] == ["cfg", "num_classes", "num_cameras"]
-    assert list(inspect.signature(load_weights).parameters) == ["model", "path"]
+    assert list(inspect.signature(load_weights).parameters)[:2] == ["model", "path"]
     assert list(inspect.signature(evaluate).parameters) == ["distmat", "q_pids", "g_pids", "q_camids", "g_camids",
                                                             "q_sceneids", "g_sceneids", "max_rank"]
     assert list(inspect.signature(re_ranking).parameters)[:5] == ["q_feat", "g_feat", "k1", "k2", "lambda_value"]

@@ -24,7 +24,8 @@ def _epochs(out):
 
 
 def _snapshot(out):
-    return {f: open(os.path.join(out, f), "rb").read() for f in sorted(os.listdir(out)) if not f.startswith(".")}
+    return {f: open(os.path.join(out, f), "rb").read() for f in sorted(os.listdir(out))
+            if not f.startswith(".") and os.path.isfile(os.path.join(out, f))}
 
 
 def test_a_fresh_run_into_a_finished_run_stops_before_writing(synth_root, tmp_path, monkeypatch):

@@ -31,7 +31,7 @@ def main():
     print(dataset.summary())
     n = verify_images({"train": dataset.train, "query": dataset.query, "gallery": dataset.gallery}, dataset.tiled)
     decoded = time.perf_counter()
-    valid = count_valid_queries(dataset.query, dataset.gallery, uses_scenes(cfg.DATASETS.NAMES))
+    valid = count_valid_queries(dataset.query, dataset.gallery, uses_scenes(cfg))
     print(f"parsed the file names in {parsed - start:.2f} s; decoded {n} image files in {decoded - parsed:.2f} s "
           f"({n / max(decoded - parsed, 1e-9):.0f} files/s, {os.cpu_count()} CPUs)")
     print(f"{valid} of {len(dataset.query)} queries have a true match under the protocol")

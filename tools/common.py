@@ -9,9 +9,10 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from config import load_config  # noqa: E402
-from data import build_dataloaders  # noqa: E402
+from data import build_test_dataloader  # noqa: E402
 from engine.setup import resolve_device  # noqa: E402
 from modeling import MODALITIES, build_model, load_weights  # noqa: E402
+from modeling.weights import model_sizes, read_checkpoint  # noqa: E402
 
 
 def tool_parser(description, ext=".png"):
@@ -48,13 +49,17 @@ def load_everything(args, need_weights=True):
         tool = os.path.splitext(os.path.basename(sys.argv[0]))[0]
         args.output = os.path.join(cfg.OUTPUT_DIR, tool + getattr(args, "output_ext", ".png"))
     device = resolve_device(cfg)
-    _, test_loader, num_query, num_classes, num_cameras = build_dataloaders(cfg, verify="test")
-    model = build_model(cfg, num_classes, num_cameras, pretrained=False)
+    test_loader, num_query, dataset = build_test_dataloader(cfg)
     weight = args.weight or cfg.TEST.WEIGHT
     if weight:
-        load_weights(model, weight)
+        state = read_checkpoint(weight)
+        model = build_model(cfg, *model_sizes(state, weight), pretrained=False)
+        load_weights(model, weight, state)
     elif need_weights:
         raise SystemExit("no checkpoint: pass --weight path.pth or TEST.WEIGHT path.pth")
+    else:
+        model = build_model(cfg, 1, dataset.num_cameras, pretrained=False)
+    model.backbone.camera_mode = cfg.TEST.CAMERA_EMBEDDING
     return cfg, model.to(device).eval(), test_loader, num_query, device
 
 

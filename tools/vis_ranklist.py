@@ -24,7 +24,7 @@ def main():
     feats, pids, camids, scenes = ev.arrays()
     g0 = 0 if len(feats) == nq else nq
     dist = pairwise_distance(feats[:nq], feats[g0:]).numpy()
-    use_scenes = uses_scenes(cfg.DATASETS.NAMES)
+    use_scenes = uses_scenes(cfg)
     rows = []
     queries = np.random.default_rng(args.seed).choice(nq, size=min(args.num_query, nq), replace=False)
     for q in sorted(queries):

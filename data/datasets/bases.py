@@ -64,12 +64,16 @@ class ReIDDataset:
     Attributes:
         train, query, gallery: lists of ``Sample``; train identities are relabelled to 0..N-1.
         gallery_is_query: the benchmark evaluates with query = gallery (RGBNT201).
-        tiled: each file holds the three modalities side by side (RGBNT100).
+        tiled: each file holds the three modalities side by side (RGBNT100), in ``tile_order``.
+        protocol: 'camera' or 'scene' (MSVR310), see ``protocol`` below.
     """
 
     name = "base"
     tiled = False
+    tile_order = MODALITIES
     gallery_is_query = False
+    # Which gallery samples of the query's identity the evaluation removes: same 'camera' or same 'scene'.
+    protocol = "camera"
 
     def __init__(self, train, query, gallery):
         self.train = relabel(train)
@@ -84,6 +88,10 @@ class ReIDDataset:
     def num_cameras(self):
         return 1 + max(s.camid for s in self.train + self.query + self.gallery)
 
+    @property
+    def uses_scenes(self):
+        return self.protocol == "scene"
+
     def summary(self):
         rows = [("train", self.train), ("query", self.query), ("gallery", self.gallery)]
         lines = [f"Dataset {self.name}:", "  subset   | # ids | # samples | # cameras",
@@ -92,3 +100,42 @@ class ReIDDataset:
             lines.append(f"  {split:<8} | {len({s.pid for s in samples}):5d} | {len(samples):9d} | "
                          f"{len({s.camid for s in samples}):9d}")
         return "\n".join(lines)
+
+
+def find_dataset_folder(root, candidates, name):
+    """The first of ``candidates`` (folder names a benchmark is released under) present in ``root``."""
+    for c in candidates:
+        if os.path.isdir(os.path.join(root, c)):
+            return os.path.join(root, c)
+    raise DatasetError(f"dataset {name} not found: expected one of the folders "
+                       f"{', '.join(os.path.join(root, c) for c in candidates)} (set DATASETS.ROOT_DIR to the "
+                       f"folder that contains it)")
+
+
+def pair_by_name(folders, labels):
+    """Pair the files of modality ``folders`` (one per modality; a folder may repeat to duplicate a
+    modality) by file name. Returns (names present in every folder, [(path, [labels it lacks])])."""
+    listing = {f: set(list_images(f)) for f in dict.fromkeys(folders)}
+    every = set.intersection(*listing.values())
+    unpaired = []
+    for f, label in dict.fromkeys(zip(folders, labels)):
+        for name in sorted(listing[f] - every):
+            unpaired.append((os.path.join(f, name),
+                             [lab for g, lab in zip(folders, labels) if name not in listing[g]]))
+    return sorted(every), unpaired
+
+
+def report_unpaired(unpaired, split, skip, logger=None):
+    """A file without partners in the other modality folders is an error listing every such file, or, with
+    ``skip`` (DATASETS.SKIP_UNPAIRED), a warning listing each."""
+    if not unpaired:
+        return
+    lines = [f"  {path} (no file of that name in: {', '.join(missing)})" for path, missing in unpaired]
+    if not skip:
+        raise DatasetError(f"split '{split}': {len(unpaired)} files have no partner in every modality folder; "
+                           f"samples are paired by file name. Fix the data, or set DATASETS.SKIP_UNPAIRED yes "
+                           f"to leave them out:\n" + "\n".join(lines))
+    import logging
+    (logger or logging.getLogger("signal.data")).warning(
+        "split '%s': leaving out %d files without partners in every modality folder "
+        "(DATASETS.SKIP_UNPAIRED):\n%s", split, len(unpaired), "\n".join(lines))

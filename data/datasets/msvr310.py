@@ -39,9 +39,10 @@ def read_vehicle_folders(folder, split):
 
 class MSVR310(ReIDDataset):
     name = "MSVR310"
+    protocol = "scene"
 
-    def __init__(self, root):
+    def __init__(self, root, test_only=False):
         base = os.path.join(root, "MSVR310")
-        super().__init__(read_vehicle_folders(os.path.join(base, "bounding_box_train"), "train"),
+        super().__init__([] if test_only else read_vehicle_folders(os.path.join(base, "bounding_box_train"), "train"),
                          read_vehicle_folders(os.path.join(base, "query3"), "query"),
                          read_vehicle_folders(os.path.join(base, "bounding_box_test"), "gallery"))

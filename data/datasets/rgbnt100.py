@@ -32,8 +32,8 @@ class RGBNT100(ReIDDataset):
     name = "RGBNT100"
     tiled = True
 
-    def __init__(self, root):
+    def __init__(self, root, test_only=False):
         base = os.path.join(root, "RGBNT100", "rgbir")
-        super().__init__(read_tiled_folder(os.path.join(base, "bounding_box_train"), "train"),
+        super().__init__([] if test_only else read_tiled_folder(os.path.join(base, "bounding_box_train"), "train"),
                          read_tiled_folder(os.path.join(base, "query"), "query"),
                          read_tiled_folder(os.path.join(base, "bounding_box_test"), "gallery"))

@@ -38,8 +38,8 @@ class RGBNT201(ReIDDataset):
     name = "RGBNT201"
     gallery_is_query = True
 
-    def __init__(self, root):
+    def __init__(self, root, test_only=False):
         base = os.path.join(root, "RGBNT201")
-        train = read_modality_folders(os.path.join(base, "train_171"), "train")
+        train = [] if test_only else read_modality_folders(os.path.join(base, "train_171"), "train")
         test = read_modality_folders(os.path.join(base, "test"), "test")
         super().__init__(train, test, test)

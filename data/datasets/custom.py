@@ -1,0 +1,97 @@
+"""Any multi-modal (or single-modal) ReID dataset described in the config, no code: ``DATASETS.NAMES
+Custom`` with the ``DATASETS.CUSTOM`` keys (config/defaults.py, README "Your own data").
+
+Layouts: ``<FOLDER>/<split>/<modality folder>/NAME`` or, with ``ID_FOLDERS``,
+``<FOLDER>/<split>/<id>/<modality folder>/NAME``; with ``TILED`` each file holds the three modalities side by
+side in ``TILE_ORDER`` (no modality folders). File names are parsed with ``PATTERN``, a regular expression
+with named groups ``id`` (or the id folder), ``camera`` and optionally ``scene``. ``MODALITY_FOLDERS`` names
+the folder of RGB, NI and TI; naming one folder several times duplicates that modality (RGB-only data run
+as RGB three times). Samples are paired across modality folders by file name.
+"""
+import os
+import re
+
+from .bases import (DatasetError, ReIDDataset, Sample, is_hidden, list_images, pair_by_name,
+                    report_unpaired, require_dir, require_nonempty)
+
+
+def compile_pattern(pattern):
+    try:
+        rx = re.compile(pattern)
+    except re.error as e:
+        raise DatasetError(f"DATASETS.CUSTOM.PATTERN {pattern!r} is not a regular expression: {e}") from None
+    if "camera" not in rx.groupindex:
+        raise DatasetError(f"DATASETS.CUSTOM.PATTERN {pattern!r} needs a named group (?P<camera>...)")
+    return rx
+
+
+class CustomDataset(ReIDDataset):
+    name = "Custom"
+
+    def __init__(self, root, c, skip_unpaired=False, test_only=False):
+        self.c = c
+        self.rx = compile_pattern(c.PATTERN)
+        if not c.ID_FOLDERS and "id" not in self.rx.groupindex:
+            raise DatasetError(f"DATASETS.CUSTOM.PATTERN {c.PATTERN!r} needs a named group (?P<id>...) unless "
+                               f"DATASETS.CUSTOM.ID_FOLDERS is yes")
+        if c.PROTOCOL == "scene" and "scene" not in self.rx.groupindex:
+            raise DatasetError("DATASETS.CUSTOM.PROTOCOL scene needs a named group (?P<scene>...) in "
+                               "DATASETS.CUSTOM.PATTERN")
+        self.tiled = bool(c.TILED)
+        self.tile_order = tuple(c.TILE_ORDER)
+        self.protocol = c.PROTOCOL
+        base = os.path.join(root, c.FOLDER)
+        require_dir(base, "DATASETS.CUSTOM.FOLDER")
+        self.skip_unpaired = skip_unpaired
+        train = [] if test_only else self.read(os.path.join(base, c.TRAIN), "train")
+        query = self.read(os.path.join(base, c.QUERY), "query")
+        self.gallery_is_query = c.GALLERY == c.QUERY
+        gallery = query if self.gallery_is_query else self.read(os.path.join(base, c.GALLERY), "gallery")
+        super().__init__(train, query, gallery)
+
+    def parse(self, path, folder_id=None):
+        m = self.rx.search(os.path.basename(path))
+        if not m:
+            raise DatasetError(f"cannot parse file name {path} with DATASETS.CUSTOM.PATTERN {self.c.PATTERN!r}")
+        groups = m.groupdict()
+        try:
+            pid = int(groups["id"]) if groups.get("id") is not None else int(folder_id)
+            cam = int(groups["camera"]) - self.c.CAMERA_BASE
+            scene = int(groups["scene"]) if groups.get("scene") is not None else 0
+        except (TypeError, ValueError):
+            raise DatasetError(f"{path}: id, camera and scene must be integers (groups {groups}, "
+                               f"id folder {folder_id!r})") from None
+        if cam < 0:
+            raise DatasetError(f"{path}: camera {cam + self.c.CAMERA_BASE} is below DATASETS.CUSTOM.CAMERA_BASE "
+                               f"{self.c.CAMERA_BASE}")
+        return pid, cam, scene
+
+    def read_files(self, folder, split, folder_id, samples, unpaired):
+        if self.tiled:
+            for name in list_images(folder):
+                path = os.path.join(folder, name)
+                samples.append(Sample((path,) * 3, *self.parse(path, folder_id)))
+            return
+        dirs = [os.path.join(folder, m) for m in self.c.MODALITY_FOLDERS]
+        for d in dict.fromkeys(dirs):
+            require_dir(d, f"modality ({os.path.basename(d)}, DATASETS.CUSTOM.MODALITY_FOLDERS)")
+        names, lonely = pair_by_name(dirs, list(self.c.MODALITY_FOLDERS))
+        unpaired += lonely
+        for name in names:
+            samples.append(Sample(tuple(os.path.join(d, name) for d in dirs),
+                                  *self.parse(os.path.join(dirs[0], name), folder_id)))
+
+    def read(self, folder, split):
+        require_dir(folder, f"{split} split (DATASETS.CUSTOM.{split.upper()})")
+        samples, unpaired = [], []
+        if self.c.ID_FOLDERS:
+            for sub in sorted(os.listdir(folder)):
+                if not is_hidden(sub) and os.path.isdir(os.path.join(folder, sub)):
+                    self.read_files(os.path.join(folder, sub), split, sub, samples, unpaired)
+        else:
+            self.read_files(folder, split, None, samples, unpaired)
+        report_unpaired(unpaired, split, self.skip_unpaired)
+        ignore = set(self.c.IGNORE_IDS)
+        samples = [s for s in samples if s.pid not in ignore]
+        require_nonempty(samples, split, folder)
+        return samples

@@ -1,0 +1,54 @@
+"""Market1501-MM: Market-1501 with near-infrared and thermal images generated for each RGB image (the
+multi-modal person benchmark of several 2025 papers).
+
+Layout: ``<Market1501-MM | Market-1501-RGBNT | market1501_to_RGBNT201_dark>/{train,query,gallery}/{RGB,NI,TI}/
+NAME.jpg`` with Market-1501 names ``<pid>_c<camera>s<sequence>_<frame>_<box>.jpg``; the same name in the
+three folders is one sample, paired by name. Cameras 1..6 in names (0-based in the code); identity -1
+(junk) is skipped, identity 0 (distractors) kept in the gallery. Protocol: same identity and camera
+removed.
+"""
+import os
+import re
+
+from .bases import (DatasetError, ReIDDataset, Sample, find_dataset_folder, pair_by_name, report_unpaired,
+                    require_dir, require_nonempty)
+
+FOLDERS = ("Market1501-MM", "Market-1501-RGBNT", "market1501_to_RGBNT201_dark")
+_SUBDIRS = ("RGB", "NI", "TI")
+_NAME = re.compile(r"^(-?\d+)_c(\d)s(\d+)_")
+
+
+def parse_market_name(path):
+    """(pid, 0-based camera) of a Market-1501 file name."""
+    m = _NAME.match(os.path.basename(path))
+    if not m or not 1 <= int(m.group(2)) <= 6:
+        raise DatasetError(f"cannot parse file name {path}: expected '<pid>_c<camera 1-6>s<seq>_<frame>_<box>.jpg'")
+    return int(m.group(1)), int(m.group(2)) - 1
+
+
+def read_market_split(folder, split, skip_unpaired=False, keep_distractors=False):
+    require_dir(folder, split)
+    dirs = [os.path.join(folder, s) for s in _SUBDIRS]
+    for d in dirs:
+        require_dir(d, f"modality ({os.path.basename(d)})")
+    names, unpaired = pair_by_name(dirs, _SUBDIRS)
+    report_unpaired(unpaired, split, skip_unpaired)
+    samples = []
+    for name in names:
+        pid, camid = parse_market_name(os.path.join(dirs[0], name))
+        if pid == -1 or (pid == 0 and not keep_distractors):
+            continue
+        samples.append(Sample(tuple(os.path.join(d, name) for d in dirs), pid, camid))
+    require_nonempty(samples, split, folder)
+    return samples
+
+
+class Market1501MM(ReIDDataset):
+    name = "Market1501-MM"
+
+    def __init__(self, root, skip_unpaired=False, test_only=False):
+        base = find_dataset_folder(root, FOLDERS, self.name)
+        train = [] if test_only else read_market_split(os.path.join(base, "train"), "train", skip_unpaired)
+        super().__init__(train, read_market_split(os.path.join(base, "query"), "query", skip_unpaired),
+                         read_market_split(os.path.join(base, "gallery"), "gallery", skip_unpaired,
+                                           keep_distractors=True))

@@ -1,0 +1,59 @@
+"""WMVeID863 (also released as MSVWild863; Zheng et al., 2024): vehicles in RGB (vis), near-infrared (ni)
+and thermal (th) under day, night and flare.
+
+Layout: ``<WMVEID863 | WMVeID863 | MSVWild863>/{train,query,test}/<vehicle id>/{vis,ni,th}/NAME.jpg`` with
+``NAME = v<camera>_n<night flag>_s<scene>_<index>.jpg``; ``test`` is the gallery, cameras v0..v7 are
+already 0-based and the identity is the folder name. The three modalities of a sample are paired by file
+name (not by directory-listing position); a file without partners is reported by name.
+
+Protocol: gallery samples with the query's identity and camera are removed (almost every test image has
+scene 999, so the scene rule of MSVR310 does not apply).
+"""
+import os
+import re
+
+from .bases import (DatasetError, ReIDDataset, Sample, find_dataset_folder, is_hidden, pair_by_name, report_unpaired,
+                    require_dir, require_nonempty)
+
+FOLDERS = ("WMVEID863", "WMVeID863", "MSVWild863")
+_SUBDIRS = ("vis", "ni", "th")
+_NAME = re.compile(r"^v(\d)_n(\d+)_s(\d+)_(\d+)")
+
+
+def parse_wmveid863_name(path):
+    """(camera, night flag, scene) of a WMVeID863 file name."""
+    m = _NAME.match(os.path.basename(path))
+    if not m or int(m.group(1)) > 7:
+        raise DatasetError(f"cannot parse file name {path}: expected 'v<camera 0-7>_n<night>_s<scene>_<index>.jpg'")
+    return int(m.group(1)), int(m.group(2)), int(m.group(3))
+
+
+def read_wmveid863_split(folder, split, skip_unpaired=False):
+    require_dir(folder, split)
+    samples, unpaired = [], []
+    for vid in sorted(os.listdir(folder)):
+        vdir = os.path.join(folder, vid)
+        if is_hidden(vid) or not os.path.isdir(vdir):
+            continue
+        if not vid.isdigit():
+            raise DatasetError(f"{vdir}: expected a numeric vehicle-id folder")
+        dirs = [os.path.join(vdir, s) for s in _SUBDIRS]
+        for d in dirs:
+            require_dir(d, f"modality ({os.path.basename(d)})")
+        names, lonely = pair_by_name(dirs, _SUBDIRS)
+        unpaired += lonely
+        for name in names:
+            camid, _, scene = parse_wmveid863_name(os.path.join(dirs[0], name))
+            samples.append(Sample(tuple(os.path.join(d, name) for d in dirs), int(vid), camid, scene))
+    report_unpaired(unpaired, split, skip_unpaired)
+    require_nonempty(samples, split, folder)
+    return samples
+
+
+class WMVeID863(ReIDDataset):
+    name = "WMVeID863"
+
+    def __init__(self, root, skip_unpaired=False, test_only=False):
+        base = find_dataset_folder(root, FOLDERS, self.name)
+        read = lambda split, what: read_wmveid863_split(os.path.join(base, split), what, skip_unpaired)  # noqa: E731
+        super().__init__([] if test_only else read("train", "train"), read("query", "query"), read("test", "gallery"))
