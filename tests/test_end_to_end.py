@@ -136,8 +136,10 @@ def test_non_finite_loss_stops_the_run_with_the_loss_terms(tiny_cfg, tmp_path):
     ("RGBNT100", ["MODEL.DIRECT", "0", "SOLVER.WARMUP_ITERS", "1"]),
     ("MSVR310", ["MODEL.DIRECT", "0", "SOLVER.SCHEDULER", "multistep", "SOLVER.STEPS", "[1]",
                  "SOLVER.WARMUP_ITERS", "0", "SOLVER.CLASSIFIER_LR_FACTOR", "100.0"]),
+    ("WMVeID863", ["MODEL.DIRECT", "0", "SOLVER.WARMUP_ITERS", "1"]),
+    ("Market1501-MM", ["MODEL.DIRECT", "0", "SOLVER.WARMUP_ITERS", "1"]),
 ])
-def test_training_on_the_vehicle_layouts(tmp_path, monkeypatch, layout, extra):
+def test_training_on_the_other_layouts(tmp_path, monkeypatch, layout, extra):
     from data.datasets import write_synthetic
     root = write_synthetic(str(tmp_path / "data"), layout, num_train_ids=6, num_test_ids=4, images_per_id=4,
                            num_cameras=3, size=(64, 32))

@@ -10,8 +10,9 @@ identifies it:
 Every sample adds what makes real multi-modal ReID hard: background clutter drawn independently in each
 modality, a small spatial misalignment between the three modalities, a random body position, and a
 camera-dependent appearance (a colour cast in RGB, gain and offset in NI/TI). Images are written as JPEG
-files in the RGBNT201 layout (default), the RGBNT100 tiled layout or the MSVR310 layout, so the real
-parsers read them.
+files in the RGBNT201 layout (default), the RGBNT100 tiled layout, the MSVR310 layout, the WMVeID863
+layout or the Market1501-MM layout (with a junk image, id -1, and a distractor, id 0, in the gallery), so
+the real parsers read them.
 """
 import hashlib
 import json
@@ -24,7 +25,7 @@ from PIL import Image
 
 _PALETTE = np.array([[220, 40, 40], [40, 170, 60], [40, 80, 220], [230, 210, 40],
                      [200, 60, 200], [40, 200, 210], [245, 140, 30], [120, 120, 120]], dtype=np.float32)
-_LAYOUTS = ("RGBNT201", "RGBNT100", "MSVR310")
+_LAYOUTS = ("RGBNT201", "RGBNT100", "MSVR310", "WMVeID863", "Market1501-MM")
 
 
 def _identity_codes(num_ids, rng):
@@ -121,12 +122,24 @@ def _save(arr, path):
     Image.fromarray(arr).save(path, quality=95)
 
 
+_FOLDERS = {"RGBNT201": {"train": "train_171", "test": "test"},
+            "RGBNT100": {"train": "rgbir/bounding_box_train", "query": "rgbir/query",
+                         "gallery": "rgbir/bounding_box_test"},
+            "MSVR310": {"train": "bounding_box_train", "query": "query3", "gallery": "bounding_box_test"},
+            "WMVeID863": {"train": "train", "query": "query", "gallery": "test"},
+            "Market1501-MM": {"train": "train", "query": "query", "gallery": "gallery"}}
+
+
+def _write_market_extras(base, codes, size, rng, cam_params):
+    """Market-1501's special identities in the gallery: a junk image (id -1, skipped by the parser) and a
+    distractor (id 0, kept)."""
+    for name, code in (("-1_c1s1_000000_00.jpg", codes[0]), ("0000_c2s1_000025_00.jpg", codes[-1])):
+        for m, arr in zip(("RGB", "NI", "TI"), render_sample(code, 1, size, rng, cam_params)):
+            _save(arr, os.path.join(base, "gallery", m, name))
+
+
 def _write_split(base, layout, split, pids, codes, images_per_id, num_cameras, size, rng, cam_params):
-    folder = {"RGBNT201": {"train": "train_171", "test": "test"},
-              "RGBNT100": {"train": "rgbir/bounding_box_train", "query": "rgbir/query",
-                           "gallery": "rgbir/bounding_box_test"},
-              "MSVR310": {"train": "bounding_box_train", "query": "query3", "gallery": "bounding_box_test"}}
-    root = os.path.join(base, folder[layout][split])
+    root = os.path.join(base, _FOLDERS[layout][split])
     for pid in pids:
         for k in range(images_per_id):
             camid = k % num_cameras
@@ -137,6 +150,15 @@ def _write_split(base, layout, split, pids, codes, images_per_id, num_cameras, s
                     _save(arr, os.path.join(root, m, name))
             elif layout == "RGBNT100":
                 _save(np.concatenate([rgb, ni, ti], axis=1), os.path.join(root, f"{pid + 1:04d}_c{camid + 1:03d}_{k:02d}.jpg"))
+            elif layout == "WMVeID863":
+                scene = 999 if split != "train" else k % 3
+                name = f"v{camid}_n{k % 2}_s{scene}_{k:04d}.jpg"
+                for m, arr in zip(("vis", "ni", "th"), (rgb, ni, ti)):
+                    _save(arr, os.path.join(root, f"{pid + 1:04d}", m, name))
+            elif layout == "Market1501-MM":
+                name = f"{pid + 1:04d}_c{camid + 1}s1_{25 * k:06d}_00.jpg"
+                for m, arr in zip(("RGB", "NI", "TI"), (rgb, ni, ti)):
+                    _save(arr, os.path.join(root, m, name))
             else:
                 scene = k % 2
                 name = f"{pid + 1:04d}_s{scene:03d}_v{camid}_{k:03d}.jpg"
@@ -154,8 +176,10 @@ def write_synthetic(root, layout="RGBNT201", num_train_ids=48, num_test_ids=24, 
         raise ValueError(f"unknown synthetic layout {layout!r}; expected one of {_LAYOUTS}")
     if num_train_ids < 2 or num_test_ids < 2 or images_per_id < 2 or num_cameras < 1:
         raise ValueError("synthetic benchmark needs >= 2 train and test ids and >= 2 images per id")
-    if layout == "RGBNT100" and num_cameras > 8:
-        raise ValueError("the RGBNT100 layout supports at most 8 cameras")
+    if layout in ("RGBNT100", "MSVR310", "WMVeID863") and num_cameras > 8:
+        raise ValueError(f"the {layout} layout supports at most 8 cameras")
+    if layout == "Market1501-MM" and num_cameras > 6:
+        raise ValueError("the Market1501-MM layout supports at most 6 cameras")
     params = dict(layout=layout, num_train_ids=num_train_ids, num_test_ids=num_test_ids,
                   images_per_id=images_per_id, num_cameras=num_cameras, size=list(size), seed=seed)
     target = os.path.join(root, layout)
@@ -184,6 +208,8 @@ def write_synthetic(root, layout="RGBNT201", num_train_ids=48, num_test_ids=24, 
             # Query: the first two images of each test id; gallery: the rest.
             _write_split(tmp, layout, "gallery", test_ids, *args)
             _move_query(tmp, layout)
+            if layout == "Market1501-MM":
+                _write_market_extras(tmp, codes, tuple(size), rng, cam_params)
         with open(os.path.join(tmp, ".synthetic.json"), "w") as f:
             json.dump(params, f)
         try:
@@ -207,7 +233,15 @@ def _move_query(base, layout):
             if int(name.rsplit("_", 1)[1].split(".")[0]) < 2:
                 os.replace(os.path.join(gdir, name), os.path.join(qdir, name))
         return
-    gdir, qdir = os.path.join(base, "bounding_box_test"), os.path.join(base, "query3")
+    if layout == "Market1501-MM":
+        for m in ("RGB", "NI", "TI"):
+            gdir, qdir = os.path.join(base, "gallery", m), os.path.join(base, "query", m)
+            os.makedirs(qdir)
+            for name in sorted(os.listdir(gdir)):
+                if int(name.split("_")[2]) < 50:        # frames 0 and 25: the first two images
+                    os.replace(os.path.join(gdir, name), os.path.join(qdir, name))
+        return
+    gdir, qdir = (os.path.join(base, _FOLDERS[layout]["gallery"]), os.path.join(base, _FOLDERS[layout]["query"]))
     for vid in sorted(os.listdir(gdir)):
         for m in ("vis", "ni", "th"):
             src = os.path.join(gdir, vid, m)
