@@ -14,7 +14,8 @@ CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yml"), recursi
 def test_configs_exist():
     names = {os.path.relpath(p, os.path.join(ROOT, "configs")) for p in CONFIGS}
     for required in ("RGBNT201/Signal.yml", "RGBNT201/baseline.yml", "RGBNT201/SIM.yml", "RGBNT201/SIM_GAM.yml",
-                     "RGBNT100/Signal.yml", "MSVR310/Signal.yml", "Synthetic/demo.yml"):
+                     "RGBNT100/Signal.yml", "MSVR310/Signal.yml", "WMVeID863/Signal.yml", "Market1501-MM/Signal.yml",
+                     "Synthetic/demo.yml"):
         assert required in names
 
 

@@ -23,3 +23,18 @@ def test_python_api_snippet_runs_as_written(tmp_path):
                            timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
         assert "torch.Size([64, 384])" in r.stdout
+
+
+def test_your_own_data_examples_load(tmp_path):
+    """The two YAML examples of "Your own data", saved at the repository root as the README says, load and
+    pass every config check."""
+    from config import load_config
+    blocks = re.findall(r"```yaml\n(.*?)```", readme_section("Your own data"), re.S)
+    assert len(blocks) == 2
+    os.symlink(os.path.join(ROOT, "configs"), tmp_path / "configs")
+    for i, text in enumerate(blocks):
+        path = tmp_path / f"my{i}.yml"
+        path.write_text(text)
+        cfg = load_config(str(path))
+        assert cfg.DATASETS.NAMES == "Custom" and cfg.DATASETS.CUSTOM.FOLDER
+    assert cfg.DATASETS.CUSTOM.TILE_ORDER == ["TI", "RGB", "NI"] and cfg.INPUT.SIZE_TRAIN == [128, 256]
