@@ -5,6 +5,7 @@ no code with the package under test."""
 import bisect
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -280,3 +281,43 @@ def multistep_lr(group_lr, epoch, milestones, gamma=0.1, warmup=0, warmup_factor
         alpha = epoch / warmup
         w = warmup_factor * (1 - alpha) + alpha
     return group_lr * w * gamma ** bisect.bisect_right(list(milestones), epoch)
+
+
+def euclidean_distance(qf, gf):
+    """The official test-time distance: squared norms expanded and summed, then addmm with alpha -2."""
+    m, n = qf.shape[0], gf.shape[0]
+    d = torch.pow(qf, 2).sum(dim=1, keepdim=True).expand(m, n) + torch.pow(gf, 2).sum(dim=1, keepdim=True).expand(n, m).t()
+    d.addmm_(qf, gf.t(), beta=1, alpha=-2)
+    return d.cpu().numpy()
+
+
+def eval_func(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, q_sceneids=None, g_sceneids=None):
+    """The official per-query evaluation loop (eval_func; eval_func_msrv with scene ids): NumPy's default
+    argsort of the distances, gallery samples of the query's id and camera (scene) removed, CMC clipped at
+    1, AP from the running precision at every position. mINP, which the official loop does not report, is
+    added as the field computes it (number of true matches / rank of the last one)."""
+    num_q, num_g = distmat.shape
+    max_rank = min(max_rank, num_g)
+    indices = np.argsort(distmat, axis=1)
+    matches = (g_pids[indices] == q_pids[:, np.newaxis]).astype(np.int32)
+    all_cmc, all_ap, all_inp, num_valid = [], [], [], 0.0
+    for i in range(num_q):
+        order = indices[i]
+        if q_sceneids is not None:
+            remove = (g_pids[order] == q_pids[i]) & (g_sceneids[order] == q_sceneids[i])
+        else:
+            remove = (g_pids[order] == q_pids[i]) & (g_camids[order] == q_camids[i])
+        raw = matches[i][np.invert(remove)]
+        if not np.any(raw):
+            continue
+        cum = raw.cumsum()
+        last = np.where(raw == 1)[0].max()
+        all_inp.append(cum[last] / (last + 1.0))
+        cmc = cum.copy()
+        cmc[cmc > 1] = 1
+        all_cmc.append(cmc[:max_rank])
+        num_valid += 1.0
+        precision = cum / (np.arange(1, cum.shape[0] + 1) * 1.0)
+        all_ap.append((precision * raw).sum() / raw.sum())
+    cmc = np.asarray(all_cmc).astype(np.float32).sum(0) / num_valid
+    return cmc, np.mean(all_ap), np.mean(all_inp)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.metrics import Evaluator, evaluate, evaluate_all
+from utils.metrics import Evaluator, evaluate, evaluate_all, pairwise_distance
 from utils.reranking import re_ranking
 
 
@@ -130,3 +130,70 @@ def test_re_ranking_equals_published_algorithm(k1, k2, lam):
     ours = re_ranking(torch.tensor(q), torch.tensor(g), k1, k2, lam)
     assert ours.shape == (12, 40)
     np.testing.assert_allclose(ours, ref, atol=2e-5)
+
+
+def _features_with_ties(nq, ng, dim=16, ids=6, seed=0):
+    """Features quantised to a few levels with duplicated gallery rows, so many distances tie exactly."""
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.nn.functional.normalize(torch.randint(0, 3, (nq + ng, dim), generator=g).float(), dim=1)
+    feats[nq + 1::3] = feats[nq::3][: len(feats[nq + 1::3])]
+    pids = torch.randint(0, ids, (nq + ng,), generator=g).numpy()
+    cams = torch.randint(0, 3, (nq + ng,), generator=g).numpy()
+    scenes = torch.randint(0, 4, (nq + ng,), generator=g).numpy()
+    return feats[:nq], feats[nq:], pids[:nq], pids[nq:], cams[:nq], cams[nq:], scenes[:nq], scenes[nq:]
+
+
+@pytest.mark.parametrize("scenes", [False, True])
+def test_evaluation_equals_the_official_loop_with_ties(scenes):
+    from . import official
+    qf, gf, qp, gp, qc, gc, qs, gs = _features_with_ties(40, 300)
+    dist = official.euclidean_distance(qf, gf)
+    assert len(np.unique(dist)) < dist.size / 2                        # plenty of exact ties
+    sq, sg = (qs, gs) if scenes else (None, None)
+    ref_cmc, ref_map, ref_inp = official.eval_func(dist, qp, gp, qc, gc, 50, sq, sg)
+    for kwargs in ({"distmat": dist}, {"distmat": None, "q_feats": qf, "g_feats": gf}):
+        d = kwargs.pop("distmat")
+        cmc, mAP, mINP, _ = evaluate_all(d, qp, gp, qc, gc, sq, sg, 50, **kwargs)
+        assert np.array_equal(cmc, ref_cmc)
+        assert mAP == pytest.approx(ref_map, rel=1e-12) and mINP == pytest.approx(ref_inp, rel=1e-12)
+    assert np.array_equal(pairwise_distance(qf, gf).numpy(), dist)
+
+
+def test_blocks_of_queries_give_the_same_metrics(monkeypatch):
+    import utils.metrics as metrics
+    g = torch.Generator().manual_seed(3)
+    qf, gf = torch.randn(50, 8, generator=g), torch.randn(400, 8, generator=g)
+    qp, gp = np.arange(50) % 7, np.arange(400) % 7
+    qc, gc = np.zeros(50, int), np.arange(400) % 2
+    whole = evaluate_all(None, qp, gp, qc, gc, q_feats=qf, g_feats=gf)
+    monkeypatch.setattr(metrics, "_BLOCK_ELEMENTS", 400 * 7)          # blocks of 7 queries
+    blocked = evaluate_all(None, qp, gp, qc, gc, q_feats=qf, g_feats=gf)
+    assert np.array_equal(whole[0], blocked[0]) and whole[1:] == pytest.approx(blocked[1:], rel=1e-12)
+
+
+def test_non_finite_distances_follow_numpy_argsort():
+    from . import official
+    qf, gf, qp, gp, qc, gc, _, _ = _features_with_ties(20, 100, seed=4)
+    dist = official.euclidean_distance(qf, gf)
+    dist[3, 5] = np.nan
+    dist[7, :4] = np.inf
+    ref_cmc, ref_map, ref_inp = official.eval_func(dist, qp, gp, qc, gc)
+    cmc, mAP, mINP, _ = evaluate_all(dist, qp, gp, qc, gc)
+    assert np.array_equal(cmc, ref_cmc) and mAP == pytest.approx(ref_map, rel=1e-12)
+    assert mINP == pytest.approx(ref_inp, rel=1e-12)
+
+
+def test_equal_distances_between_true_matches_and_others():
+    """Two true matches at one distance (their order changes nothing) and a sample of another identity
+    at a true match's distance (its order decides a rank: the official argsort is followed)."""
+    from . import official
+    dist = np.array([[0.1, 0.2, 0.3, 0.3, 0.4, 0.5, 0.45, 0.45],
+                     [0.5, 0.3, 0.3, 0.1, 0.2, 0.3, 0.9, 0.3]], dtype=np.float32)
+    g_pids = np.array([1, 2, 1, 1, 2, 1, 1, 3])
+    g_cams = np.array([1, 1, 1, 1, 1, 1, 0, 1])
+    q_pids, q_cams = np.array([1, 1]), np.array([0, 0])
+    ref = official.eval_func(dist, q_pids, g_pids, q_cams, g_cams)
+    cmc, mAP, mINP, _ = evaluate_all(dist, q_pids, g_pids, q_cams, g_cams)
+    assert np.array_equal(cmc[:len(ref[0])], ref[0])          # the official curve stops at the kept length
+    assert mAP == pytest.approx(ref[1], rel=1e-12) and mINP == pytest.approx(ref[2], rel=1e-12)
+    assert mAP < 1.0                                             # the tie decided a rank
