@@ -112,9 +112,12 @@ def find_dataset_folder(root, candidates, name):
                        f"folder that contains it)")
 
 
-def pair_by_name(folders, labels):
+def pair_by_name(folders, labels, what="modality"):
     """Pair the files of modality ``folders`` (one per modality; a folder may repeat to duplicate a
-    modality) by file name. Returns (names present in every folder, [(path, [labels it lacks])])."""
+    modality) by file name; a missing folder is a DatasetError naming it and ``what`` it is. Returns (names
+    present in every folder, [(path, [labels it lacks])])."""
+    for f, label in dict.fromkeys(zip(folders, labels)):
+        require_dir(f, f"{what} ({label})")
     listing = {f: set(list_images(f)) for f in dict.fromkeys(folders)}
     every = set.intersection(*listing.values())
     unpaired = []

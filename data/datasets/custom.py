@@ -73,9 +73,7 @@ class CustomDataset(ReIDDataset):
                 samples.append(Sample((path,) * 3, *self.parse(path, folder_id)))
             return
         dirs = [os.path.join(folder, m) for m in self.c.MODALITY_FOLDERS]
-        for d in dict.fromkeys(dirs):
-            require_dir(d, f"modality ({os.path.basename(d)}, DATASETS.CUSTOM.MODALITY_FOLDERS)")
-        names, lonely = pair_by_name(dirs, list(self.c.MODALITY_FOLDERS))
+        names, lonely = pair_by_name(dirs, list(self.c.MODALITY_FOLDERS), "DATASETS.CUSTOM.MODALITY_FOLDERS folder")
         unpaired += lonely
         for name in names:
             samples.append(Sample(tuple(os.path.join(d, name) for d in dirs),

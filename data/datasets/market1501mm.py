@@ -29,8 +29,6 @@ def parse_market_name(path):
 def read_market_split(folder, split, skip_unpaired=False, keep_distractors=False):
     require_dir(folder, split)
     dirs = [os.path.join(folder, s) for s in _SUBDIRS]
-    for d in dirs:
-        require_dir(d, f"modality ({os.path.basename(d)})")
     names, unpaired = pair_by_name(dirs, _SUBDIRS)
     report_unpaired(unpaired, split, skip_unpaired)
     samples = []

@@ -38,8 +38,6 @@ def read_wmveid863_split(folder, split, skip_unpaired=False):
         if not vid.isdigit():
             raise DatasetError(f"{vdir}: expected a numeric vehicle-id folder")
         dirs = [os.path.join(vdir, s) for s in _SUBDIRS]
-        for d in dirs:
-            require_dir(d, f"modality ({os.path.basename(d)})")
         names, lonely = pair_by_name(dirs, _SUBDIRS)
         unpaired += lonely
         for name in names:
