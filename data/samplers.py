@@ -31,10 +31,15 @@ class IdentitySampler(Sampler):
                              f"only {len(self.unique_pids)}; lower SOLVER.IMS_PER_BATCH")
         self.seed, self.epoch = seed, 0
         self.num_replicas, self.rank = num_replicas, rank
-        self._length = len(self._global_batches()) * batch_size // num_replicas
+        self.batch_size = batch_size
+        self.set_epoch(0)
 
     def set_epoch(self, epoch):
+        """Draw the epoch's batches; ``len()`` is then this epoch's exact number of samples (P x K epochs
+        differ in length)."""
         self.epoch = epoch
+        self._batches = self._global_batches()
+        self._length = len(self._batches) * self.batch_size // self.num_replicas
 
     def _global_batches(self):
         rng = np.random.default_rng(self.seed + self.epoch)
@@ -57,7 +62,7 @@ class IdentitySampler(Sampler):
 
     def __iter__(self):
         per_rank = self.num_pids_per_batch // self.num_replicas
-        batches = self._global_batches()
+        batches = self._batches
         seeds = np.random.default_rng([self.seed, self.epoch, 1]).integers(
             0, 2 ** 63, size=(len(batches), self.num_pids_per_batch, self.num_instances))
         for batch, batch_seeds in zip(batches, seeds):

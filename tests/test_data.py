@@ -285,3 +285,14 @@ def test_an_error_in_a_dataloader_worker_is_one_line():
         next(iter(loader))
     assert "Traceback" in str(info.value)
     assert error_message(info.value) == "cannot read image /data/x.jpg: broken data stream"
+
+
+def test_sampler_length_is_the_epochs_exact_length():
+    pids = np.repeat(np.arange(7), [2, 3, 5, 7, 9, 11, 13])
+    sampler = IdentitySampler(pids, batch_size=12, num_instances=3, seed=0)
+    lengths = set()
+    for epoch in range(8):
+        sampler.set_epoch(epoch)
+        assert len(list(sampler)) == len(sampler)
+        lengths.add(len(sampler))
+    assert len(lengths) > 1                                  # P x K epochs differ in length
