@@ -11,7 +11,6 @@ _TRUE = {"yes", "true", "on", "1"}
 _FALSE = {"no", "false", "off", "0", "none", ""}
 
 _CHOICES = {
-    "MODEL.TRANSFORMER_TYPE": ("ViT-B-16", "vit_base_patch16_224", "vit_custom"),
     "MODEL.DIRECT": (0, 1),
     "MODEL.LAM_OFFSET_CHANNELS": (1, 2),
     "DATASETS.NAMES": ("RGBNT201", "RGBNT100", "MSVR310", "WMVeID863", "MSVWild863", "Market1501-MM", "Synthetic",
@@ -186,7 +185,18 @@ def _get(cfg, key):
 
 def patch_size(cfg):
     """The backbone's patch size (pixels)."""
-    return cfg.MODEL.CUSTOM_VIT.PATCH_SIZE if cfg.MODEL.TRANSFORMER_TYPE == "vit_custom" else 16
+    from modeling.backbone import patch_size_of
+    return patch_size_of(cfg.MODEL.TRANSFORMER_TYPE, cfg.MODEL.CUSTOM_VIT.PATCH_SIZE)
+
+
+def check_backbone(name):
+    from modeling.backbone import TIMM_FAMILIES, timm_backbone_names
+    if name in ("ViT-B-16", "vit_base_patch16_224", "vit_custom"):
+        return
+    if not name.startswith(TIMM_FAMILIES) or name not in timm_backbone_names():
+        raise ValueError(f"config: MODEL.TRANSFORMER_TYPE must be ViT-B-16, vit_base_patch16_224, vit_custom or a "
+                         f"timm ViT / EVA02 model name (e.g. vit_base_patch16_dinov3, vit_base_patch14_dinov2, "
+                         f"eva02_base_patch16_clip_224), got {name!r}")
 
 
 def validate(cfg):
@@ -195,6 +205,7 @@ def validate(cfg):
         value = _get(cfg, key)
         if value not in choices:
             raise ValueError(f"config: {key} must be one of {list(choices)}, got {value!r}")
+    check_backbone(cfg.MODEL.TRANSFORMER_TYPE)
     for key, low, high, what in _RANGES:
         value = _get(cfg, key)
         if value != value or (low is not None and value < low) or (high is not None and value > high):

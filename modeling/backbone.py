@@ -12,6 +12,7 @@ import timm
 import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
+from timm.models.eva import Eva
 from timm.models.vision_transformer import VisionTransformer
 
 
@@ -41,8 +42,27 @@ class QuickGELU(nn.Module):
 def _use_fast_quick_gelu(vit):
     from timm.layers.activations import QuickGELU as TimmQuickGELU
     for blk in vit.blocks:
-        if isinstance(blk.mlp.act, TimmQuickGELU):
+        if isinstance(getattr(blk.mlp, "act", None), TimmQuickGELU):
             blk.mlp.act = QuickGELU()
+
+
+# timm model families a backbone may come from: the plain ViT (CLIP, ImageNet, DINOv2) and Eva (EVA02,
+# DINOv3: rotary position embeddings, register tokens).
+TIMM_FAMILIES = ("vit_", "eva02_")
+
+
+def timm_backbone_names():
+    """timm model names usable as MODEL.TRANSFORMER_TYPE: ViT-style models with a class token."""
+    return [n for n in timm.list_models() if n.startswith(TIMM_FAMILIES)]
+
+
+def patch_size_of(name, custom_patch=16):
+    """The patch size of backbone ``name`` (read from the timm name, e.g. 14 for '..._patch14_...')."""
+    import re
+    if name == "vit_custom":
+        return custom_patch
+    m = re.search(r"patch(\d+)", name)
+    return int(m.group(1)) if m else 16
 
 
 def create_vit(name, img_size, drop_path=0.0, drop=0.0, attn_drop=0.0, custom=None):
@@ -60,8 +80,17 @@ def create_vit(name, img_size, drop_path=0.0, drop=0.0, attn_drop=0.0, custom=No
                                 norm_layer=partial(nn.LayerNorm, eps=1e-5), **common)
         if c["OUT_DIM"]:
             vit.head = nn.Linear(vit.embed_dim, c["OUT_DIM"], bias=False)
+    elif name.startswith(TIMM_FAMILIES) and name in timm.list_models():
+        vit = timm.create_model(name, pretrained=False, num_classes=0, **common)
+        if getattr(vit, "cls_token", None) is None:
+            raise ValueError(f"MODEL.TRANSFORMER_TYPE {name!r} has no class token; Signal needs one")
     else:
-        raise ValueError(f"MODEL.TRANSFORMER_TYPE: unknown backbone {name!r}")
+        raise ValueError(f"MODEL.TRANSFORMER_TYPE: unknown backbone {name!r}; expected ViT-B-16, "
+                         f"vit_base_patch16_224, vit_custom or a timm ViT / EVA name (e.g. vit_base_patch16_dinov3, "
+                         f"vit_base_patch14_dinov2, eva02_base_patch16_clip_224)")
+    # the official recipe resizes position embeddings bilinearly without antialias; timm-named backbones
+    # keep timm's own resampling (bicubic, antialiased)
+    vit.signal_bilinear_pos_embed = name in ("ViT-B-16", "vit_base_patch16_224", "vit_custom")
     _use_fast_quick_gelu(vit)
     return vit
 
@@ -86,6 +115,9 @@ class ViTBackbone(nn.Module):
         self.out_dim = vit.head.out_features if isinstance(vit.head, nn.Linear) else vit.embed_dim
         self.sie_coe = sie_coe
         self.camera_mode = "index"
+        # a plain ViT whose position embedding covers [class, patches] (CLIP, ImageNet, the small ViT)
+        self.simple = (not isinstance(vit, Eva) and vit.num_prefix_tokens == 1 and not vit.no_embed_class
+                       and vit.pos_embed is not None and not getattr(vit, "dynamic_img_size", False))
         if num_cameras > 0:
             self.cam_embed = nn.Parameter(torch.zeros(num_cameras, 1, vit.embed_dim))
             trunc_normal_(self.cam_embed, std=0.02)
@@ -109,17 +141,38 @@ class ViTBackbone(nn.Module):
         for blk in self.vit.blocks:
             blk.attn.fused_attn = enabled
 
+    def _camera(self, cam_label):
+        if cam_label is None:
+            raise ValueError("cam_label is required: the model uses the SIE camera embedding (MODEL.SIE_CAMERA)")
+        return self.sie_coe * self.camera_embedding(cam_label)
+
     def forward(self, x, cam_label=None):
-        """x: [B, 3, H, W] -> (class token [B, D], patch tokens [B, N, D])."""
+        """x: [B, 3, H, W] -> (class token [B, D], patch tokens [B, N, D]). Register tokens, where the
+        backbone has them, are neither: they are dropped from the output."""
         v = self.vit
         x = v.patch_embed(x)
-        cls = v.cls_token.expand(x.shape[0], -1, -1)
-        if self.cam_embed is not None:
-            if cam_label is None:
-                raise ValueError("cam_label is required: the model uses the SIE camera embedding "
-                                 "(MODEL.SIE_CAMERA)")
-            cls = cls + self.sie_coe * self.camera_embedding(cam_label)
-        x = torch.cat([cls, x], dim=1) + v.pos_embed
-        x = v.norm_pre(v.pos_drop(x))
-        x = v.head(v.norm(v.blocks(x)))
-        return x[:, 0], x[:, 1:]
+        rope = None
+        if self.simple:
+            # class token + camera, then the learned position embedding over [class, patches]
+            cls = v.cls_token.expand(x.shape[0], -1, -1)
+            if self.cam_embed is not None:
+                cls = cls + self._camera(cam_label)
+            x = v.pos_drop(torch.cat([cls, x], dim=1) + v.pos_embed)
+        else:
+            # the backbone's own prefix tokens and positions (registers, rotary embeddings); the camera is
+            # added to the class token as it enters the blocks
+            x = v._pos_embed(x)
+            if isinstance(x, tuple):
+                x, rope = x
+            if self.cam_embed is not None:
+                x = torch.cat([x[:, :1] + self._camera(cam_label), x[:, 1:]], dim=1)
+            if isinstance(v, VisionTransformer):
+                x = v.patch_drop(x)
+        x = v.norm_pre(x)
+        if rope is None and not isinstance(v, Eva):
+            x = v.blocks(x)
+        else:
+            for blk in v.blocks:
+                x = blk(x, rope=rope)
+        x = v.head(v.norm(x))
+        return x[:, 0], x[:, v.num_prefix_tokens:]

@@ -9,6 +9,7 @@ import re
 import zipfile
 
 import torch
+from timm.models.eva import Eva
 from timm.models.vision_transformer import checkpoint_filter_fn
 
 logger = logging.getLogger("signal.weights")
@@ -16,6 +17,13 @@ logger = logging.getLogger("signal.weights")
 
 class WeightsError(RuntimeError):
     pass
+
+
+def _is_safetensors(path):
+    """A safetensors file (whatever its name): an 8-byte header length, then a JSON header."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 100 * 2 ** 20
 
 
 def read_checkpoint(path):
@@ -29,6 +37,9 @@ def read_checkpoint(path):
     try:
         if is_script:
             return torch.jit.load(path, map_location="cpu").state_dict()
+        if _is_safetensors(path):
+            from safetensors.torch import load_file
+            return load_file(path, device="cpu")
         obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - any reader failure becomes one clear message
         raise WeightsError(f"cannot read weights file {path}: {e}") from None
@@ -61,9 +72,18 @@ def convert_backbone_state(state, vit):
     embedding resized bilinearly, align_corners=False, no antialias)."""
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    if isinstance(vit, Eva):
+        # EVA02 / DINOv3 in timm, OpenCLIP or Meta naming: timm's own conversion, position embeddings
+        # resampled as timm does
+        from timm.models.eva import checkpoint_filter_fn as eva_filter
+        own = vit.state_dict()
+        return {k: v for k, v in eva_filter(state, vit).items() if k in own or not k.startswith("head")}
     if "visual.class_embedding" in state:
         state = {k: v for k, v in state.items() if k.startswith("visual.")}
-    out = checkpoint_filter_fn(state, vit, interpolation="bilinear", antialias=False)
+    if getattr(vit, "signal_bilinear_pos_embed", True):
+        out = checkpoint_filter_fn(state, vit, interpolation="bilinear", antialias=False)
+    else:
+        out = checkpoint_filter_fn(state, vit)
     own = vit.state_dict()
     if "head.bias" not in own:
         out.pop("head.bias", None)

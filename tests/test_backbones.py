@@ -1,0 +1,120 @@
+"""timm backbones beyond CLIP (DINOv3, DINOv2 with registers, EVA02-CLIP): built from the config, loaded from
+local weight files in timm / Hugging Face formats, and reproducing timm's own class token from the same
+weights, with register tokens kept out of the patch tokens."""
+import pytest
+import torch
+
+from config import load_config
+from modeling import build_model
+from modeling.backbone import ViTBackbone, create_vit
+from modeling.weights import load_pretrained_backbone
+
+from .conftest import TINY
+
+timm = pytest.importorskip("timm")
+
+# small members of each family (the base models of the configs are the same code at another width)
+FAMILIES = [("vit_small_patch16_dinov3", (64, 32), 4), ("vit_small_patch14_reg4_dinov2", (56, 28), 4),
+            ("vit_small_patch14_dinov2", (56, 28), 0), ("eva02_base_patch16_clip_224", (64, 32), 0)]
+
+
+def _random_timm(name, seed=0):
+    torch.manual_seed(seed)
+    m = timm.create_model(name, pretrained=False, num_classes=0)      # the released input size
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.02)
+    return m
+
+
+def _save(state, path):
+    state = {k: v.contiguous() for k, v in state.items()}
+    if path.endswith(".safetensors"):
+        from safetensors.torch import save_file
+        save_file(state, path)
+    else:
+        torch.save(state, path)
+
+
+@pytest.mark.parametrize("name,size,registers", FAMILIES)
+@pytest.mark.parametrize("fmt", ["model.safetensors", "pytorch_model.bin"])
+def test_class_token_equals_timms_own_loading(tmp_path, name, size, registers, fmt):
+    path = str(tmp_path / fmt)
+    _save(_random_timm(name).state_dict(), path)
+    backbone = ViTBackbone(create_vit(name, size), 0).eval()
+    load_pretrained_backbone(backbone, path)
+    ref = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=path), num_classes=0,
+                            img_size=size).eval()
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        cls, patches = backbone(x)
+        tokens = ref.forward_features(x)
+    assert ref.num_prefix_tokens == 1 + registers
+    h, w = size[0] // ref.patch_embed.patch_size[0], size[1] // ref.patch_embed.patch_size[1]
+    assert patches.shape[1] == h * w == backbone.grid[0] * backbone.grid[1]       # no register token
+    assert torch.allclose(cls, tokens[:, 0], atol=1e-5, rtol=1e-4)
+    assert torch.allclose(patches, tokens[:, ref.num_prefix_tokens:], atol=1e-5, rtol=1e-4)
+
+
+def test_a_file_name_does_not_decide_the_format(tmp_path):
+    path = str(tmp_path / "weights.pth")
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in _random_timm("vit_small_patch16_dinov3").state_dict().items()}, path)
+    load_pretrained_backbone(ViTBackbone(create_vit("vit_small_patch16_dinov3", (64, 32)), 0), path)
+
+
+def test_missing_keys_are_listed(tmp_path):
+    from modeling import WeightsError
+    state = _random_timm("vit_small_patch14_dinov2").state_dict()
+    state.pop("blocks.3.mlp.fc1.weight")
+    _save(state, str(tmp_path / "w.bin"))
+    with pytest.raises(WeightsError, match="missing key     blocks.3.mlp.fc1.weight"):
+        load_pretrained_backbone(ViTBackbone(create_vit("vit_small_patch14_dinov2", (56, 28)), 0),
+                                 str(tmp_path / "w.bin"))
+
+
+@pytest.mark.parametrize("name,size", [("vit_small_patch16_dinov3", (64, 32)), ("vit_small_patch14_reg4_dinov2", (56, 28))])
+def test_the_camera_embedding_reaches_the_class_token(name, size):
+    torch.manual_seed(0)
+    b = ViTBackbone(create_vit(name, size), num_cameras=3).eval()
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        a, pa = b(x, torch.tensor([0, 0]))
+        c, pc = b(x, torch.tensor([1, 2]))
+        b.cam_embed.zero_()
+        z, _ = b(x, torch.tensor([0, 0]))
+        ref = b.vit.forward_features(x)[:, 0]
+    assert not torch.allclose(a, c) and torch.allclose(z, ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,size", [("vit_small_patch16_dinov3", "[128,64]"),
+                                       ("vit_small_patch14_reg4_dinov2", "[112,56]")])
+def test_signal_trains_and_evaluates_on_a_timm_backbone(tiny_cfg, tmp_path, name, size):
+    from data import build_dataloaders
+    from engine import evaluate_model, train_step
+    from layers import build_loss
+    from modeling import load_weights
+    from solver import build_optimizer
+    cfg = tiny_cfg("MODEL.TRANSFORMER_TYPE", name, "INPUT.SIZE_TRAIN", size, "INPUT.SIZE_TEST", size,
+                   "MODEL.TOPK", "3")
+    train_loader, test_loader, nq, ncls, ncam = build_dataloaders(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg, ncls, ncam)
+    opt = build_optimizer(cfg, model)
+    losses = train_step(model.train(), next(iter(train_loader)), build_loss(cfg), opt, torch.device("cpu"))
+    assert all(torch.isfinite(v) for v in losses.values())
+    metrics, _ = evaluate_model(cfg, model, test_loader, nq, torch.device("cpu"), progress=False)
+    assert 0 <= metrics["mAP"] <= 1
+    torch.save({"model": model.state_dict()}, tmp_path / "m.pth")
+    again = load_weights(build_model(cfg, ncls, ncam, pretrained=False), str(tmp_path / "m.pth"))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+def test_patch_size_rules_follow_the_backbone():
+    with pytest.raises(ValueError, match="multiple of the backbone's patch size 14"):
+        load_config("", TINY + ["MODEL.TRANSFORMER_TYPE", "vit_small_patch14_dinov2"])
+    cfg = load_config("", TINY + ["MODEL.TRANSFORMER_TYPE", "vit_small_patch14_dinov2", "INPUT.SIZE_TRAIN", "[56,28]",
+                                  "INPUT.SIZE_TEST", "[56,28]"])
+    assert cfg.MODEL.TRANSFORMER_TYPE == "vit_small_patch14_dinov2"
+    with pytest.raises(ValueError, match="MODEL.TRANSFORMER_TYPE must be"):
+        load_config("", ["MODEL.TRANSFORMER_TYPE", "resnet50"])
