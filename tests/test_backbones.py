@@ -118,3 +118,66 @@ def test_patch_size_rules_follow_the_backbone():
     assert cfg.MODEL.TRANSFORMER_TYPE == "vit_small_patch14_dinov2"
     with pytest.raises(ValueError, match="MODEL.TRANSFORMER_TYPE must be"):
         load_config("", ["MODEL.TRANSFORMER_TYPE", "resnet50"])
+
+
+def _meta_dinov2(state, dim):
+    """timm's DINOv2 state in the naming of Meta's release (mask_token, register_tokens, a position embedding
+    that covers the class token)."""
+    out = dict(state)
+    out["mask_token"] = torch.zeros(1, dim)
+    if "reg_token" in out:
+        pos0 = torch.randn(1, 1, dim) * 0.02
+        out["register_tokens"] = out.pop("reg_token")
+        out["cls_token"] = out["cls_token"] - pos0
+        out["pos_embed"] = torch.cat([pos0, out["pos_embed"]], 1)
+    return out
+
+
+def _meta_dinov3(state, dim):
+    """timm's DINOv3 state in the naming of Meta's release (storage tokens, ls*.gamma, rope periods)."""
+    out = {}
+    for k, v in state.items():
+        k = k.replace("reg_token", "storage_tokens").replace("gamma_1", "ls1.gamma").replace("gamma_2", "ls2.gamma")
+        out[k] = v
+    out["mask_token"] = torch.zeros(1, dim)
+    out["rope_embed.periods"] = torch.ones(dim // 12)
+    return out
+
+
+@pytest.mark.parametrize("name,size,convert,file", [
+    ("vit_small_patch14_dinov2", (56, 28), _meta_dinov2, "dinov2_vits14_pretrain.pth"),
+    ("vit_small_patch14_reg4_dinov2", (56, 28), _meta_dinov2, "dinov2_vits14_reg4_pretrain.pth"),
+    ("vit_small_patch16_dinov3", (64, 32), _meta_dinov3, "dinov3_vits16_pretrain_lvd1689m.pth"),
+])
+def test_meta_release_checkpoints_load(tmp_path, name, size, convert, file):
+    src = _random_timm(name)
+    path = str(tmp_path / file)
+    torch.save(convert(src.state_dict(), src.embed_dim), path)
+    backbone = ViTBackbone(create_vit(name, size), 0).eval()
+    load_pretrained_backbone(backbone, path)
+    ref = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=path), num_classes=0,
+                            img_size=size).eval()
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.allclose(backbone(x)[0], ref.forward_features(x)[:, 0], atol=1e-5, rtol=1e-4)
+    # and the converted class token is the released model's: compare with the source model at its own size
+    native = tuple(src.patch_embed.img_size)
+    with torch.no_grad():
+        full = ViTBackbone(create_vit(name, native), 0).eval()
+        load_pretrained_backbone(full, path)
+        xn = torch.randn(1, 3, *native, generator=torch.Generator().manual_seed(3))
+        assert torch.allclose(full(xn)[0], src.eval().forward_features(xn)[:, 0], atol=1e-5, rtol=1e-4)
+
+
+def test_openclip_eva02_checkpoint_loads(tmp_path):
+    """EVA02-CLIP as OpenCLIP stores it: the timm trunk under 'visual.trunk.', next to the text tower."""
+    src = _random_timm("eva02_base_patch16_clip_224")
+    state = {"visual.trunk." + k: v for k, v in src.state_dict().items()}
+    state["text.token_embedding.weight"] = torch.zeros(10, 8)
+    path = str(tmp_path / "open_clip_pytorch_model.bin")
+    torch.save(state, path)
+    backbone = ViTBackbone(create_vit("eva02_base_patch16_clip_224", (224, 224)), 0).eval()
+    load_pretrained_backbone(backbone, path)
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert torch.allclose(backbone(x)[0], src.eval().forward_features(x)[:, 0], atol=1e-5, rtol=1e-4)
