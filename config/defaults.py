@@ -166,9 +166,14 @@ _C.SOLVER.BIAS_LR_FACTOR = 2.0
 _C.SOLVER.WEIGHT_DECAY = 1e-4
 _C.SOLVER.WEIGHT_DECAY_BIAS = 1e-4
 _C.SOLVER.MOMENTUM = 0.9
-# Backbone LR: a fixed value for a CLIP backbone (BACKBONE_LR), a factor of BASE_LR otherwise.
-_C.SOLVER.BACKBONE_LR = 5e-6
+# Backbone LR. A value > 0 is the backbone's LR, whatever the backbone; 0 means BASE_LR x BACKBONE_LR_FACTOR.
+# The default -1 is the official rule: 5e-6 for the CLIP ViT-B-16, BASE_LR x BACKBONE_LR_FACTOR for the
+# ImageNet ViT-B/16 and the small ViT; a timm-named backbone (DINOv3, DINOv2, EVA02, ...) must set it.
+_C.SOLVER.BACKBONE_LR = -1.0
 _C.SOLVER.BACKBONE_LR_FACTOR = 0.8
+# Per-layer LR decay of the backbone (1.0: off): block i of D gets the backbone LR x LAYER_DECAY ** (D - i),
+# the embeddings x LAYER_DECAY ** (D + 1), the final norm the backbone LR.
+_C.SOLVER.LAYER_DECAY = 1.0
 # Classifier LR factor (the official MSVR310 recipe uses 100).
 _C.SOLVER.CLASSIFIER_LR_FACTOR = 1.0
 # Margin of the triplet loss when MODEL.NO_MARGIN is False.

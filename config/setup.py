@@ -131,7 +131,9 @@ _RANGES = [
     ("SOLVER.SEED", 0, 2 ** 32 - 1, "an integer in [0, 2**32 - 1]"),
     ("SOLVER.LR_NOISE_SEED", 0, 2 ** 32 - 1, "an integer in [0, 2**32 - 1]"),
     ("SOLVER.BASE_LR", 0.0, None, "a learning rate >= 0"),
-    ("SOLVER.BACKBONE_LR", 0.0, None, "a learning rate >= 0"),
+    ("SOLVER.BACKBONE_LR", -1.0, None, "a learning rate > 0, 0 (BASE_LR x BACKBONE_LR_FACTOR) or -1 (the "
+                                       "official rule)"),
+    ("SOLVER.LAYER_DECAY", 1e-12, 1.0, "a factor in (0, 1] (1: no per-layer decay)"),
     ("SOLVER.BACKBONE_LR_FACTOR", 0.0, None, "a factor >= 0"),
     ("SOLVER.CLASSIFIER_LR_FACTOR", 0.0, None, "a factor >= 0"),
     ("SOLVER.BIAS_LR_FACTOR", 0.0, None, "a factor >= 0"),
@@ -206,6 +208,12 @@ def validate(cfg):
         if value not in choices:
             raise ValueError(f"config: {key} must be one of {list(choices)}, got {value!r}")
     check_backbone(cfg.MODEL.TRANSFORMER_TYPE)
+    if cfg.SOLVER.BACKBONE_LR < 0 and cfg.MODEL.TRANSFORMER_TYPE not in ("ViT-B-16", "vit_base_patch16_224", "vit_custom"):
+        raise ValueError(f"config: SOLVER.BACKBONE_LR must be set for the backbone {cfg.MODEL.TRANSFORMER_TYPE} "
+                         f"(an LR, or 0 for BASE_LR x SOLVER.BACKBONE_LR_FACTOR); the official rule covers only "
+                         f"the CLIP and ImageNet ViT-B/16")
+    if cfg.SOLVER.BACKBONE_LR not in (-1.0, 0.0) and cfg.SOLVER.BACKBONE_LR < 0:
+        raise ValueError(f"config: SOLVER.BACKBONE_LR must be > 0, 0 or -1, got {cfg.SOLVER.BACKBONE_LR}")
     for key, low, high, what in _RANGES:
         value = _get(cfg, key)
         if value != value or (low is not None and value < low) or (high is not None and value > high):

@@ -13,19 +13,48 @@ from timm.scheduler.scheduler import Scheduler
 from utils.versions import torch_version
 
 
-def param_rule(cfg, name):
+_LEGACY_BACKBONES = ("ViT-B-16", "vit_base_patch16_224", "vit_custom")
+
+
+def backbone_lr(cfg):
+    """The backbone LR: SOLVER.BACKBONE_LR when >= 0 (0: BASE_LR x BACKBONE_LR_FACTOR); the default -1 is the
+    official rule (5e-6 for the CLIP ViT-B-16, BASE_LR x BACKBONE_LR_FACTOR for the ImageNet ViT and the small
+    ViT). A timm-named backbone needs an explicit value (checked with the config)."""
+    s = cfg.SOLVER
+    if s.BACKBONE_LR > 0:
+        return s.BACKBONE_LR
+    if s.BACKBONE_LR < 0 and cfg.MODEL.TRANSFORMER_TYPE == "ViT-B-16":
+        return 5e-6
+    return s.BASE_LR * s.BACKBONE_LR_FACTOR
+
+
+def _layer_of(name, depth):
+    """Layer index for per-layer LR decay: 0 for the embeddings (patches, class / register tokens,
+    positions, camera table), i + 1 for block i, depth + 1 for the final norm and projection."""
+    rest = name[len("backbone."):]
+    if rest.startswith("vit.blocks."):
+        return int(rest.split(".")[2]) + 1
+    if rest.startswith(("vit.norm.", "vit.head.", "vit.fc_norm.")):
+        return depth + 1
+    return 0
+
+
+def param_rule(cfg, name, depth=None):
     """(lr, weight_decay) of parameter ``name`` under the Signal recipe.
 
-    Biases: LR x BIAS_LR_FACTOR, WEIGHT_DECAY_BIAS. Then backbone parameters (biases included): a fixed
-    BACKBONE_LR for CLIP, BASE_LR x BACKBONE_LR_FACTOR otherwise. Classifiers: x CLASSIFIER_LR_FACTOR
-    (with WEIGHT_DECAY_BIAS when the factor is not 1, as the official MSVR310 recipe).
+    Biases: LR x BIAS_LR_FACTOR, WEIGHT_DECAY_BIAS. Then backbone parameters (biases included): the
+    backbone LR (``backbone_lr``), scaled by SOLVER.LAYER_DECAY ** (depth + 1 - layer) when per-layer decay
+    is on (``depth``: the backbone's number of blocks). Classifiers: x CLASSIFIER_LR_FACTOR (with
+    WEIGHT_DECAY_BIAS when the factor is not 1, as the official MSVR310 recipe).
     """
     s = cfg.SOLVER
     lr, wd = s.BASE_LR, s.WEIGHT_DECAY
     if "bias" in name:
         lr, wd = s.BASE_LR * s.BIAS_LR_FACTOR, s.WEIGHT_DECAY_BIAS
     if name.startswith("backbone.vit."):
-        lr = s.BACKBONE_LR if cfg.MODEL.TRANSFORMER_TYPE == "ViT-B-16" else s.BASE_LR * s.BACKBONE_LR_FACTOR
+        lr = backbone_lr(cfg)
+        if s.LAYER_DECAY != 1.0 and depth is not None:
+            lr *= s.LAYER_DECAY ** (depth + 1 - _layer_of(name, depth))
     if "classifier" in name and s.CLASSIFIER_LR_FACTOR != 1.0:
         lr, wd = s.BASE_LR * s.CLASSIFIER_LR_FACTOR, s.WEIGHT_DECAY_BIAS
     return lr, wd
@@ -44,9 +73,11 @@ def _fused_available(opt_name, device_type):
 def build_optimizer(cfg, model):
     """Parameters sharing (lr, weight_decay) go into one group (same update as one group per tensor)."""
     groups = {}
+    raw = model.module if hasattr(model, "module") else model
+    depth = len(raw.backbone.vit.blocks) if hasattr(raw, "backbone") else None
     for name, p in model.named_parameters():
         if p.requires_grad:
-            groups.setdefault(param_rule(cfg, name), []).append(p)
+            groups.setdefault(param_rule(cfg, name, depth), []).append(p)
     params = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
     s = cfg.SOLVER
     types = {p.device.type for g in params for p in g["params"]}

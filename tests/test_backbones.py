@@ -96,7 +96,7 @@ def test_signal_trains_and_evaluates_on_a_timm_backbone(tiny_cfg, tmp_path, name
     from modeling import load_weights
     from solver import build_optimizer
     cfg = tiny_cfg("MODEL.TRANSFORMER_TYPE", name, "INPUT.SIZE_TRAIN", size, "INPUT.SIZE_TEST", size,
-                   "MODEL.TOPK", "3")
+                   "MODEL.TOPK", "3", "SOLVER.BACKBONE_LR", "1e-5")
     train_loader, test_loader, nq, ncls, ncam = build_dataloaders(cfg)
     torch.manual_seed(0)
     model = build_model(cfg, ncls, ncam)
@@ -111,10 +111,11 @@ def test_signal_trains_and_evaluates_on_a_timm_backbone(tiny_cfg, tmp_path, name
 
 
 def test_patch_size_rules_follow_the_backbone():
+    lr = ["SOLVER.BACKBONE_LR", "1e-5"]
     with pytest.raises(ValueError, match="multiple of the backbone's patch size 14"):
-        load_config("", TINY + ["MODEL.TRANSFORMER_TYPE", "vit_small_patch14_dinov2"])
-    cfg = load_config("", TINY + ["MODEL.TRANSFORMER_TYPE", "vit_small_patch14_dinov2", "INPUT.SIZE_TRAIN", "[56,28]",
-                                  "INPUT.SIZE_TEST", "[56,28]"])
+        load_config("", TINY + lr + ["MODEL.TRANSFORMER_TYPE", "vit_small_patch14_dinov2"])
+    cfg = load_config("", TINY + lr + ["MODEL.TRANSFORMER_TYPE", "vit_small_patch14_dinov2", "INPUT.SIZE_TRAIN",
+                                       "[56,28]", "INPUT.SIZE_TEST", "[56,28]"])
     assert cfg.MODEL.TRANSFORMER_TYPE == "vit_small_patch14_dinov2"
     with pytest.raises(ValueError, match="MODEL.TRANSFORMER_TYPE must be"):
         load_config("", ["MODEL.TRANSFORMER_TYPE", "resnet50"])
@@ -181,3 +182,23 @@ def test_openclip_eva02_checkpoint_loads(tmp_path):
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         assert torch.allclose(backbone(x)[0], src.eval().forward_features(x)[:, 0], atol=1e-5, rtol=1e-4)
+
+
+def test_the_backbone_lr_is_explicit_and_layer_decay_scales_it():
+    from solver import backbone_lr, build_optimizer, param_rule
+    with pytest.raises(ValueError, match="SOLVER.BACKBONE_LR must be set for the backbone vit_small_patch14_dinov2"):
+        load_config("", ["MODEL.TRANSFORMER_TYPE", "vit_small_patch14_dinov2", "INPUT.SIZE_TRAIN", "[252,126]",
+                         "INPUT.SIZE_TEST", "[252,126]"])
+    assert backbone_lr(load_config("", [])) == 5e-6                                   # CLIP: the official rule
+    assert backbone_lr(load_config("", ["MODEL.TRANSFORMER_TYPE", "vit_base_patch16_224"])) == pytest.approx(0.8 * 3.5e-4)
+    assert backbone_lr(load_config("", ["SOLVER.BACKBONE_LR", "2e-5"])) == 2e-5
+    assert backbone_lr(load_config("", ["SOLVER.BACKBONE_LR", "0", "SOLVER.BACKBONE_LR_FACTOR", "0.5"])) == \
+        pytest.approx(0.5 * 3.5e-4)
+    cfg = load_config("", TINY + ["SOLVER.BACKBONE_LR", "1e-4", "SOLVER.LAYER_DECAY", "0.5"])   # 2 blocks
+    assert param_rule(cfg, "backbone.vit.blocks.1.mlp.fc1.weight", 2)[0] == pytest.approx(1e-4 * 0.5)
+    assert param_rule(cfg, "backbone.vit.blocks.0.mlp.fc1.weight", 2)[0] == pytest.approx(1e-4 * 0.25)
+    assert param_rule(cfg, "backbone.vit.patch_embed.proj.weight", 2)[0] == pytest.approx(1e-4 * 0.125)
+    assert param_rule(cfg, "backbone.vit.norm.weight", 2)[0] == pytest.approx(1e-4)
+    assert param_rule(cfg, "sim.interaction.proj.weight", 2)[0] == cfg.SOLVER.BASE_LR
+    opt = build_optimizer(cfg, build_model(cfg, 5, 3))
+    assert {round(g["lr"] / 1e-4, 6) for g in opt.param_groups} >= {1.0, 0.5, 0.25, 0.125}
