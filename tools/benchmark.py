@@ -31,7 +31,8 @@ from utils.cpu import keep_freed_memory  # noqa: E402
 from utils.metrics import Evaluator  # noqa: E402
 from engine.setup import run_cli  # noqa: E402
 
-_EVAL_SIZES = {"RGBNT201": (836, 836), "RGBNT100": (1715, 8575), "MSVR310": (591, 1055), "Synthetic": (192, 192)}
+_EVAL_SIZES = {"RGBNT201": (836, 836), "RGBNT100": (1715, 8575), "MSVR310": (591, 1055), "Market1501-MM": (3368, 15913),
+               "Synthetic": (192, 192)}
 
 
 def emit(figure, value, unit, **extra):
@@ -144,7 +145,7 @@ def bench_data(cfg, args):
 
 
 def bench_eval(cfg, device):
-    nq, ng = _EVAL_SIZES[cfg.DATASETS.NAMES]
+    nq, ng = _EVAL_SIZES.get(cfg.DATASETS.NAMES, _EVAL_SIZES["RGBNT100"])
     dim = 3072 if cfg.MODEL.USE_SIM else 1536
     g = torch.Generator().manual_seed(0)
     pids = torch.randint(0, 50, (nq + ng,), generator=g).numpy()

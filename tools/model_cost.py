@@ -20,7 +20,8 @@ from engine.setup import run_cli  # noqa: E402
 
 
 # (training identities, cameras) of each benchmark.
-_BENCHMARK_SIZES = {"RGBNT201": (171, 4), "RGBNT100": (50, 8), "MSVR310": (155, 8), "Synthetic": (48, 3)}
+_BENCHMARK_SIZES = {"RGBNT201": (171, 4), "RGBNT100": (50, 8), "MSVR310": (155, 8), "Market1501-MM": (751, 6),
+                    "Synthetic": (48, 3)}
 
 
 def parameter_rows(model):
@@ -65,8 +66,11 @@ def main():
     p.add_argument("opts", nargs="*")
     args = p.parse_intermixed_args()
     cfg = load_config(args.config_file, args.opts + ["MODEL.PRETRAIN_PATH", ""])
-    classes, cameras = _BENCHMARK_SIZES[cfg.DATASETS.NAMES]
+    classes, cameras = _BENCHMARK_SIZES.get(cfg.DATASETS.NAMES, (0, 0))
     args.num_classes, args.num_cameras = args.num_classes or classes, args.num_cameras or cameras
+    if not args.num_classes or not args.num_cameras:
+        raise SystemExit(f"model_cost.py: pass --num-classes and --num-cameras for DATASETS.NAMES "
+                         f"{cfg.DATASETS.NAMES} (training identities and cameras)")
     model = build_model(cfg, args.num_classes, args.num_cameras, pretrained=False)
     infer, train = flops(cfg, model, args.num_classes)
     h, w = cfg.INPUT.SIZE_TRAIN
