@@ -168,3 +168,33 @@ def test_check_data_reports_the_splits_and_a_bad_file(tiny_setup, synth_root, tm
                         "DATASETS.ROOT_DIR", str(root)], cwd=str(d), capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, PYTHONPATH=ROOT))
     assert r.returncode == 2 and f"  {victim}: " in r.stderr
+
+
+@pytest.fixture(scope="module")
+def dinov3_setup(tmp_path_factory, synth_root):
+    from config import load_config
+
+    from .conftest import TINY
+    d = tmp_path_factory.mktemp("dinov3")
+    cfg = load_config("", TINY + ["DATASETS.ROOT_DIR", synth_root, "OUTPUT_DIR", str(d / "out"),
+                                  "MODEL.TRANSFORMER_TYPE", "vit_small_patch16_dinov3", "INPUT.SIZE_TRAIN", "[128,64]",
+                                  "INPUT.SIZE_TEST", "[128,64]", "SOLVER.BACKBONE_LR", "1e-5", "MODEL.TOPK", "3"])
+    (d / "dinov3.yml").write_text(cfg.dump())
+    torch.manual_seed(0)
+    torch.save({"model": build_model(cfg, 6, 3, pretrained=False).state_dict()}, d / "model.pth")
+    return d, str(d / "dinov3.yml"), str(d / "model.pth")
+
+
+@pytest.mark.parametrize("tool", ["vis_tokens.py", "vis_offsets.py", "vis_cam.py"])
+def test_visual_tools_on_a_timm_backbone(dinov3_setup, tool):
+    d, cfg, weight = dinov3_setup
+    run([os.path.join(TOOLS, tool), "--config_file", cfg, "--weight", weight, "--num-samples", "1"], d)
+    assert Image.open(d / "out" / tool.replace(".py", ".png")).width > 50
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnxscript") is None,
+                    reason="optional export dependencies not installed (requirements-export.txt)")
+def test_export_onnx_on_a_timm_backbone(dinov3_setup):
+    d, cfg, weight = dinov3_setup
+    text = run([os.path.join(TOOLS, "export_onnx.py"), "--config_file", cfg, "--weight", weight], d)
+    assert "largest |onnxruntime - pytorch|" in text and os.path.isfile(d / "out" / "export_onnx.onnx")

@@ -33,7 +33,8 @@ def grad_cam(model, images, cams):
     finally:
         handle.remove()
     x, g = captured["x"].detach(), captured["x"].grad
-    patches, grads = x[:, 1:], g[:, 1:]                                  # drop the class token
+    prefix = model.backbone.vit.num_prefix_tokens                        # class (and register) tokens
+    patches, grads = x[:, prefix:], g[:, prefix:]
     weights = grads.mean(1, keepdim=True)                                # [3B, 1, C]
     cam = torch.relu((weights * patches).sum(-1))                        # [3B, N]
     cam = cam / cam.amax(1, keepdim=True).clamp_min(1e-12)
