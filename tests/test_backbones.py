@@ -36,22 +36,27 @@ def _save(state, path):
         torch.save(state, path)
 
 
+def _ours_and_timms(name, size, path, seed):
+    """(our class token, our patch tokens, timm's tokens, timm's model) after each loads ``path``."""
+    backbone = ViTBackbone(create_vit(name, size), 0).eval()
+    load_pretrained_backbone(backbone, path)
+    ref = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=path), num_classes=0,
+                            img_size=size).eval()
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        cls, patches = backbone(x)
+        return cls, patches, ref.forward_features(x), ref
+
+
 @pytest.mark.parametrize("name,size,registers", FAMILIES)
 @pytest.mark.parametrize("fmt", ["model.safetensors", "pytorch_model.bin"])
 def test_class_token_equals_timms_own_loading(tmp_path, name, size, registers, fmt):
     path = str(tmp_path / fmt)
     _save(_random_timm(name).state_dict(), path)
-    backbone = ViTBackbone(create_vit(name, size), 0).eval()
-    load_pretrained_backbone(backbone, path)
-    ref = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=path), num_classes=0,
-                            img_size=size).eval()
-    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        cls, patches = backbone(x)
-        tokens = ref.forward_features(x)
+    cls, patches, tokens, ref = _ours_and_timms(name, size, path, 1)
     assert ref.num_prefix_tokens == 1 + registers
     h, w = size[0] // ref.patch_embed.patch_size[0], size[1] // ref.patch_embed.patch_size[1]
-    assert patches.shape[1] == h * w == backbone.grid[0] * backbone.grid[1]       # no register token
+    assert patches.shape[1] == h * w                                               # no register token
     assert torch.allclose(cls, tokens[:, 0], atol=1e-5, rtol=1e-4)
     assert torch.allclose(patches, tokens[:, ref.num_prefix_tokens:], atol=1e-5, rtol=1e-4)
 
@@ -154,13 +159,8 @@ def test_meta_release_checkpoints_load(tmp_path, name, size, convert, file):
     src = _random_timm(name)
     path = str(tmp_path / file)
     torch.save(convert(src.state_dict(), src.embed_dim), path)
-    backbone = ViTBackbone(create_vit(name, size), 0).eval()
-    load_pretrained_backbone(backbone, path)
-    ref = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=path), num_classes=0,
-                            img_size=size).eval()
-    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        assert torch.allclose(backbone(x)[0], ref.forward_features(x)[:, 0], atol=1e-5, rtol=1e-4)
+    cls, _, tokens, _ = _ours_and_timms(name, size, path, 2)
+    assert torch.allclose(cls, tokens[:, 0], atol=1e-5, rtol=1e-4)
     # and the converted class token is the released model's: compare with the source model at its own size
     native = tuple(src.patch_embed.img_size)
     with torch.no_grad():
