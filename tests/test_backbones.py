@@ -92,27 +92,30 @@ def test_the_camera_embedding_reaches_the_class_token(name, size):
     assert not torch.allclose(a, c) and torch.allclose(z, ref, atol=1e-6)
 
 
-@pytest.mark.parametrize("name,size", [("vit_small_patch16_dinov3", "[128,64]"),
-                                       ("vit_small_patch14_reg4_dinov2", "[112,56]")])
-def test_signal_trains_and_evaluates_on_a_timm_backbone(tiny_cfg, tmp_path, name, size):
-    from data import build_dataloaders
-    from engine import evaluate_model, train_step
-    from layers import build_loss
-    from modeling import load_weights
-    from solver import build_optimizer
-    cfg = tiny_cfg("MODEL.TRANSFORMER_TYPE", name, "INPUT.SIZE_TRAIN", size, "INPUT.SIZE_TEST", size,
-                   "MODEL.TOPK", "3", "SOLVER.BACKBONE_LR", "1e-5")
-    train_loader, test_loader, nq, ncls, ncam = build_dataloaders(cfg)
-    torch.manual_seed(0)
-    model = build_model(cfg, ncls, ncam)
-    opt = build_optimizer(cfg, model)
-    losses = train_step(model.train(), next(iter(train_loader)), build_loss(cfg), opt, torch.device("cpu"))
-    assert all(torch.isfinite(v) for v in losses.values())
-    metrics, _ = evaluate_model(cfg, model, test_loader, nq, torch.device("cpu"), progress=False)
-    assert 0 <= metrics["mAP"] <= 1
-    torch.save({"model": model.state_dict()}, tmp_path / "m.pth")
-    again = load_weights(build_model(cfg, ncls, ncam, pretrained=False), str(tmp_path / "m.pth"))
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+@pytest.mark.parametrize("name,size", [("vit_small_patch16_dinov3", "[128,64]"), ("vit_small_patch14_dinov2", "[112,56]"),
+                                       ("vit_small_patch14_reg4_dinov2", "[112,56]"),
+                                       ("eva02_base_patch16_clip_224", "[128,64]")])
+def test_signal_trains_and_evaluates_from_yaml_on_a_timm_backbone(synth_root, tmp_path, monkeypatch, name, size):
+    """train.py from a YAML file on each backbone family (one epoch on the synthetic benchmark), then the
+    checkpoint loads back through test.py."""
+    import json
+    import sys
+
+    import test as test_script
+    import train
+    cfg = load_config("", TINY + ["DATASETS.ROOT_DIR", synth_root, "MODEL.TRANSFORMER_TYPE", name, "INPUT.SIZE_TRAIN",
+                                  size, "INPUT.SIZE_TEST", size, "MODEL.TOPK", "3", "SOLVER.BACKBONE_LR", "1e-5",
+                                  "SOLVER.LAYER_DECAY", "0.75", "SOLVER.MAX_EPOCHS", "1", "LOG.PROGRESS_BARS", "no",
+                                  "OUTPUT_DIR", str(tmp_path / "run")])
+    yml = tmp_path / "backbone.yml"
+    yml.write_text(cfg.dump())
+    monkeypatch.setattr(sys, "argv", ["train.py", "--config_file", str(yml)])
+    train.main()
+    record = json.loads(open(tmp_path / "run" / "metrics.jsonl").readline())
+    assert 0 <= record["mAP"] <= 1 and all(v == v for v in record.values())
+    monkeypatch.setattr(sys, "argv", ["test.py", "--config_file", str(yml), "TEST.WEIGHT", str(tmp_path / "run" / "best.pth")])
+    test_script.main()
+    assert json.load(open(tmp_path / "run" / "test_best_Synthetic.json"))["mAP"] == pytest.approx(record["mAP"])
 
 
 def test_patch_size_rules_follow_the_backbone():
