@@ -9,8 +9,7 @@ import yaml
 from data import build_test_dataloader
 from engine import evaluate_missing, evaluate_model, format_metrics, missing_table
 from engine.setup import SetupError, default_setup, parse_args, run_cli
-from modeling import build_model, load_weights
-from modeling.weights import model_sizes, read_checkpoint
+from modeling import load_eval_model
 from utils.checkpoint import OutputError, atomic_write, atomic_write_json
 
 
@@ -57,12 +56,7 @@ def main():
     test_loader, num_query, dataset = build_test_dataloader(cfg)
     # The model is sized from the checkpoint, not from the data: evaluation needs no training split, and a
     # model trained on one benchmark can be evaluated on another.
-    state = read_checkpoint(cfg.TEST.WEIGHT)
-    num_classes, num_cameras = model_sizes(state, cfg.TEST.WEIGHT)
-    model = build_model(cfg, num_classes, num_cameras, pretrained=False)
-    load_weights(model, cfg.TEST.WEIGHT, state)
-    del state
-    model.backbone.camera_mode = cfg.TEST.CAMERA_EMBEDDING
+    model, num_cameras = load_eval_model(cfg, cfg.TEST.WEIGHT)
     if num_cameras and dataset.num_cameras > num_cameras and cfg.TEST.CAMERA_EMBEDDING == "index":
         logger.warning("%s has %d cameras, the model's camera table %d: cameras %d and above get the table's "
                        "mean (TEST.CAMERA_EMBEDDING mean gives every camera the mean)", dataset.name,

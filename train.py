@@ -6,6 +6,7 @@ import torch
 
 from data import build_dataloaders
 from engine import do_train, evaluate_model, format_metrics, make_grad_scaler, resume_from, unwrap
+from engine.rundir import read_metrics
 from engine.setup import default_setup, parse_args, run_cli
 from layers import build_loss
 from modeling import build_model, load_weights
@@ -21,18 +22,6 @@ def main():
         train(cfg, logger, device, run)
     finally:
         run.release()
-
-
-def read_records(path, last_epoch):
-    """The per-epoch records in ``path`` up to ``last_epoch`` (the last copy of a repeated epoch)."""
-    records = {}
-    if os.path.isfile(path):
-        with open(path) as f:
-            for line in f:
-                if line.strip():
-                    r = json.loads(line)
-                    records[r["epoch"]] = r
-    return [records[e] for e in sorted(records) if e <= last_epoch]
 
 
 def train(cfg, logger, device, run):
@@ -60,7 +49,7 @@ def train(cfg, logger, device, run):
         start_epoch, best, records, pending = resume_from(state, model, optimizer, scheduler, scaler,
                                                           os.path.join(cfg.OUTPUT_DIR, "last.pth"))
         if "records" not in state:  # a checkpoint of an earlier version: keep metrics.jsonl's records
-            records = read_records(os.path.join(cfg.OUTPUT_DIR, "metrics.jsonl"), state["epoch"])
+            records = read_metrics(cfg.OUTPUT_DIR, state["epoch"])
         if os.path.isfile(summary_path):
             with open(summary_path) as f:
                 summary = {k: v for k, v in json.load(f).items() if k == "before_training"}

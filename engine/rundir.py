@@ -6,6 +6,7 @@ A folder *holds a run* once it contains any of the files a run writes (``last.pt
 before writing anything: continue it with ``--resume``, pick another OUTPUT_DIR, or pass ``--overwrite`` to
 delete the old run's files first.
 """
+import json
 import logging
 import os
 import re
@@ -78,6 +79,20 @@ class RunLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+
+
+def read_metrics(out_dir, last_epoch=None):
+    """The per-epoch records of ``out_dir/metrics.jsonl`` in epoch order (the last copy of a repeated epoch),
+    up to ``last_epoch`` when given; [] without the file."""
+    path = os.path.join(out_dir, "metrics.jsonl")
+    records = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                if line.strip():
+                    r = json.loads(line)
+                    records[r["epoch"]] = r
+    return [records[e] for e in sorted(records) if last_epoch is None or e <= last_epoch]
 
 
 def flatten(node, prefix=""):

@@ -5,7 +5,8 @@ from .alignment import DeformableSampler, GlobalAlignment, LocalAlignment
 from .backbone import ViTBackbone, create_vit
 from .signal import MODALITIES, Signal
 from .sim import ModalInteraction, SelectiveInteraction, TokenSelection
-from .weights import WeightsError, load_finetune, load_pretrained_backbone, load_weights, read_checkpoint, signal_model_state
+from .weights import (WeightsError, load_finetune, load_pretrained_backbone, load_weights, model_sizes, read_checkpoint,
+                      signal_model_state)
 
 logger = logging.getLogger("signal.model")
 
@@ -44,6 +45,18 @@ def build_model(cfg, num_classes, num_cameras, pretrained=True):
     return model
 
 
-__all__ = ["build_model", "load_weights", "load_pretrained_backbone", "Signal", "ViTBackbone", "create_vit",
+def load_eval_model(cfg, path):
+    """The model of checkpoint ``path`` for evaluation: sized from the checkpoint (its identity count and
+    camera table, so neither the training split nor the config's benchmark is needed), weights loaded, the
+    camera embedding following TEST.CAMERA_EMBEDDING. Returns (model, rows of its camera table)."""
+    state = read_checkpoint(path)
+    num_classes, num_cameras = model_sizes(state, path)
+    model = build_model(cfg, num_classes, num_cameras, pretrained=False)
+    load_weights(model, path, state)
+    model.backbone.camera_mode = cfg.TEST.CAMERA_EMBEDDING
+    return model, num_cameras
+
+
+__all__ = ["build_model", "load_eval_model", "load_weights", "load_pretrained_backbone", "Signal", "ViTBackbone", "create_vit",
            "SelectiveInteraction", "TokenSelection", "ModalInteraction", "GlobalAlignment", "LocalAlignment",
            "DeformableSampler", "WeightsError", "MODALITIES"]

@@ -12,7 +12,6 @@ finished and trained with the config the command names (paths and speed settings
 mixes runs.
 """
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -23,7 +22,7 @@ sys.path.insert(0, ROOT)
 from plotting import line_chart, stack  # noqa: E402
 
 from config import load_config  # noqa: E402
-from engine.rundir import FREE_KEYS, config_changes, run_files  # noqa: E402
+from engine.rundir import FREE_KEYS, config_changes, read_metrics, run_files  # noqa: E402
 from engine.setup import run_cli  # noqa: E402
 
 METRICS = ("mAP", "Rank-1", "Rank-5", "Rank-10", "mINP")
@@ -37,11 +36,7 @@ def read_records(out_dir):
     path = os.path.join(out_dir, "metrics.jsonl")
     if not os.path.isfile(path):
         raise SystemExit(f"{path} not found: the run did not finish")
-    records = {}
-    for line in open(path):
-        r = json.loads(line)
-        records[r["epoch"]] = r            # a resumed run may repeat an epoch: keep the last
-    return [records[e] for e in sorted(records)]
+    return read_metrics(out_dir)
 
 
 def check_finished(name, out_dir, cfg):

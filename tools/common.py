@@ -11,8 +11,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from config import load_config  # noqa: E402
 from data import build_test_dataloader  # noqa: E402
 from engine.setup import resolve_device  # noqa: E402
-from modeling import MODALITIES, build_model, load_weights  # noqa: E402
-from modeling.weights import model_sizes, read_checkpoint  # noqa: E402
+from modeling import MODALITIES, build_model, load_eval_model  # noqa: E402
 
 
 def tool_parser(description, ext=".png"):
@@ -52,14 +51,12 @@ def load_everything(args, need_weights=True):
     test_loader, num_query, dataset = build_test_dataloader(cfg)
     weight = args.weight or cfg.TEST.WEIGHT
     if weight:
-        state = read_checkpoint(weight)
-        model = build_model(cfg, *model_sizes(state, weight), pretrained=False)
-        load_weights(model, weight, state)
+        model, _ = load_eval_model(cfg, weight)
     elif need_weights:
         raise SystemExit("no checkpoint: pass --weight path.pth or TEST.WEIGHT path.pth")
     else:
         model = build_model(cfg, 1, dataset.num_cameras, pretrained=False)
-    model.backbone.camera_mode = cfg.TEST.CAMERA_EMBEDDING
+        model.backbone.camera_mode = cfg.TEST.CAMERA_EMBEDDING
     return cfg, model.to(device).eval(), test_loader, num_query, device
 
 
