@@ -137,16 +137,15 @@ def build_dataloaders(cfg, verify=True):
     ``DATASETS.VAL_IDS`` the held-out identities are left out of training and ``train_loader.val_loader``
     (with ``train_loader.val_num_query``) evaluates on them.
 
-    With ``verify`` every image of every split (``verify='test'``: of the query and gallery) is decoded
-    once and the evaluation protocol is checked to leave a valid query, so bad data stops the program here
-    rather than at a later epoch.
+    With ``verify`` every image of every split is decoded once and the evaluation protocol is checked to
+    leave a valid query, so bad data stops the program here rather than at a later epoch.
     """
     dataset = build_dataset(cfg)
     val = None
     if cfg.DATASETS.VAL_IDS > 0:
         dataset.train, val = split_validation(dataset.train, cfg.DATASETS.VAL_IDS, cfg.SOLVER.SEED)
     if verify:
-        _verify(cfg, dataset, val, ("query", "gallery") if verify == "test" else ("train", "query", "gallery"))
+        _verify(cfg, dataset, val)
     world = comm.get_world_size()
     train_set = MultiModalImageDataset(dataset.train, build_transforms(cfg, train=True), dataset.tiled,
                                        dataset.tile_order)

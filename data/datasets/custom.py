@@ -66,28 +66,25 @@ class CustomDataset(ReIDDataset):
                                f"{self.c.CAMERA_BASE}")
         return pid, cam, scene
 
-    def read_files(self, folder, split, folder_id, samples, unpaired):
+    def read_files(self, folder, folder_id=None):
+        """(samples, files without partners) of one folder of files (a split, or an identity folder)."""
         if self.tiled:
-            for name in list_images(folder):
-                path = os.path.join(folder, name)
-                samples.append(Sample((path,) * 3, *self.parse(path, folder_id)))
-            return
+            return [Sample((os.path.join(folder, n),) * 3, *self.parse(os.path.join(folder, n), folder_id))
+                    for n in list_images(folder)], []
         dirs = [os.path.join(folder, m) for m in self.c.MODALITY_FOLDERS]
-        names, lonely = pair_by_name(dirs, list(self.c.MODALITY_FOLDERS), "DATASETS.CUSTOM.MODALITY_FOLDERS folder")
-        unpaired += lonely
-        for name in names:
-            samples.append(Sample(tuple(os.path.join(d, name) for d in dirs),
-                                  *self.parse(os.path.join(dirs[0], name), folder_id)))
+        names, unpaired = pair_by_name(dirs, list(self.c.MODALITY_FOLDERS), "DATASETS.CUSTOM.MODALITY_FOLDERS folder")
+        return [Sample(tuple(os.path.join(d, n) for d in dirs), *self.parse(os.path.join(dirs[0], n), folder_id))
+                for n in names], unpaired
 
     def read(self, folder, split):
         require_dir(folder, f"{split} split (DATASETS.CUSTOM.{split.upper()})")
-        samples, unpaired = [], []
         if self.c.ID_FOLDERS:
-            for sub in sorted(os.listdir(folder)):
-                if not is_hidden(sub) and os.path.isdir(os.path.join(folder, sub)):
-                    self.read_files(os.path.join(folder, sub), split, sub, samples, unpaired)
+            parts = [self.read_files(os.path.join(folder, sub), sub) for sub in sorted(os.listdir(folder))
+                     if not is_hidden(sub) and os.path.isdir(os.path.join(folder, sub))]
         else:
-            self.read_files(folder, split, None, samples, unpaired)
+            parts = [self.read_files(folder)]
+        samples = [x for smp, _ in parts for x in smp]
+        unpaired = [x for _, lonely in parts for x in lonely]
         report_unpaired(unpaired, split, self.skip_unpaired)
         ignore = set(self.c.IGNORE_IDS)
         samples = [s for s in samples if s.pid not in ignore]
