@@ -86,19 +86,19 @@ def encoder(sd, x, cam, heads, sie_coe=1.0):
     cls = f["class_embedding"] + sie_coe * sd["clip_vision_encoder.cv_embed"][cam]
     x = torch.cat([cls, x], 1) + f["positional_embedding"]
     x = F.layer_norm(x, (width,), f["ln_pre.weight"], f["ln_pre.bias"])
+    x = x.permute(1, 0, 2)  # the blocks run in the sequence-first layout, as nn.MultiheadAttention expects
     for i in range(layers):
         b = f"transformer.resblocks.{i}."
-        h = F.layer_norm(x, (width,), f[b + "ln_1.weight"], f[b + "ln_1.bias"]).transpose(0, 1)
-        a = F.multi_head_attention_forward(h, h, h, width, heads, f[b + "attn.in_proj_weight"],
-                                           f[b + "attn.in_proj_bias"], None, None, False, 0.0,
-                                           f[b + "attn.out_proj.weight"], f[b + "attn.out_proj.bias"],
-                                           need_weights=False)[0]
-        x = x + a.transpose(0, 1)
+        h = F.layer_norm(x, (width,), f[b + "ln_1.weight"], f[b + "ln_1.bias"])
+        x = x + F.multi_head_attention_forward(h, h, h, width, heads, f[b + "attn.in_proj_weight"],
+                                               f[b + "attn.in_proj_bias"], None, None, False, 0.0,
+                                               f[b + "attn.out_proj.weight"], f[b + "attn.out_proj.bias"],
+                                               need_weights=False)[0]
         h = F.layer_norm(x, (width,), f[b + "ln_2.weight"], f[b + "ln_2.bias"])
         h = F.linear(h, f[b + "mlp.c_fc.weight"], f[b + "mlp.c_fc.bias"])
         h = h * torch.sigmoid(1.702 * h)
         x = x + F.linear(h, f[b + "mlp.c_proj.weight"], f[b + "mlp.c_proj.bias"])
-    x = F.layer_norm(x, (width,), f["ln_post.weight"], f["ln_post.bias"]) @ f["proj"]
+    x = F.layer_norm(x.permute(1, 0, 2), (width,), f["ln_post.weight"], f["ln_post.bias"]) @ f["proj"]
     return x[:, 1:], x[:, 0]
 
 
@@ -205,6 +205,17 @@ def training_outputs(sd, buffers, images, cams, direct, topk, grid, heads, sim_h
     gam = gam_loss(sd, patches) if use_gam else None
     lam = lam_loss(sd, patches, grid) if use_lam else None
     return pairs, gam, lam
+
+
+def eval_features(sd, images, cams, topk, heads, sim_heads=8, use_sim=True):
+    """The official evaluation forward: concat[class tokens of RGB, NI, TI, SIM feature], unnormalised (the
+    evaluator normalises)."""
+    outs = [encoder(sd, images[m], cams, heads) for m in ("RGB", "NI", "TI")]
+    patches, globals_ = [o[0] for o in outs], [o[1] for o in outs]
+    feats = [torch.cat(globals_, 1)]
+    if use_sim:
+        feats.append(sim(sd, patches, globals_, topk, sim_heads))
+    return torch.cat(feats, 1)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -321,3 +332,115 @@ def eval_func(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, q_scenei
         all_ap.append((precision * raw).sum() / raw.sum())
     cmc = np.asarray(all_cmc).astype(np.float32).sum(0) / num_valid
     return cmc, np.mean(all_ap), np.mean(all_inp)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The training engine (engine/processor.py do_train, solver/make_optimizer.py)
+# ----------------------------------------------------------------------------------------------------
+class OfficialTraining:
+    """The official model's weights (taken from one of our models, so both start equal) and the official
+    optimizer: ``torch.optim.Adam`` with its default implementation and one parameter group per trainable
+    tensor, LR and weight decay from ``param_lr_wd``. ``step`` is the body of the official training loop on
+    the CPU, where its autocast and GradScaler are inactive: zero_grad, forward, the summed loss, backward,
+    optimizer step.
+
+    Args:
+        model: a ``Signal`` model (its weights are copied in the official layout).
+        cfg: the config it was built from (recipe, loss weights, TOPK, heads).
+        heads: attention heads of the backbone.
+    """
+
+    # BatchNorm neck biases are frozen in the official model
+    FROZEN = {"bottleneck.bias", "bottleneck_var.bias", "bottleneck_r.bias", "bottleneck_n.bias", "bottleneck_t.bias"}
+    BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+    def __init__(self, model, cfg, heads):
+        self.cfg = cfg
+        self.heads = heads
+        self.grid = model.backbone.grid
+        state = {k: v.detach().clone() for k, v in official_state_dict(model, half=False).items()}
+        self.params = {k: v.requires_grad_(k not in self.FROZEN and not k.endswith(self.BUFFERS))
+                       for k, v in state.items()}
+        self.trainable = [k for k, v in self.params.items() if v.requires_grad]
+        self.rules = {k: param_lr_wd(k, cfg.SOLVER.BASE_LR, cfg.MODEL.TRANSFORMER_TYPE, cfg.DATASETS.NAMES)
+                      for k in self.trainable}
+        self.optimizer = torch.optim.Adam([{"params": [self.params[k]], "lr": self.rules[k][0],
+                                            "weight_decay": self.rules[k][1]} for k in self.trainable])
+
+    def loss_terms(self, batch):
+        """Forward on ``batch`` (RGB/NI/TI images, pid, camid) -> (per-head (ID, triplet) terms, GAM, LAM)."""
+        m = self.cfg.MODEL
+        pairs, gam, lam = training_outputs(self.params, self.params, batch, batch["camid"], m.DIRECT, m.TOPK,
+                                           self.grid, self.heads, sim_heads=m.SIM_HEADS, use_sim=m.USE_SIM,
+                                           use_gam=m.USE_GAM, use_lam=m.USE_LAM)
+        return loss_terms(pairs, gam, lam, batch["pid"], m.ID_LOSS_WEIGHT, m.TRIPLET_LOSS_WEIGHT, m.GAM_WEIGHT,
+                          m.LAM_WEIGHT)
+
+    @staticmethod
+    def total(heads, gam, lam):
+        return sum(a + b for a, b in heads) + sum(t for t in (gam, lam) if t is not None)
+
+    def step(self, batch):
+        """One iteration of the official loop; returns the loss."""
+        self.optimizer.zero_grad()
+        loss = self.total(*self.loss_terms(batch))
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def eval_features(self, images, cams):
+        m = self.cfg.MODEL
+        with torch.no_grad():
+            return eval_features(self.params, images, cams, m.TOPK, self.heads, m.SIM_HEADS, m.USE_SIM)
+
+
+# ----------------------------------------------------------------------------------------------------
+# k-reciprocal re-ranking (utils/reranking.py)
+# ----------------------------------------------------------------------------------------------------
+def re_ranking(probFea, galFea, k1, k2, lambda_value, dtype=np.float16):
+    """The re-ranking function of the official code base (Zhong et al., CVPR 2017, in the TransReID
+    form): squared distances with addmm, normalised by each column's maximum; per-sample k-reciprocal sets
+    with their expansion; the weight matrix V, its query expansion and the Jaccard distances stored in
+    float16 (``dtype``; float64 gives the exact algorithm); an inverted index of V's columns; a per-query
+    loop. Query x gallery distances."""
+    query_num = probFea.shape[0]
+    all_num = query_num + galFea.shape[0]
+    feat = torch.cat([torch.as_tensor(probFea), torch.as_tensor(galFea)])
+    sq = torch.pow(feat, 2).sum(dim=1, keepdim=True).expand(all_num, all_num)
+    distmat = (sq + sq.t()).addmm_(feat, feat.t(), beta=1, alpha=-2)
+    original_dist = distmat.cpu().numpy()
+    original_dist = np.transpose(original_dist / np.max(original_dist, axis=0))
+    V = np.zeros_like(original_dist).astype(dtype)
+    initial_rank = np.argsort(original_dist).astype(np.int32)
+    half = int(np.around(k1 / 2)) + 1
+    for i in range(all_num):
+        fwd = initial_rank[i, :k1 + 1]
+        bwd = initial_rank[fwd, :k1 + 1]
+        k_rec = fwd[np.where(bwd == i)[0]]
+        expansion = k_rec
+        for cand in k_rec:
+            c_fwd = initial_rank[cand, :half]
+            c_bwd = initial_rank[c_fwd, :half]
+            c_rec = c_fwd[np.where(c_bwd == cand)[0]]
+            if len(np.intersect1d(c_rec, k_rec)) > 2 / 3 * len(c_rec):
+                expansion = np.append(expansion, c_rec)
+        expansion = np.unique(expansion)
+        weight = np.exp(-original_dist[i, expansion])
+        V[i, expansion] = weight / np.sum(weight)
+    original_dist = original_dist[:query_num]
+    if k2 != 1:
+        V_qe = np.zeros_like(V, dtype=dtype)
+        for i in range(all_num):
+            V_qe[i] = np.mean(V[initial_rank[i, :k2]], axis=0)
+        V = V_qe
+    inv_index = [np.where(V[:, i] != 0)[0] for i in range(all_num)]
+    jaccard = np.zeros_like(original_dist, dtype=dtype)
+    for i in range(query_num):
+        temp_min = np.zeros((1, all_num), dtype=dtype)
+        nonzero = np.where(V[i] != 0)[0]
+        for j in nonzero:
+            rows = inv_index[j]
+            temp_min[0, rows] = temp_min[0, rows] + np.minimum(V[i, j], V[rows, j])
+        jaccard[i] = 1 - temp_min / (2 - temp_min)
+    final = jaccard * (1 - lambda_value) + original_dist * lambda_value
+    return final[:, query_num:]

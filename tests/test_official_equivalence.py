@@ -24,9 +24,6 @@ def test_eval_features_equal_the_official_forward(tiny_cfg, tmp_path, k):
     with torch.no_grad():
         ours = model(x, cam_label=cams)
         sd = {kk: v.float() if v.is_floating_point() else v for kk, v in state.items()}
-        outs = [official.encoder(sd, x[m], cams, HEADS) for m in ("RGB", "NI", "TI")]
-        patches, globals_ = [o[0] for o in outs], [o[1] for o in outs]
-        ref = torch.cat([torch.cat(globals_, 1), official.sim(sd, patches, globals_, k, heads=8)], 1)
-        ref = F.normalize(ref, dim=1)
+        ref = F.normalize(official.eval_features(sd, x, cams, k, HEADS, sim_heads=8), dim=1)
     assert ours.shape == ref.shape == (3, 6 * OUT)
     assert torch.allclose(ours, ref, atol=1e-5), (ours - ref).abs().max()

@@ -110,22 +110,14 @@ def test_training_steps_equal_the_official_steps(name):
     model = build_model(cfg, 4, 3).train()
     loss_fn = build_loss(cfg)
     m = cfg.MODEL
-    state = {k: v.clone() for k, v in official.official_state_dict(model, half=False).items()}
     # The official optimizer: one group per trainable tensor with the official rule (SIM's W_q / W_k / W_v
     # are trainable there but never receive a gradient, so Adam skips them).
+    ref = official.OfficialTraining(model, cfg, HEADS)
+    params, trainable, ref_opt, rules = ref.params, ref.trainable, ref.optimizer, ref.rules
     names = {official.official_name(n): n for n, p in model.named_parameters() if p.requires_grad}
-    frozen = {"bottleneck.bias", "bottleneck_var.bias", "bottleneck_r.bias", "bottleneck_n.bias", "bottleneck_t.bias"}
-    params = {k: v.requires_grad_(k not in frozen and not k.endswith(("running_mean", "running_var",
-                                                                          "num_batches_tracked")))
-              for k, v in state.items()}
-    trainable = [k for k, v in params.items() if v.requires_grad]
     assert set(names) <= set(trainable)
-    rules = {k: official.param_lr_wd(k, cfg.SOLVER.BASE_LR, m.TRANSFORMER_TYPE, cfg.DATASETS.NAMES) for k in trainable}
-    ref_opt = torch.optim.Adam([{"params": [params[k]], "lr": rules[k][0], "weight_decay": rules[k][1]}
-                                for k in trainable], foreach=False)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
-    grid = model.backbone.grid
     epoch = 1
     scheduler.step(epoch)
     for g, k in zip(ref_opt.param_groups, trainable):
@@ -135,17 +127,14 @@ def test_training_steps_equal_the_official_steps(name):
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
         losses = train_step(model, batch, loss_fn, optimizer, torch.device("cpu"), cfg.SOLVER.AMP)
 
-        pairs, gam, lam = official.training_outputs(params, params, batch, batch["camid"], m.DIRECT, m.TOPK, grid,
-                                                    HEADS, sim_heads=m.SIM_HEADS)
-        heads, gam, lam = official.loss_terms(pairs, gam, lam, batch["pid"], m.ID_LOSS_WEIGHT,
-                                              m.TRIPLET_LOSS_WEIGHT, m.GAM_WEIGHT, m.LAM_WEIGHT)
+        heads, gam, lam = ref.loss_terms(batch)
         head_names = ["global", "sim"] if m.DIRECT else ["RGB", "NI", "TI", "sim"]
         for h, (id_term, tri_term) in zip(head_names, heads):
             assert torch.allclose(losses[f"id_{h}"], id_term, rtol=1e-5, atol=1e-6), (h, losses[f"id_{h}"], id_term)
             assert torch.allclose(losses[f"tri_{h}"], tri_term, rtol=1e-5, atol=1e-6), (h, losses[f"tri_{h}"], tri_term)
         assert torch.allclose(losses["gam"], gam, rtol=1e-5, atol=1e-6)
         assert torch.allclose(losses["lam"], lam, rtol=1e-5, atol=1e-7)
-        total = sum(a + b for a, b in heads) + gam + lam
+        total = ref.total(heads, gam, lam)
         assert torch.allclose(sum(losses.values()), total, rtol=1e-5)
 
         ref_opt.zero_grad()
