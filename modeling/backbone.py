@@ -17,21 +17,21 @@ from timm.models.vision_transformer import VisionTransformer
 
 
 class _QuickGELUFunction(torch.autograd.Function):
-    """x * sigmoid(1.702 x) with a hand-written backward: fewer passes over the large MLP activations
-    than autograd's graph of three elementwise ops (same values)."""
+    """x * sigmoid(1.702 x) with a hand-written backward (same values as autograd's graph). Only the input
+    is kept for the backward, which recomputes the sigmoid: one MLP-sized activation per block less in
+    memory than autograd's graph of three elementwise ops, which keeps both x and the sigmoid."""
 
     @staticmethod
     def forward(ctx, x):
-        s = torch.sigmoid(x * 1.702)
-        ctx.save_for_backward(x, s)
-        return x * s
+        ctx.save_for_backward(x)
+        return x.mul(1.702).sigmoid_().mul_(x)
 
     @staticmethod
     def backward(ctx, grad):
-        x, s = ctx.saved_tensors
+        (x,) = ctx.saved_tensors
+        s = x.mul(1.702).sigmoid_()
         # d/dx [x s(1.702 x)] = s (1 + 1.702 x (1 - s))
-        d = torch.addcmul(torch.ones((), dtype=s.dtype, device=s.device), x, 1 - s, value=1.702)
-        return d.mul_(s).mul_(grad)
+        return torch.rsub(s, 1).mul_(x).mul_(1.702).add_(1).mul_(s).mul_(grad)
 
 
 class QuickGELU(nn.Module):

@@ -132,6 +132,31 @@ def test_benchmarks_run(tiny_setup):
     assert "re_ranking_seconds_best" in text
 
 
+def test_benchmark_side_by_side_with_the_official_code(tiny_setup):
+    """--official: both sides start from the same weights and batch (the tool stops if their first losses
+    differ), every figure is printed for both, and the evaluations are identical."""
+    d, cfg, _ = tiny_setup
+    text = run([os.path.join(TOOLS, "benchmark.py"), "--config_file", cfg, "--batch", "8", "--steps", "1",
+                "--warmup", "0", "--official", "--eval-size", "60", "240", "--eval-repeat", "1",
+                "INPUT.SIZE_TRAIN", "[128,64]", "INPUT.SIZE_TEST", "[128,64]"], d)
+    records = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    sides = {(r["side"], r["keep_freed_memory"]) for r in records if r["figure"] == "train_step_seconds"}
+    assert sides == {("official", False), ("ours", True), ("ours", False)}
+    losses = {r["value"] for r in records if r["figure"] == "first_step_loss"}
+    assert max(losses) - min(losses) < 1e-4 * max(losses)
+    ev = next(r for r in records if r["figure"] == "evaluation_seconds")
+    assert ev["identical_results"] and ev["official"] > 0
+    rr = next(r for r in records if r["figure"] == "re_ranking_seconds")
+    assert rr["max_abs_difference"] < 5e-3
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    assert len(table) == 7 and all(line.endswith("x |") for line in table[1:])
+    # the official LAM needs a sampling grid of at least 2 x 2: a clear error, not a traceback
+    r = subprocess.run([sys.executable, os.path.join(TOOLS, "benchmark.py"), "--config_file", cfg, "--batch", "4",
+                        "--steps", "1", "--warmup", "0", "--official"], cwd=str(d), capture_output=True, text=True,
+                       timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert r.returncode != 0 and "sampling grid of at least 2 x 2" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_lr_schedule_prints_every_epoch_of_every_group(tmp_path):
     out = run([os.path.join(TOOLS, "lr_schedule.py"), "--config_file",
                os.path.join(ROOT, "configs", "MSVR310", "Signal.yml"), "--csv", str(tmp_path / "lr.csv")], tmp_path)

@@ -7,11 +7,23 @@ inference sample (torch.utils.flop_counter), achieved FLOP/s and its ratio to th
 rate measured in the same run (fp32 on CPU; on CUDA the SOLVER.AMP dtype), peak memory (RSS on CPU, max allocated on
 CUDA), data loading samples/s per worker on the synthetic benchmark, and evaluation time for the test
 loader size of the config's benchmark (features + distances + metrics on random features).
+
+    python tools/benchmark.py --config_file configs/RGBNT201/Signal.yml --batch 8 --official
+
+With --official (CPU), every figure is measured side by side against the official code as transcribed in
+tests/official.py, each side as it runs (the official model called once per modality, its optimizer with one
+Adam group per tensor; ours with and without SOLVER.CPU_KEEP_FREED_MEMORY), from the same weights and batch,
+each training side in a fresh process so that its peak memory is its own: training step (median),
+inference, peak RSS, evaluation at RGBNT100 size (1,715 x 8,575, 3,072-d) and k-reciprocal re-ranking at the
+same size (512-d). Both sides' first-step losses must agree and the evaluations must be identical. Ends with
+a Markdown table.
 """
 import argparse
 import json
 import os
+import platform
 import resource
+import subprocess
 import sys
 import time
 
@@ -161,6 +173,146 @@ def bench_eval(cfg, device):
          num_gallery=nq if same else ng, note="distances + CMC/mAP/mINP on precomputed features")
 
 
+# ----------------------------------------------------------------------------------------------------
+# Side by side with the official code (tests/official.py)
+# ----------------------------------------------------------------------------------------------------
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OFFICIAL_BACKBONES = ("ViT-B-16", "vit_custom")
+
+
+def pk_batch(cfg, b, num_classes, num_cameras):
+    """A training batch of P identities x K instances (K = NUM_INSTANCE, at most b / 2), fixed seed."""
+    h, w = cfg.INPUT.SIZE_TRAIN
+    g = torch.Generator().manual_seed(0)
+    k = max(2, min(cfg.DATALOADER.NUM_INSTANCE, b // 2))
+    batch = {m: torch.randn(b, 3, h, w, generator=g) for m in MODALITIES}
+    batch["pid"] = (torch.arange(b) // k) % num_classes
+    batch["camid"] = torch.randint(0, num_cameras, (b,), generator=g)
+    return batch
+
+
+def run_side(cfg, args):
+    """One side of the comparison in this process: training steps, inference, peak RSS (JSON lines)."""
+    from tests.official import OfficialTraining
+    num_classes, num_cameras = 171, 4
+    torch.manual_seed(0)
+    model = build_model(cfg, num_classes, num_cameras, pretrained=False).train()
+    batch = pk_batch(cfg, args.batch, num_classes, num_cameras)
+    images, cams = {m: batch[m] for m in MODALITIES}, batch["camid"]
+    if args.run_side == "official":
+        ref = OfficialTraining(model, cfg, model.backbone.vit.blocks[0].attn.num_heads)
+        del model
+        step = lambda: ref.step(batch)  # noqa: E731
+        infer = lambda: ref.eval_features(images, cams)  # noqa: E731
+    else:
+        opt, loss_fn = build_optimizer(cfg, model), build_loss(cfg)
+        step = lambda: sum(engine_train_step(model, batch, loss_fn, opt, torch.device("cpu")).values()).detach()  # noqa
+
+        def infer():
+            model.eval()
+            with torch.no_grad():
+                out = model(images, cam_label=cams)
+            model.train()
+            return out
+    try:
+        first = float(step())
+    except ZeroDivisionError:
+        raise SystemExit("the official LAM divides by (sampling grid size - 1): it needs a sampling grid of at least "
+                         "2 x 2; use a larger INPUT.SIZE_TRAIN / INPUT.SIZE_TEST") from None
+    for _ in range(args.warmup):
+        step()
+    times = []
+    for _ in range(args.steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    infer()
+    t = time.perf_counter()
+    for _ in range(args.steps):
+        infer()
+    infer_s = (time.perf_counter() - t) / args.steps
+    side = {"side": args.run_side, "keep_freed_memory": bool(cfg.SOLVER.CPU_KEEP_FREED_MEMORY)}
+    emit("first_step_loss", first, "", **side)
+    emit("train_step_seconds", round(float(np.median(times)), 4), "s", all=[round(x, 3) for x in times], **side)
+    emit("inference_samples_per_s", round(args.batch / infer_s, 3), "samples/s", **side)
+    emit("peak_memory", round(peak_memory(torch.device("cpu")), 1), "MiB (max RSS)", **side)
+
+
+def side_figures(args, side, keep_freed):
+    """Run one side in a fresh process -> {figure: record}."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--config_file", args.config_file, "--batch", str(args.batch),
+           "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", "cpu", "--run-side", side,
+           *args.opts, "SOLVER.CPU_KEEP_FREED_MEMORY", "yes" if keep_freed else "no"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if r.returncode != 0:
+        raise SystemExit(f"the {side} side failed:\n{r.stderr.strip()[-2000:]}")
+    records = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    for rec in records:
+        print(json.dumps(rec), flush=True)
+    return {rec["figure"]: rec for rec in records}
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def side_by_side(cfg, args, rate):
+    """Every figure, official and ours, then the table."""
+    if cfg.MODEL.TRANSFORMER_TYPE not in OFFICIAL_BACKBONES:
+        raise SystemExit(f"--official: the official code has the CLIP backbone only; MODEL.TRANSFORMER_TYPE is "
+                         f"{cfg.MODEL.TRANSFORMER_TYPE!r}, expected one of {', '.join(OFFICIAL_BACKBONES)}")
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import benchmark_eval
+    import benchmark_reranking
+    off = side_figures(args, "official", False)
+    ours = side_figures(args, "ours", cfg.SOLVER.CPU_KEEP_FREED_MEMORY)
+    other = side_figures(args, "ours", not cfg.SOLVER.CPU_KEEP_FREED_MEMORY)
+    with_keep, without_keep = (ours, other) if cfg.SOLVER.CPU_KEEP_FREED_MEMORY else (other, ours)
+    loss_off, loss_ours = off["first_step_loss"]["value"], ours["first_step_loss"]["value"]
+    if abs(loss_off - loss_ours) > 1e-4 * max(1.0, abs(loss_off)):
+        raise SystemExit(f"first-step losses differ: official {loss_off}, ours {loss_ours}")
+    nq, ng = args.eval_size
+    feats = benchmark_eval.features(nq, ng, 3072, 50, 8)
+    ev = benchmark_eval.compare(*feats, repeat=args.eval_repeat)
+    emit("evaluation_seconds", round(ev["ours"], 3), "s", official=round(ev["official"], 3),
+         identical_results=ev["identical"], num_query=nq, num_gallery=ng)
+    q, gal = benchmark_reranking.clustered(nq, ng, 512, 50)
+    rr = benchmark_reranking.compare(q, gal, 20, 6, 0.3, torch.device("cpu"), args.eval_repeat, 1)
+    emit("re_ranking_seconds", round(rr["ours"], 3), "s", official=round(rr["official"], 3),
+         max_abs_difference=rr["max_abs_difference"], num_query=nq, num_gallery=ng)
+    b = args.batch
+    t_off = off["train_step_seconds"]["value"]
+    rows = [
+        (f"training step, batch {b}, fp32 (median of {args.steps})", f"{t_off:.2f} s",
+         f"{with_keep['train_step_seconds']['value']:.2f} s", t_off / with_keep["train_step_seconds"]["value"]),
+        ("same, ours without SOLVER.CPU_KEEP_FREED_MEMORY", f"{t_off:.2f} s",
+         f"{without_keep['train_step_seconds']['value']:.2f} s", t_off / without_keep["train_step_seconds"]["value"]),
+        (f"inference, batch {b}", f"{off['inference_samples_per_s']['value']:.2f} samples/s",
+         f"{ours['inference_samples_per_s']['value']:.2f} samples/s",
+         ours["inference_samples_per_s"]["value"] / off["inference_samples_per_s"]["value"]),
+        (f"evaluation, distances + CMC/mAP/mINP, {nq} x {ng}", f"{ev['official']:.2f} s", f"{ev['ours']:.2f} s",
+         ev["official"] / ev["ours"]),
+        (f"k-reciprocal re-ranking, {nq} x {ng}", f"{rr['official']:.2f} s", f"{rr['ours']:.2f} s",
+         rr["official"] / rr["ours"]),
+        ("peak memory (max RSS), training + inference", f"{off['peak_memory']['value'] / 1024:.2f} GiB",
+         f"{ours['peak_memory']['value'] / 1024:.2f} GiB", off["peak_memory"]["value"] / ours["peak_memory"]["value"]),
+    ]
+    print(f"\n{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}; fp32 matmul "
+          f"{rate / 1e9:.1f} GFLOP/s; ours with SOLVER.CPU_KEEP_FREED_MEMORY "
+          f"{'yes' if cfg.SOLVER.CPU_KEEP_FREED_MEMORY else 'no'} unless stated; first-step loss official "
+          f"{loss_off:.6f}, ours {loss_ours:.6f}\n")
+    print("| figure | official | ours | official / ours |\n|---|---|---|---|")
+    for name, o, u, ratio in rows:
+        print(f"| {name} | {o} | {u} | {ratio:.2f}x |")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config_file", default="configs/RGBNT201/Signal.yml")
@@ -171,12 +323,22 @@ def main():
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--data-root", default="./datasets")
     p.add_argument("--skip", default="", help="comma list of parts to skip: model,data,eval")
+    p.add_argument("--official", action="store_true",
+                   help="every figure side by side with the official code (tests/official.py), CPU")
+    p.add_argument("--eval-size", type=int, nargs=2, default=[1715, 8575], metavar=("QUERY", "GALLERY"),
+                   help="--official: evaluation and re-ranking size (default RGBNT100's)")
+    p.add_argument("--eval-repeat", type=int, default=3, help="--official: evaluation runs (best of)")
+    p.add_argument("--run-side", choices=["official", "ours"], help=argparse.SUPPRESS)
     p.add_argument("opts", nargs="*")
     args = p.parse_intermixed_args()
     cfg = load_config(args.config_file, args.opts + ["MODEL.PRETRAIN_PATH", ""])
     device = torch.device(args.device)
+    if args.official and device.type != "cpu":
+        raise SystemExit("--official compares on the CPU (the official transcription runs there); add --device cpu")
     if device.type == "cpu" and cfg.SOLVER.CPU_KEEP_FREED_MEMORY:
         keep_freed_memory()
+    if args.run_side:
+        return run_side(cfg, args)
     skip = set(filter(None, args.skip.split(",")))
     amp_dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16}
     dtype = amp_dtypes.get(cfg.SOLVER.AMP, torch.float32) if device.type == "cuda" else torch.float32
@@ -184,6 +346,8 @@ def main():
     emit("matmul_rate", round(rate / 1e9, 2), "GFLOP/s", dtype=str(dtype), device=str(device),
          threads=torch.get_num_threads(),
          device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
+    if args.official:
+        return side_by_side(cfg, args, rate)
     if "model" not in skip:
         train_rate, infer_rate = bench_model(cfg, args, device)
         emit("train_flops_utilisation", round(train_rate / rate, 3), "fraction of matmul rate")
