@@ -64,19 +64,22 @@ def _block_metrics(d, q_pids, g_pids, q_keys, g_keys):
     if not width:
         return ranks[:, 0], np.zeros(b), np.zeros(b), valid
     finite = bool(torch.isfinite(d.sum()))
-    vals = d[torch.from_numpy(hit_rows), torch.from_numpy(hit_cols)].numpy().astype(np.float64)
-    order = np.lexsort((vals, hit_rows))                           # true matches by query, then distance
-    pos_rows, pos_vals = hit_rows[order], vals[order]
     start = np.cumsum(num_rel) - num_rel
+    # true matches by query (hit_rows is sorted), then distance: each query's row of a padded matrix, sorted
+    within = torch.from_numpy(np.arange(len(hit_rows)) - start[hit_rows])
+    padded = torch.full((b, width), float("inf"), dtype=d.dtype)
+    padded[torch.from_numpy(hit_rows), within] = d[torch.from_numpy(hit_rows), torch.from_numpy(hit_cols)]
+    pos_rows = hit_rows
+    pos_vals = padded.sort(1).values[torch.from_numpy(hit_rows), within].numpy().astype(np.float64)
     farthest = np.full(b, -np.inf)
     farthest[valid] = pos_vals[start[valid] + num_rel[valid] - 1]
     same_r, same_c = torch.from_numpy(rows), torch.from_numpy(cols)
     saved = d[same_r, same_c].clone()
     d[same_r, same_c] = float("inf")                              # count other identities only
     if finite:
-        sel = d <= torch.from_numpy(farthest).to(d.dtype)[:, None]
-        sel_rows = torch.nonzero(sel)[:, 0].numpy()
-        sel_vals = d[sel].numpy().astype(np.float64)
+        flat = torch.nonzero((d <= torch.from_numpy(farthest).to(d.dtype)[:, None]).reshape(-1))[:, 0]
+        sel_rows = (flat // ng).numpy()
+        sel_vals = d.reshape(-1)[flat].numpy().astype(np.float64)
         # one sorted key per true match and per candidate: query index * span + distance (exact in float64)
         both = np.concatenate([pos_vals, sel_vals])
         span = float(both.max()) - float(both.min()) + 1.0
