@@ -215,7 +215,8 @@ def run_side(cfg, args):
             model.train()
             return out
     try:
-        first = float(step())
+        with FlopCounterMode(display=False) as fc:
+            first = float(step())
     except ZeroDivisionError:
         raise SystemExit("the official LAM divides by (sampling grid size - 1): it needs a sampling grid of at least "
                          "2 x 2; use a larger INPUT.SIZE_TRAIN / INPUT.SIZE_TEST") from None
@@ -233,6 +234,7 @@ def run_side(cfg, args):
     infer_s = (time.perf_counter() - t) / args.steps
     side = {"side": args.run_side, "keep_freed_memory": bool(cfg.SOLVER.CPU_KEEP_FREED_MEMORY)}
     emit("first_step_loss", first, "", **side)
+    emit("train_flops_per_step", fc.get_total_flops(), "FLOP", **side)
     emit("train_step_seconds", round(float(np.median(times)), 4), "s", all=[round(x, 3) for x in times], **side)
     emit("inference_samples_per_s", round(args.batch / infer_s, 3), "samples/s", **side)
     emit("peak_memory", round(peak_memory(torch.device("cpu")), 1), "MiB (max RSS)", **side)
@@ -311,6 +313,12 @@ def side_by_side(cfg, args, rate):
     print("| figure | official | ours | official / ours |\n|---|---|---|---|")
     for name, o, u, ratio in rows:
         print(f"| {name} | {o} | {u} | {ratio:.2f}x |")
+    flops = ours["train_flops_per_step"]["value"]
+    floor = flops / rate
+    print(f"\nThe training step is {flops / 1e12:.3f} TFLOP on both sides (official "
+          f"{off['train_flops_per_step']['value'] / 1e12:.3f}); at the measured fp32 matmul rate that takes at least "
+          f"{floor:.2f} s, so no fp32 implementation of the same computation can be more than {t_off / floor:.2f}x "
+          f"faster than the official step on this machine.")
 
 
 def main():
