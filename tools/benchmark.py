@@ -85,6 +85,20 @@ def batch_for(cfg, b, device, num_classes):
     return images, target.to(device), torch.zeros(b, dtype=torch.long, device=device)
 
 
+def step_times(fn, warmup, steps, device):
+    """``warmup`` untimed calls of ``fn``, then the seconds of each of ``steps`` timed calls."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return times
+
+
 def bench_model(cfg, args, device):
     num_classes = 171
     model = build_model(cfg, num_classes, 4, pretrained=False).to(device)
@@ -104,16 +118,7 @@ def bench_model(cfg, args, device):
     with FlopCounterMode(display=False) as fc:
         step()
     train_flops = fc.get_total_flops()
-    for _ in range(args.warmup):
-        step()
-    sync(device)
-    times = []
-    for _ in range(args.steps):
-        t = time.perf_counter()
-        step()
-        sync(device)
-        times.append(time.perf_counter() - t)
-    step = float(np.median(times))
+    step = float(np.median(step_times(step, args.warmup, args.steps, device)))
     base = {"config": args.config_file, "batch": args.batch, "device": str(device)}
     emit("train_step_seconds", round(step, 4), "s", **base)
     emit("train_samples_per_s", round(args.batch / step, 2), "samples/s", **base)
@@ -220,24 +225,15 @@ def run_side(cfg, args):
     except ZeroDivisionError:
         raise SystemExit("the official LAM divides by (sampling grid size - 1): it needs a sampling grid of at least "
                          "2 x 2; use a larger INPUT.SIZE_TRAIN / INPUT.SIZE_TEST") from None
-    for _ in range(args.warmup):
-        step()
-    times = []
-    for _ in range(args.steps):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    infer()
-    t = time.perf_counter()
-    for _ in range(args.steps):
-        infer()
-    infer_s = (time.perf_counter() - t) / args.steps
+    cpu = torch.device("cpu")
+    times = step_times(step, args.warmup, args.steps, cpu)
+    infer_s = float(np.mean(step_times(infer, 1, args.steps, cpu)))
     side = {"side": args.run_side, "keep_freed_memory": bool(cfg.SOLVER.CPU_KEEP_FREED_MEMORY)}
     emit("first_step_loss", first, "", **side)
     emit("train_flops_per_step", fc.get_total_flops(), "FLOP", **side)
     emit("train_step_seconds", round(float(np.median(times)), 4), "s", all=[round(x, 3) for x in times], **side)
     emit("inference_samples_per_s", round(args.batch / infer_s, 3), "samples/s", **side)
-    emit("peak_memory", round(peak_memory(torch.device("cpu")), 1), "MiB (max RSS)", **side)
+    emit("peak_memory", round(peak_memory(cpu), 1), "MiB (max RSS)", **side)
 
 
 def side_figures(args, side, keep_freed):

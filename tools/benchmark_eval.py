@@ -12,7 +12,6 @@ import json
 import os
 import resource
 import sys
-import time
 
 import numpy as np
 import torch
@@ -21,6 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from engine.setup import run_cli  # noqa: E402
 from utils.metrics import evaluate_all  # noqa: E402
+from benchmark_reranking import timed  # noqa: E402
 
 
 def features(nq, ng, dim, ids, cams, noise=3.6, seed=0):
@@ -35,11 +35,8 @@ def features(nq, ng, dim, ids, cams, noise=3.6, seed=0):
 
 
 def best_of(fn, repeat):
-    times, out = [], None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
+    """(fastest of ``repeat`` runs of ``fn`` in seconds, its result)."""
+    times, out = timed(fn, repeat, torch.device("cpu"))
     return min(times), out
 
 
