@@ -10,6 +10,7 @@ from data import build_test_dataloader
 from engine import evaluate_missing, evaluate_model, format_metrics, missing_table
 from engine.setup import SetupError, default_setup, parse_args, run_cli
 from modeling import load_eval_model
+from utils import comm
 from utils.checkpoint import OutputError, atomic_write, atomic_write_json
 
 
@@ -52,7 +53,7 @@ def main():
         raise SetupError("test.py needs TEST.WEIGHT path/to/model.pth")
     if not os.path.isfile(cfg.TEST.WEIGHT):
         raise FileNotFoundError(f"TEST.WEIGHT: no checkpoint at {cfg.TEST.WEIGHT}")
-    feats_out = features_path(args.save_features) if args.save_features else ""
+    feats_out = features_path(args.save_features) if args.save_features and comm.is_main_process() else ""
     test_loader, num_query, dataset = build_test_dataloader(cfg)
     # The model is sized from the checkpoint, not from the data: evaluation needs no training split, and a
     # model trained on one benchmark can be evaluated on another.
@@ -71,6 +72,8 @@ def main():
     else:
         metrics, ev = evaluate_model(cfg, model, test_loader, num_query, device)
         logger.info("%s | %s", ", ".join(f"{k}={v}" for k, v in setting.items()), format_metrics(metrics))
+    if not comm.is_main_process():  # under torchrun every rank holds the same metrics: rank 0 writes them
+        return
     out = os.path.join(cfg.OUTPUT_DIR, result_name(cfg) + ".json")
     atomic_write_json({**setting, **metrics, "config": yaml.safe_load(cfg.dump())}, out)
     logger.info("Wrote %s", out)

@@ -5,7 +5,7 @@ import os
 import torch
 
 from data import build_dataloaders
-from engine import do_train, evaluate_model, format_metrics, make_grad_scaler, resume_from, unwrap
+from engine import amp_mode, do_train, evaluate_model, format_metrics, make_grad_scaler, resume_from, unwrap
 from engine.rundir import read_metrics
 from engine.setup import default_setup, parse_args, run_cli
 from layers import build_loss
@@ -41,7 +41,7 @@ def train(cfg, logger, device, run):
         model.compile()
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
-    scaler = make_grad_scaler(device, cfg.SOLVER.AMP)
+    scaler = make_grad_scaler(device, amp_mode(cfg, device))
     loss_fn = build_loss(cfg)
     start_epoch, best, records, pending, summary = 1, None, [], False, {}
     summary_path = os.path.join(cfg.OUTPUT_DIR, "summary.json")

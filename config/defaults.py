@@ -199,9 +199,20 @@ _C.SOLVER.LR_NOISE_SEED = 42
 _C.SOLVER.STEPS = [40, 70]
 _C.SOLVER.GAMMA = 0.1
 # Mixed precision on CUDA, fp32 master weights in every case: 'fp16' (the official recipe: float16
-# autocast with a GradScaler), 'bf16' (bfloat16 autocast, no scaler) or 'none' (fp32). The CPU always
-# runs in fp32.
+# autocast with a GradScaler), 'bf16' (bfloat16 autocast, no scaler; needs a GPU of compute capability
+# >= 8.0) or 'none' (fp32). The CPU runs in fp32 unless AMP_ON_CPU.
 _C.SOLVER.AMP = "fp16"
+# yes: run SOLVER.AMP on the CPU as well (CPU autocast; fp16 with a CPU GradScaler, which needs torch >= 2.3),
+# to check the mixed-precision recipe's numerics, loss scale included, without a GPU. Slow: a check, not a
+# way to train.
+_C.SOLVER.AMP_ON_CPU = False
+# Under mixed precision, compute GAM's Gram volume and the triplet loss's distances in fp32 outside autocast
+# (default): the fp16 Gram entries of aligned modalities overflow in the backward and collapse the loss
+# scale. no: the official precision (fp16 Gram entries and distance matmul, fp32 determinant).
+_C.SOLVER.AMP_FP32_LOSSES = True
+# Under torch.distributed, triplet mining and GAM's contrastive term see the embeddings of every rank (the
+# loss of the global batch, as on one GPU); no: each rank's own identities only.
+_C.SOLVER.GATHER_EMBEDDINGS = True
 _C.SOLVER.SEED = 1234
 # On CPU, keep freed memory in the process heap (glibc) instead of returning it to the kernel, so large
 # activations are not page-faulted and zero-filled again every step (utils/cpu.py).

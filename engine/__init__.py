@@ -1,6 +1,8 @@
 from .inference import (MISS_SETTINGS, apply_missing, build_evaluator, evaluate_missing, evaluate_model, extract,
                         format_metrics, missing_table)
-from .trainer import NonFiniteLossError, do_train, make_grad_scaler, resume_from, train_step, unwrap
+from .amp import amp_mode, autocast_context, make_grad_scaler
+from .trainer import NonFiniteLossError, do_train, resume_from, train_step, unwrap
 
 __all__ = ["MISS_SETTINGS", "evaluate_missing", "missing_table", "apply_missing", "build_evaluator", "evaluate_model", "extract", "format_metrics", "do_train",
-           "resume_from", "unwrap", "NonFiniteLossError", "train_step", "make_grad_scaler"]
+           "resume_from", "unwrap", "NonFiniteLossError", "train_step", "make_grad_scaler",
+           "amp_mode", "autocast_context"]

@@ -12,6 +12,8 @@ from modeling import MODALITIES
 from utils import comm
 from utils.metrics import Evaluator
 
+from .amp import amp_mode, autocast_context
+
 logger = logging.getLogger("signal.eval")
 
 _MISS = {"r": ("RGB",), "n": ("NI",), "t": ("TI",), "rn": ("RGB", "NI"), "rt": ("RGB", "TI"), "nt": ("NI", "TI")}
@@ -24,12 +26,6 @@ def apply_missing(images, miss):
     if miss not in _MISS:
         raise ValueError(f"TEST.MISS must be one of {sorted(_MISS)} or empty, got {miss!r}")
     return {m: torch.zeros_like(x) if m in _MISS[miss] else x for m, x in images.items()}
-
-
-def autocast_context(device, amp):
-    if device.type == "cuda" and amp != "none":
-        return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-    return torch.autocast(device.type, enabled=False)
 
 
 @torch.no_grad()
@@ -92,7 +88,7 @@ def evaluate_model(cfg, model, loader, num_query, device, miss=None, progress=Tr
     start = time.time()
     miss = cfg.TEST.MISS if miss is None else miss
     miss = "" if miss == "all" else miss
-    ev = extract(model, _shard(loader), device, miss, cfg.SOLVER.AMP, build_evaluator(cfg, num_query),
+    ev = extract(model, _shard(loader), device, miss, amp_mode(cfg, device), build_evaluator(cfg, num_query),
                  progress and cfg.LOG.PROGRESS_BARS)
     metrics = _gather(ev).evaluate()
     metrics["eval_seconds"] = round(time.time() - start, 2)
@@ -112,7 +108,7 @@ def evaluate_missing(cfg, model, loader, num_query, device, progress=True):
     start = time.time()
     settings = [("" if s == "none" else s) for s in MISS_SETTINGS]
     evaluators = {s: build_evaluator(cfg, num_query) for s in settings}
-    extract(model, _shard(loader), device, settings, cfg.SOLVER.AMP, evaluators,
+    extract(model, _shard(loader), device, settings, amp_mode(cfg, device), evaluators,
             progress and cfg.LOG.PROGRESS_BARS)
     results = {("none" if s == "" else s): _gather(ev).evaluate() for s, ev in evaluators.items()}
     keys = [k for k in results["none"] if k != "num_valid_queries"]

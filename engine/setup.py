@@ -68,11 +68,13 @@ def resolve_device(cfg, local_rank=0, training=False):
 
     'auto' falling back to the CPU for a full-size backbone (anything but 'vit_custom') is an error when
     ``training`` (a ViT-B/16 recipe would train for days) and a loud warning otherwise; MODEL.DEVICE cpu
-    asks for the CPU explicitly."""
+    asks for the CPU explicitly. 'cuda' is the GPU of ``local_rank`` (torchrun's LOCAL_RANK); under torchrun
+    a fixed 'cuda:N' (every rank on one GPU) is an error."""
     dev = cfg.MODEL.DEVICE
+    world = comm.launched_world_size()
     if dev == "auto":
         if torch.cuda.is_available():
-            dev = f"cuda:{local_rank}"
+            dev = "cuda"
         else:
             dev = "cpu"
             if cfg.MODEL.TRANSFORMER_TYPE != "vit_custom":
@@ -83,10 +85,40 @@ def resolve_device(cfg, local_rank=0, training=False):
                                             "Install), or pass MODEL.DEVICE cpu to train on the CPU anyway.")
                 logging.getLogger("signal").warning("%s; evaluating on the CPU (MODEL.DEVICE cpu silences "
                                                     "this warning).", msg)
-    if dev.startswith("cuda") and not torch.cuda.is_available():
-        raise DeviceError(f"MODEL.DEVICE={cfg.MODEL.DEVICE!r} but no usable CUDA GPU: "
-                          f"{_cuda_unavailable_reason()}; use 'cpu' or 'auto'")
-    return torch.device(dev)
+    if dev.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceError(f"MODEL.DEVICE={cfg.MODEL.DEVICE!r} but no usable CUDA GPU: "
+                              f"{_cuda_unavailable_reason()}; use 'cpu' or 'auto'")
+        if dev != "cuda" and world > 1:
+            raise DeviceError(f"MODEL.DEVICE={cfg.MODEL.DEVICE!r} would put all {world} torchrun processes on "
+                              f"one GPU: use MODEL.DEVICE cuda (or auto), which gives each process the GPU of "
+                              f"its LOCAL_RANK, and choose the GPUs with CUDA_VISIBLE_DEVICES")
+        if dev == "cuda":
+            dev = f"cuda:{local_rank}"
+        index = torch.device(dev).index
+        if index >= torch.cuda.device_count():
+            raise DeviceError(f"{dev} does not exist: torch sees {torch.cuda.device_count()} GPU(s)"
+                              + (f" for {world} torchrun processes (--nproc_per_node must not exceed the GPUs)"
+                                 if world > 1 else ""))
+    device = torch.device(dev)
+    check_amp(cfg, device)
+    return device
+
+
+def check_amp(cfg, device):
+    """SOLVER.AMP must run on ``device``: bf16 on CUDA needs compute capability >= 8.0 (Ampere); AMP on the
+    CPU (SOLVER.AMP_ON_CPU) needs a torch whose CPU autocast has the dtype, and a CPU GradScaler for fp16."""
+    s = cfg.SOLVER
+    if device.type == "cuda" and s.AMP == "bf16":
+        major, minor = torch.cuda.get_device_capability(device)
+        if (major, minor) < (8, 0):
+            raise DeviceError(f"SOLVER.AMP bf16: the GPU {device} ({torch.cuda.get_device_name(device)}, compute "
+                              f"capability {major}.{minor}) has no bfloat16 units (they start at 8.0, Ampere); "
+                              f"use SOLVER.AMP fp16 (the official recipe) or none")
+    if device.type == "cpu" and s.AMP_ON_CPU and s.AMP == "fp16" and torch_version() < (2, 3):
+        raise DeviceError(f"SOLVER.AMP_ON_CPU with SOLVER.AMP fp16 needs torch >= 2.3 (CPU fp16 autocast and a "
+                          f"CPU GradScaler); torch {torch.__version__} has neither: use SOLVER.AMP bf16 or a "
+                          f"newer torch")
 
 
 def default_setup(args, log_name, training=False):
@@ -96,9 +128,9 @@ def default_setup(args, log_name, training=False):
     checked and locked (``engine.rundir``; ``run`` holds the lock and, with --resume, the checkpoint) and
     the resolved config is written to OUTPUT_DIR/config.yaml; ``run`` is None otherwise."""
     check_packages()
-    local_rank = comm.init_distributed()
     cfg = load_config(args.config_file, args.opts)
-    device = resolve_device(cfg, local_rank, training)
+    device = resolve_device(cfg, comm.local_rank(), training)
+    comm.init_distributed(device)
     run = None
     if training:
         from .rundir import prepare_run_folder
@@ -160,7 +192,10 @@ def run_cli(main):
 
     from .trainer import NonFiniteLossError
     try:
-        main()
+        try:
+            main()
+        finally:
+            comm.cleanup()
     except (DatasetError, WeightsError, SetupError, CheckpointError, OutputError, NonFiniteLossError, OSError,
             KeyError, ValueError) as e:
         msg = error_message(e)

@@ -11,11 +11,14 @@ from modeling import MODALITIES
 from utils import comm
 from utils.checkpoint import atomic_save, atomic_write_jsonl, load_checkpoint, rng_state, set_rng_state
 
-from .inference import autocast_context, evaluate_model, format_metrics
+from .amp import amp_mode, autocast_context, scaled_step
+from .inference import evaluate_model, format_metrics
 
 logger = logging.getLogger("signal.train")
 
 METRIC_KEYS = ("mAP", "Rank-1", "Rank-5", "Rank-10", "mINP")
+# A GradScaler scale below this is logged as a warning at the end of the epoch.
+LOW_LOSS_SCALE = 2 ** 8
 
 
 class NonFiniteLossError(RuntimeError):
@@ -26,13 +29,16 @@ def unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
-def training_state(model, optimizer, scheduler, scaler, epoch, best, cfg, records=(), pending_eval=False):
+def training_state(model, optimizer, scheduler, scaler, epoch, best, cfg, records=(), pending_eval=False,
+                   rank_rngs=None):
     """Everything needed to continue the run after ``epoch``: weights, optimizer, scaler, RNG, the best
-    metrics, the per-epoch records (metrics.jsonl) and whether the epoch still awaits its evaluation."""
+    metrics, the per-epoch records (metrics.jsonl) and whether the epoch still awaits its evaluation.
+    ``rank_rngs``: the random states of every rank (torch.distributed; ``rng`` is rank 0's)."""
+    rngs = list(rank_rngs) if rank_rngs else [rng_state()]
     return {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-            "epoch": epoch, "best": best, "rng": rng_state(), "config": cfg.dump(), "records": list(records),
-            "pending_eval": pending_eval}
+            "epoch": epoch, "best": best, "rng": rngs[0], "rank_rngs": rngs, "config": cfg.dump(),
+            "records": list(records), "pending_eval": pending_eval}
 
 
 def resume_from(state, model, optimizer, scheduler, scaler, path="last.pth"):
@@ -53,25 +59,21 @@ def resume_from(state, model, optimizer, scheduler, scaler, path="last.pth"):
         group.update(hyper)
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
-    if state.get("rng"):
-        set_rng_state(state["rng"])
+    rngs, rank = state.get("rank_rngs") or [state.get("rng")], comm.get_rank()
+    if rank < len(rngs) and rngs[rank]:
+        set_rng_state(rngs[rank])
+    elif rank > 0:
+        logger.warning("%s holds the random state of %d process(es), not of rank %d: this rank's random stream "
+                       "starts from its seed (SOLVER.SEED + rank) instead of continuing", path, len(rngs), rank)
     logger.info("Resumed from %s (completed epoch %d)", path, state["epoch"])
     return state["epoch"] + 1, state.get("best"), list(state.get("records", [])), bool(state.get("pending_eval"))
 
 
-def make_grad_scaler(device, amp):
-    """The gradient scaler of fp16 autocast on CUDA (the official recipe), else None."""
-    if device.type != "cuda" or amp != "fp16":
-        return None
-    if hasattr(torch.amp, "GradScaler"):  # torch >= 2.3
-        return torch.amp.GradScaler("cuda")
-    return torch.cuda.amp.GradScaler()
-
-
-def train_step(model, batch, loss_fn, optimizer, device, amp="none", scaler=None):
+def train_step(model, batch, loss_fn, optimizer, device, amp="none", scaler=None, skipped=None):
     """One optimisation step on a training batch (``RGB``/``NI``/``TI`` images, ``pid``, ``camid``): forward
-    and loss terms under autocast, backward (scaled when ``scaler`` is given) and the optimizer step.
-    Returns the dict of named, weighted loss terms."""
+    and loss terms under autocast (``amp``: 'fp16', 'bf16' or 'none'), backward (scaled when ``scaler`` is
+    given; ``skipped``: a device counter of the steps the scaler skipped, see ``engine.amp.scaled_step``) and
+    the optimizer step. Returns the dict of named, weighted loss terms."""
     images = {m: batch[m].to(device, non_blocking=True) for m in MODALITIES}
     target = batch["pid"].to(device, non_blocking=True)
     cams = batch["camid"].to(device, non_blocking=True)
@@ -81,9 +83,7 @@ def train_step(model, batch, loss_fn, optimizer, device, amp="none", scaler=None
         loss = sum(losses.values())
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        scaled_step(scaler, optimizer, loss, skipped)
     else:
         loss.backward()
         optimizer.step()
@@ -119,13 +119,15 @@ def evaluates(epoch, solver):
 def do_train(cfg, model, train_loader, test_loader, num_query, optimizer, scheduler, loss_fn, device,
              scaler=None, start_epoch=1, best=None, records=None, pending_eval=False):
     """Train from ``start_epoch`` to SOLVER.MAX_EPOCHS. Writes ``last.pth``, ``best.pth`` and
-    ``metrics.jsonl`` to OUTPUT_DIR (main process only). ``scaler``: a GradScaler for fp16 on CUDA.
+    ``metrics.jsonl`` to OUTPUT_DIR (main process only). ``scaler``: the GradScaler of fp16 (its scale and the
+    steps it skipped are logged per epoch: ``loss_scale`` and ``skipped_steps`` in metrics.jsonl).
     ``records``: the per-epoch records of the epochs before ``start_epoch`` (a resumed run);
     ``pending_eval``: the epoch before ``start_epoch`` was saved but not yet evaluated.
 
     ``last.pth`` is written before each evaluation (and again after it), so a crash during an evaluation
     loses no training: the resumed run evaluates that epoch first. Returns (all per-epoch records, best)."""
     s = cfg.SOLVER
+    amp = amp_mode(cfg, device)
     out_dir = cfg.OUTPUT_DIR
     check_every_step = device.type == "cpu"
     best = best or {"mAP": -1.0}
@@ -136,9 +138,10 @@ def do_train(cfg, model, train_loader, test_loader, num_query, optimizer, schedu
     writer = make_writer(cfg, step + 1 if records else None)
 
     def save_last(epoch, pending):
+        rngs = comm.all_gather_object(rng_state())  # every rank's random state, so each resumes its own
         if main:
-            atomic_save(training_state(model, optimizer, scheduler, scaler, epoch, best, cfg, records, pending),
-                        os.path.join(out_dir, "last.pth"))
+            atomic_save(training_state(model, optimizer, scheduler, scaler, epoch, best, cfg, records, pending,
+                                       rngs), os.path.join(out_dir, "last.pth"))
             atomic_write_jsonl(records, os.path.join(out_dir, "metrics.jsonl"))
 
     def evaluate_epoch(epoch, record):
@@ -167,23 +170,40 @@ def do_train(cfg, model, train_loader, test_loader, num_query, optimizer, schedu
         sums, n_iter, t0 = {}, 0, time.time()
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{s.MAX_EPOCHS}", leave=False,
                    disable=not main or not cfg.LOG.PROGRESS_BARS)
+        skipped = torch.zeros((), dtype=torch.int64, device=device) if scaler is not None else None
+        window = []  # (step, iteration, loss terms) since the last host read of the losses
+
+        def flush():
+            """Read the buffered loss terms from the device in one copy: TensorBoard gets every iteration,
+            the log every LOG_PERIOD; a non-finite loss stops the run."""
+            if not window:
+                return
+            names = list(window[0][2])
+            table = torch.stack([torch.stack([t[k].float() for k in names]) for _, _, t in window]).tolist()
+            lr = optimizer.param_groups[0]["lr"]
+            for (it_step, it, _), row in zip(window, table):
+                values = dict(zip(names, row))
+                log_scalars(writer, "iter", {**values, "loss": sum(row), "lr": lr}, it_step)
+                if not all(math.isfinite(v) for v in row):
+                    raise NonFiniteLossError(f"non-finite loss at epoch {epoch}, iteration {it}: {values}")
+            it, values = window[-1][1], dict(zip(names, table[-1]))
+            window.clear()
+            if it % s.LOG_PERIOD == 0:
+                bar.set_postfix(loss=f"{sum(values.values()):.3f}")
+                logger.info("Epoch[%d] Iteration[%d/%d] loss %.4f (%s), lr %.2e", epoch, it, len(train_loader),
+                            sum(values.values()), ", ".join(f"{k} {v:.4f}" for k, v in values.items()), lr)
+
         for batch in bar:
-            losses = train_step(model, batch, loss_fn, optimizer, device, s.AMP, scaler)
+            losses = train_step(model, batch, loss_fn, optimizer, device, amp, scaler, skipped)
             n_iter += 1
             step += 1
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().float()
-            if check_every_step or writer is not None or n_iter % s.LOG_PERIOD == 0:
-                values = {k: float(v.detach()) for k, v in losses.items()}
-                log_scalars(writer, "iter", {**values, "loss": sum(values.values()),
-                                             "lr": optimizer.param_groups[0]["lr"]}, step)
-                if not all(math.isfinite(v) for v in values.values()):
-                    raise NonFiniteLossError(f"non-finite loss at epoch {epoch}, iteration {n_iter}: {values}")
-                if n_iter % s.LOG_PERIOD == 0:
-                    bar.set_postfix(loss=f"{sum(values.values()):.3f}")
-                    logger.info("Epoch[%d] Iteration[%d/%d] loss %.4f (%s), lr %.2e", epoch, n_iter,
-                                len(train_loader), sum(values.values()),
-                                ", ".join(f"{k} {v:.4f}" for k, v in values.items()), optimizer.param_groups[0]["lr"])
+            window.append((step, n_iter, {k: v.detach() for k, v in losses.items()}))
+            # On the CPU reading a loss costs nothing: check every step. On CUDA it waits for the GPU.
+            if check_every_step or n_iter % s.LOG_PERIOD == 0:
+                flush()
+        flush()
         if n_iter == 0:
             raise RuntimeError("the training loader produced no batch: too few identities or samples for "
                                "SOLVER.IMS_PER_BATCH / DATALOADER.NUM_INSTANCE")
@@ -197,6 +217,14 @@ def do_train(cfg, model, train_loader, test_loader, num_query, optimizer, schedu
                   "iterations": n_iter}
         logger.info("Epoch %d done: loss %.4f (%s), lr %.2e, %.1fs, %.1f samples/s", epoch, record["loss"],
                     ", ".join(f"{k} {v:.4f}" for k, v in means.items()), lr, elapsed, record["samples_per_s"])
+        if scaler is not None:
+            record.update(loss_scale=scaler.get_scale(), skipped_steps=int(skipped))
+            log = logger.warning if record["loss_scale"] < LOW_LOSS_SCALE else logger.info
+            log("Epoch %d: loss scale %g, %d of %d steps skipped (non-finite gradients)%s", epoch,
+                record["loss_scale"], record["skipped_steps"], n_iter,
+                f"; a scale below {LOW_LOSS_SCALE} lets small fp16 gradients underflow to zero (try SOLVER.AMP "
+                f"bf16 on a GPU that has it, or check the loss terms for a growing one)"
+                if record["loss_scale"] < LOW_LOSS_SCALE else "")
         records.append(record)
         log_scalars(writer, "epoch", {k: v for k, v in record.items() if k not in ("epoch", "iterations")}, step)
         pending = evaluates(epoch, s)

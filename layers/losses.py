@@ -11,15 +11,15 @@ class SignalLoss(nn.Module):
     For each head ``h`` (``outputs['heads'][h] = {'score', 'feat'}``): ``id_<h>`` = id_weight x
     label-smoothed cross-entropy of the logits after BN, ``tri_<h>`` = triplet_weight x batch-hard
     triplet loss on the features before BN. ``gam`` = gam_weight x GAM loss, ``lam`` = lam_weight x LAM
-    loss when the model returns them.
+    loss when the model returns them. ``official_precision`` and ``gather``: see ``TripletLoss``.
     """
 
     def __init__(self, id_weight=0.25, triplet_weight=1.0, label_smoothing=0.1, margin=None,
-                 gam_weight=0.2, lam_weight=0.2):
+                 gam_weight=0.2, lam_weight=0.2, official_precision=False, gather=False):
         super().__init__()
         self.id_weight, self.triplet_weight = id_weight, triplet_weight
         self.label_smoothing = label_smoothing
-        self.triplet = TripletLoss(margin)
+        self.triplet = TripletLoss(margin, official_precision, gather)
         self.gam_weight, self.lam_weight = gam_weight, lam_weight
 
     def forward(self, outputs, target):
@@ -39,4 +39,5 @@ def build_loss(cfg):
     m = cfg.MODEL
     return SignalLoss(id_weight=m.ID_LOSS_WEIGHT, triplet_weight=m.TRIPLET_LOSS_WEIGHT,
                       label_smoothing=m.LABEL_SMOOTH, margin=None if m.NO_MARGIN else cfg.SOLVER.MARGIN,
-                      gam_weight=m.GAM_WEIGHT, lam_weight=m.LAM_WEIGHT)
+                      gam_weight=m.GAM_WEIGHT, lam_weight=m.LAM_WEIGHT,
+                      official_precision=not cfg.SOLVER.AMP_FP32_LOSSES, gather=cfg.SOLVER.GATHER_EMBEDDINGS)

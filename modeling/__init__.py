@@ -35,7 +35,8 @@ def build_model(cfg, num_classes, num_cameras, pretrained=True):
         logger.warning("!" * 80)
     d = backbone.out_dim
     sim = SelectiveInteraction(d, m.TOPK, m.SIM_HEADS, m.SIM_MASK_UNSELECTED) if m.USE_SIM else None
-    gam = GlobalAlignment(m.GAM_TEMPERATURE) if m.USE_GAM else None
+    gam = GlobalAlignment(m.GAM_TEMPERATURE, official_precision=not cfg.SOLVER.AMP_FP32_LOSSES,
+                          gather=cfg.SOLVER.GATHER_EMBEDDINGS) if m.USE_GAM else None
     lam = LocalAlignment(d, backbone.grid, MODALITIES, m.LAM_KERNEL, m.LAM_STRIDE, m.LAM_OFFSET_RANGE,
                          m.LAM_OFFSET_CHANNELS) if m.USE_LAM else None
     model = Signal(backbone, num_classes, direct=bool(m.DIRECT), sim=sim, gam=gam, lam=lam,

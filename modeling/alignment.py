@@ -4,6 +4,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from layers.gram import gram_volume
+from utils import comm
 
 
 class GlobalAlignment(nn.Module):
@@ -11,17 +12,30 @@ class GlobalAlignment(nn.Module):
     triples span the smallest Gram volume in their row and column.
 
     ``loss = (CE(-V/tau, diag) + CE(-V^T/tau, diag)) / 2`` with label smoothing and a learnable tau.
+
+    Args:
+        temperature: initial tau.
+        label_smoothing: of both cross-entropies.
+        official_precision: the official code's precision under fp16 autocast (mean patch token and Gram
+            entries in fp16, determinant in fp32) instead of fp32 throughout (``layers.gram_volume``).
+        gather: under torch.distributed, contrast against the triples of every rank (the global batch).
     """
 
-    def __init__(self, temperature: float = 0.07, label_smoothing: float = 0.1):
+    def __init__(self, temperature: float = 0.07, label_smoothing: float = 0.1, official_precision: bool = False,
+                 gather: bool = False):
         super().__init__()
         self.temperature = nn.Parameter(torch.tensor(float(temperature)))
         self.label_smoothing = label_smoothing
+        self.official_precision = official_precision
+        self.gather = gather
 
     def forward(self, patches):
         """patches [B, 3, N, D] -> scalar loss."""
-        f = F.normalize(patches.float().mean(2), dim=-1)
-        volume = gram_volume(f[:, 0], f[:, 1], f[:, 2]) / self.temperature
+        f = F.normalize((patches if self.official_precision else patches.float()).mean(2), dim=-1)
+        if self.gather:
+            f = comm.gather_for_loss(f)
+        volume = gram_volume(f[:, 0], f[:, 1], f[:, 2], official_precision=self.official_precision)
+        volume = volume / self.temperature
         target = torch.arange(f.shape[0], device=f.device)
         return 0.5 * (F.cross_entropy(-volume, target, label_smoothing=self.label_smoothing)
                       + F.cross_entropy(-volume.T, target, label_smoothing=self.label_smoothing))
@@ -63,17 +77,19 @@ class DeformableSampler(nn.Module):
 
     def sampling_points(self, x):
         """(clamped sampling points, reference points), both [B, Hk, Wk, 2] in (y, x) order."""
-        offset = self.conv_offset(self.proj_q(x)).float()
-        B, _, Hk, Wk = offset.shape
-        scale = torch.tensor([1.0 / max(Hk - 1, 1), 1.0 / max(Wk - 1, 1)], device=x.device).view(1, 2, 1, 1)
-        offset = (offset.tanh() * scale * self.offset_range).permute(0, 2, 3, 1)
+        offset = self.conv_offset(self.proj_q(x)).float().tanh()
+        B, C, Hk, Wk = offset.shape
+        # Python scalars per axis, no constant tensor: nothing is copied from the host in the forward.
+        dy, dx = offset[:, 0], offset[:, C - 1]          # one channel: the same offset on both axes
+        offset = torch.stack((dy * (1.0 / max(Hk - 1, 1)) * self.offset_range,
+                              dx * (1.0 / max(Wk - 1, 1)) * self.offset_range), -1)
         ref = self.reference_points(Hk, Wk, x.device).expand(B, -1, -1, -1)
         return (ref + offset).clamp(-1.0, 1.0), ref
 
     def forward(self, x):
         """x [B, D, H, W] -> sampled [B, D, Hk, Wk]."""
         pos, _ = self.sampling_points(x)
-        return F.grid_sample(x.float(), pos[..., (1, 0)], mode="bilinear", align_corners=True).to(x.dtype)
+        return F.grid_sample(x.float(), pos.flip(-1), mode="bilinear", align_corners=True).to(x.dtype)
 
 
 class LocalAlignment(nn.Module):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from config import load_config
-from engine import train_step
+from engine import amp_mode, train_step
 from layers import build_loss
 from modeling import build_model
 from solver import build_optimizer, build_scheduler
@@ -125,7 +125,7 @@ def test_training_steps_equal_the_official_steps(name):
     for step in range(2):
         batch = make_batch(2, 4, 3, size, seed=10 + step)
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
-        losses = train_step(model, batch, loss_fn, optimizer, torch.device("cpu"), cfg.SOLVER.AMP)
+        losses = train_step(model, batch, loss_fn, optimizer, torch.device("cpu"), amp_mode(cfg, torch.device("cpu")))
 
         heads, gam, lam = ref.loss_terms(batch)
         head_names = ["global", "sim"] if m.DIRECT else ["RGB", "NI", "TI", "sim"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from config import load_config
-from engine import make_grad_scaler
+from engine import amp_mode, make_grad_scaler
 from engine.setup import DeviceError, resolve_device
 
 from .conftest import ROOT, TINY
@@ -41,8 +41,11 @@ def test_train_cli_stops_before_writing_anything(tmp_path):
     assert not out.exists()
 
 
-def test_grad_scaler_only_for_fp16_on_cuda():
-    assert make_grad_scaler(torch.device("cpu"), "fp16") is None
+def test_grad_scaler_only_for_fp16_and_amp_on_the_cpu_only_on_request(tiny_cfg):
+    cpu = torch.device("cpu")
+    assert amp_mode(tiny_cfg(), cpu) == "none" and amp_mode(tiny_cfg(), torch.device("cuda")) == "fp16"
+    assert amp_mode(tiny_cfg("SOLVER.AMP_ON_CPU", "yes", "SOLVER.AMP", "bf16"), cpu) == "bf16"
+    assert make_grad_scaler(cpu, "none") is None
     assert make_grad_scaler(torch.device("cuda"), "bf16") is None
     assert make_grad_scaler(torch.device("cuda"), "none") is None
 

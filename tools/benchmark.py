@@ -33,9 +33,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from config import load_config  # noqa: E402
-from engine import make_grad_scaler  # noqa: E402
+from engine import amp_mode, make_grad_scaler  # noqa: E402
 from engine import train_step as engine_train_step  # noqa: E402
-from engine.inference import autocast_context  # noqa: E402
+from engine.amp import autocast_context  # noqa: E402
 from layers import build_loss  # noqa: E402
 from modeling import MODALITIES, build_model  # noqa: E402
 from solver import build_optimizer  # noqa: E402
@@ -107,7 +107,7 @@ def bench_model(cfg, args, device):
     opt = build_optimizer(cfg, model)
     loss_fn = build_loss(cfg)
     images, target, cams = batch_for(cfg, args.batch, device, num_classes)
-    amp = cfg.SOLVER.AMP if device.type == "cuda" else "none"
+    amp = amp_mode(cfg, device)
     scaler = make_grad_scaler(device, amp)
     batch = {**images, "pid": target, "camid": cams}
 
@@ -345,7 +345,7 @@ def main():
         return run_side(cfg, args)
     skip = set(filter(None, args.skip.split(",")))
     amp_dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16}
-    dtype = amp_dtypes.get(cfg.SOLVER.AMP, torch.float32) if device.type == "cuda" else torch.float32
+    dtype = amp_dtypes.get(amp_mode(cfg, device), torch.float32)
     rate = matmul_rate(device, dtype)
     emit("matmul_rate", round(rate / 1e9, 2), "GFLOP/s", dtype=str(dtype), device=str(device),
          threads=torch.get_num_threads(),

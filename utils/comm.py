@@ -4,6 +4,10 @@ import os
 import torch
 import torch.distributed as dist
 
+# The backend serving CUDA tensors (a test may stand gloo in for it: gloo registered for 'cuda' alone serves
+# CUDA tensors only, as NCCL does).
+CUDA_BACKEND = "nccl"
+
 
 def is_dist():
     return dist.is_available() and dist.is_initialized()
@@ -21,17 +25,36 @@ def is_main_process():
     return get_rank() == 0
 
 
-def init_distributed():
-    """Initialise the process group when launched by torchrun (WORLD_SIZE > 1). Returns local rank."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1 or is_dist():
-        return int(os.environ.get("LOCAL_RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend=backend)
-    return local_rank
+def launched_world_size():
+    """The world size torchrun launched (WORLD_SIZE), before or without a process group."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def local_rank():
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def process_group_backend(device_type):
+    """The backend string for a run on ``device_type``: on CUDA, NCCL for CUDA tensors and gloo for CPU
+    tensors (evaluation gathers features on the CPU, which NCCL cannot serve); gloo alone on the CPU."""
+    return f"cpu:gloo,cuda:{CUDA_BACKEND}" if device_type == "cuda" else "gloo"
+
+
+def init_distributed(device):
+    """Initialise the process group when launched by torchrun (WORLD_SIZE > 1) for a run on ``device`` (a
+    torch.device; its CUDA device becomes the current one). Returns the local rank."""
+    if launched_world_size() <= 1 or is_dist():
+        return local_rank()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend=process_group_backend(device.type))
+    return local_rank()
+
+
+def cleanup():
+    """Destroy the process group (at exit), so no rank leaves NCCL / gloo resources behind."""
+    if is_dist():
+        dist.destroy_process_group()
 
 
 def synchronize():
@@ -52,6 +75,30 @@ def all_gather_tensor(t):
     out = [torch.zeros_like(padded) for _ in sizes]
     dist.all_gather(out, padded)
     return torch.cat([o[: int(s.item())] for o, s in zip(out, sizes)], 0)
+
+
+def all_gather_object(obj):
+    """The list of ``obj`` from every rank (``[obj]`` at world size 1)."""
+    if not is_dist() or get_world_size() == 1:
+        return [obj]
+    out = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def gather_for_loss(t):
+    """``t`` of every rank concatenated along dim 0 in rank order (every rank passes the same shape), for a
+    loss that every rank computes on the whole global batch. Only this rank's part carries a gradient, scaled
+    by the world size: DDP averages the gradients of the ranks, so the result is the gradient of that loss
+    on one process. No communication in the backward. ``t`` itself at world size 1."""
+    if not is_dist() or get_world_size() == 1:
+        return t
+    world = get_world_size()
+    parts = [torch.empty_like(t) for _ in range(world)]
+    dist.all_gather(parts, t.detach().contiguous())
+    if t.requires_grad:  # exactly the value of t, world x its gradient
+        parts[get_rank()] = t.detach() + (t - t.detach()) * world
+    return torch.cat(parts, 0)
 
 
 def broadcast_buffers(module, src=0):
