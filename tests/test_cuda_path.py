@@ -1,0 +1,148 @@
+"""The CUDA training path, checked without a GPU: the full-size RGBNT201 model's training forward and loss
+on fake CUDA tensors (torch's FakeTensorMode) under the real CUDA fp16 autocast policy. Every op is recorded
+with its inputs' devices and its output dtype, so a host-to-device copy, a device mismatch or a matmul at the
+wrong precision shows without a driver."""
+import contextlib
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from config import load_config
+from layers import build_loss
+from modeling import build_model
+from utils.versions import torch_version
+
+from .conftest import ROOT
+
+SIGNAL_201 = os.path.join(ROOT, "configs", "RGBNT201", "Signal.yml")
+MATMULS = ("aten.mm.", "aten.addmm.", "aten.bmm.", "aten.baddbmm.", "aten.convolution.")
+
+pytestmark = pytest.mark.skipif(torch_version() < (2, 3), reason="FakeTensorMode on device 'cuda' without a "
+                                "CUDA driver needs torch >= 2.3 (older versions initialise CUDA)")
+
+
+class OpRecorder(TorchDispatchMode):
+    """Records (region, op, input tensors as (device, dtype, dim), output dtypes) of every op dispatched."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops, self.region = [], "other"
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        ins = [(a.device.type, a.dtype, a.dim()) for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]
+        outs = [(a.device.type, a.dtype) for a in tree_flatten(out)[0] if isinstance(a, torch.Tensor)]
+        self.ops.append((self.region, str(func), ins, outs))
+        return out
+
+    def mark(self, module, name):
+        """Ops run inside ``module``'s forward are recorded under ``name``."""
+        module.register_forward_pre_hook(lambda *_: setattr(self, "region", name))
+        module.register_forward_hook(lambda *_: setattr(self, "region", "other"))
+
+    def matmuls(self, region):
+        return [(op, outs[0][1]) for r, op, _, outs in self.ops if r == region and op.startswith(MATMULS)]
+
+
+class SdpaRecorder(torch.overrides.TorchFunctionMode):
+    """The dtypes of F.scaled_dot_product_attention's inputs. Without a GPU it decomposes into the math
+    kernel, which upcasts to fp32 (flash attention on a GPU does not): ``ops``' region is 'attention' there."""
+
+    def __init__(self, ops):
+        super().__init__()
+        self.dtypes, self.ops = [], ops
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is not torch.nn.functional.scaled_dot_product_attention:
+            return func(*args, **(kwargs or {}))
+        self.dtypes.append(tuple(a.dtype for a in args[:3]))
+        region, self.ops.region = self.ops.region, "attention"
+        try:
+            return func(*args, **(kwargs or {}))
+        finally:
+            self.ops.region = region
+
+
+@contextlib.contextmanager
+def cuda_autocast_without_driver(dtype):
+    """Enable the CUDA autocast policy directly: ``torch.autocast('cuda')`` disables itself without a GPU."""
+    try:
+        torch.set_autocast_enabled("cuda", True)
+        torch.set_autocast_dtype("cuda", dtype)
+        new_api = True
+    except TypeError:  # torch < 2.4
+        torch.set_autocast_enabled(True)
+        torch.set_autocast_gpu_dtype(dtype)
+        new_api = False
+    try:
+        yield
+    finally:
+        torch.set_autocast_enabled("cuda", False) if new_api else torch.set_autocast_enabled(False)
+        torch.clear_autocast_cache()
+
+
+def to_fake_cuda(module, mode):
+    """Replace ``module``'s parameters and buffers by fake tensors of the same shape on device 'cuda'."""
+    from torch._subclasses.fake_tensor import FakeTensor
+    cuda = torch.device("cuda")
+    for m in module.modules():
+        for n, p in list(m._parameters.items()):
+            if p is not None:
+                m._parameters[n] = nn.Parameter(FakeTensor(mode, p.detach().to("meta"), cuda), p.requires_grad)
+        for n, b in list(m._buffers.items()):
+            if b is not None:
+                m._buffers[n] = FakeTensor(mode, b.to("meta"), cuda)
+
+
+def fake_cuda_training_forward(*opts, batch=8):
+    """The recorded training forward + loss of the full-size RGBNT201 model on fake CUDA tensors under fp16
+    autocast. Returns (op recorder, SDPA input dtypes, loss terms)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    cfg = load_config(SIGNAL_201, ["MODEL.DEVICE", "cuda", *opts])
+    model = build_model(cfg, 171, 15, pretrained=False).train()
+    loss_fn = build_loss(cfg)
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    to_fake_cuda(model, mode)
+    rec = OpRecorder()
+    sdpa = SdpaRecorder(rec)
+    rec.mark(model.backbone, "backbone")
+    rec.mark(model.gam, "gam")
+    rec.mark(loss_fn.triplet, "triplet")
+    # cuDNN's grid sampler has no fake kernel; the native one (same maths) stands in for it.
+    with mode, torch.backends.cudnn.flags(enabled=False):
+        images = {m: torch.randn(batch, 3, *cfg.INPUT.SIZE_TRAIN, device="cuda") for m in ("RGB", "NI", "TI")}
+        pid = torch.arange(batch // 2, device="cuda").repeat_interleave(2)
+        cams = torch.zeros(batch, dtype=torch.long, device="cuda")
+        with cuda_autocast_without_driver(torch.float16), rec, sdpa:
+            losses = loss_fn(model(images, cam_label=cams), pid)
+            sum(losses.values())
+    return rec, sdpa.dtypes, losses
+
+
+def test_full_size_training_forward_on_cuda_has_no_host_copy_and_fp32_losses():
+    rec, sdpa, losses = fake_cuda_training_forward()
+    assert set(losses) == {"id_global", "tri_global", "id_sim", "tri_sim", "gam", "lam"}
+    # No tensor of the step lives on the host: no host-to-device copy, no op mixing devices (a 0-dim CPU tensor
+    # would be a kernel argument, not a copy, and is allowed).
+    on_host = [(op, ins) for _, op, ins, outs in rec.ops
+               if any(d == "cpu" and dim > 0 for d, _, dim in ins) or any(d == "cpu" for d, _ in outs)]
+    assert not on_host, on_host[:5]
+    # The backbone's linear layers, patch embedding and attention run in fp16 ...
+    backbone = rec.matmuls("backbone")
+    assert len(backbone) >= 12 * 4 and {dt for _, dt in backbone} == {torch.float16}, backbone
+    assert len(sdpa) >= 12 and set(sdpa) == {(torch.float16,) * 3}, sdpa
+    # ... GAM's Gram entries and the triplet distances in fp32.
+    for region in ("gam", "triplet"):
+        mm = rec.matmuls(region)
+        assert mm and {dt for _, dt in mm} == {torch.float32}, (region, mm)
+
+
+def test_official_precision_switch_runs_the_loss_matmuls_in_fp16():
+    rec, _, _ = fake_cuda_training_forward("SOLVER.AMP_FP32_LOSSES", "no")
+    for region in ("gam", "triplet"):
+        mm = rec.matmuls(region)
+        assert mm and {dt for _, dt in mm} == {torch.float16}, (region, mm)
