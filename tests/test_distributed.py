@@ -4,6 +4,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from .conftest import ROOT, TINY
@@ -40,3 +41,50 @@ def test_two_process_gloo_training(synth_root, tmp_path):
     assert "Validation epoch 2" in log and (out / "last.pth").exists() and (out / "best.pth").exists()
     records = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert [r["epoch"] for r in records] == [1, 2]
+
+
+def torchrun(tmp_path, *args, timeout=300):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), os.path.join(ROOT, "tests", "dist_worker.py"), *args]
+    r = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+
+
+def test_evaluation_gathers_features_through_a_cuda_process_group(tiny_cfg, synth_root, tmp_path):
+    """As on CUDA, the group serves CUDA tensors through the NCCL slot (gloo registered for 'cuda' alone stands
+    in for NCCL, refusing CPU tensors as NCCL does) and CPU tensors through gloo: evaluation, which gathers its
+    features on the CPU, gives the single-process metrics."""
+    from data import build_test_dataloader
+    from engine import evaluate_model
+    from modeling import build_model
+    torchrun(tmp_path, "eval", str(tmp_path), *TINY, "DATASETS.ROOT_DIR", synth_root)
+    cfg = tiny_cfg()
+    loader, num_query, _ = build_test_dataloader(cfg)
+    torch.manual_seed(0)
+    single, _ = evaluate_model(cfg, build_model(cfg, 6, 3), loader, num_query, torch.device("cpu"), progress=False)
+    for rank in range(2):
+        got = json.load(open(tmp_path / f"eval_rank{rank}.json"))
+        assert "No backend type associated with device type cpu" in got["cuda_only_group"]
+        assert got["metrics"] == {k: v for k, v in single.items() if k != "eval_seconds"}
+
+
+@pytest.mark.parametrize("gather", [True, False])
+def test_ddp_step_with_gathered_embeddings_equals_the_global_batch_step(tiny_cfg, tmp_path, gather):
+    """Two ranks, each with its own identities of a P x K batch: with SOLVER.GATHER_EMBEDDINGS the loss terms
+    and gradients equal one process's on the whole batch; without, triplet mining and GAM see half of it."""
+    from .dist_worker import global_batch, training_terms
+    opts = [*TINY[:-2], "MODEL.DEVICE", "cpu", "SOLVER.GATHER_EMBEDDINGS", "yes" if gather else "no"]
+    torchrun(tmp_path, "ddp_step", str(tmp_path), *opts)
+    cfg = tiny_cfg("SOLVER.GATHER_EMBEDDINGS", "yes" if gather else "no")
+    losses, grads = training_terms(cfg, *global_batch(cfg))
+    got = json.load(open(tmp_path / "ddp_step_rank0.json"))
+    assert set(got["losses"]) == set(losses) and set(got["grads"]) == set(grads)
+    gathered = [k for k in losses if k.startswith("tri_") or k == "gam"]
+    equal = {k: abs(got["losses"][k] - losses[k].item()) <= 1e-5 * max(1.0, abs(losses[k].item())) for k in losses}
+    if not gather:  # the control: per-rank mining and contrast give other values
+        assert not all(equal[k] for k in gathered), (got["losses"], losses)
+        return
+    assert all(equal.values()), (got["losses"], {k: v.item() for k, v in losses.items()})
+    for k, g in grads.items():
+        assert torch.allclose(torch.tensor(got["grads"][k]), g.flatten(), rtol=1e-4, atol=1e-6), k

@@ -1,0 +1,95 @@
+"""Two-process checks of the distributed path, run under torchrun by tests/test_distributed.py.
+
+``python -m torch.distributed.run --nproc_per_node 2 tests/dist_worker.py eval OUT_DIR KEY VALUE ...``
+    evaluation gathers its features through a process group started as on CUDA (``comm.init_distributed``
+    on a 'cuda' device), with gloo registered for CUDA tensors only standing in for NCCL; writes the metrics.
+``... ddp_step OUT_DIR KEY VALUE ...``
+    one DDP training step of the tiny model on the global batch ``global_batch()`` split by identity between
+    the ranks; writes the loss terms (averaged over the ranks) and the gradients.
+"""
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+from config import load_config  # noqa: E402
+from layers import build_loss  # noqa: E402
+from modeling import MODALITIES, build_model  # noqa: E402
+from utils import comm  # noqa: E402
+
+
+def global_batch(cfg, ids=4, k=2, seed=0):
+    """A P x K batch: images, identities 0..ids-1 (k samples each, consecutive), cameras."""
+    g = torch.Generator().manual_seed(seed)
+    n = ids * k
+    images = {m: torch.randn(n, 3, *cfg.INPUT.SIZE_TRAIN, generator=g) for m in MODALITIES}
+    return images, torch.arange(ids).repeat_interleave(k), torch.randint(0, 3, (n,), generator=g)
+
+
+def training_terms(cfg, images, pid, cams, wrap=lambda m: m):
+    """Loss terms and gradients of one training forward + backward of the tiny model (seed 0) on a batch.
+    BatchNorm uses its running statistics (eval mode) so that the samples of a batch do not interact through
+    it: the step then depends on the split of the batch between ranks only through the gathered losses."""
+    torch.manual_seed(0)
+    raw = build_model(cfg, 6, 3).train()
+    for m in raw.modules():
+        if isinstance(m, nn.BatchNorm1d):
+            m.eval()
+    model = wrap(raw)
+    losses = build_loss(cfg)(model(images, cam_label=cams), pid)
+    sum(losses.values()).backward()
+    grads = {n: p.grad.clone() for n, p in raw.named_parameters() if p.grad is not None}
+    return {k: v.detach() for k, v in losses.items()}, grads
+
+
+def run_eval(cfg):
+    from data import build_test_dataloader
+    from engine import evaluate_model
+    torch.cuda.set_device = lambda device: None  # no GPU: only the process group is started as on CUDA
+    comm.init_distributed(torch.device("cuda", comm.local_rank()))
+    loader, num_query, _ = build_test_dataloader(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg, 6, 3)
+    metrics, _ = evaluate_model(cfg, model, loader, num_query, torch.device("cpu"), progress=False)
+    # The stand-in refuses CPU tensors as NCCL does: a group of it alone cannot gather the features.
+    cuda_only = dist.new_group(backend=f"cuda:{comm.CUDA_BACKEND}")
+    try:
+        dist.all_gather([torch.zeros(1), torch.zeros(1)], torch.ones(1), group=cuda_only)
+        refused = ""
+    except RuntimeError as e:
+        refused = str(e)
+    return {"metrics": {k: v for k, v in metrics.items() if k != "eval_seconds"}, "cuda_only_group": refused}
+
+
+def run_ddp_step(cfg):
+    comm.init_distributed(torch.device("cpu"))
+    rank, world = comm.get_rank(), comm.get_world_size()
+    images, pid, cams = global_batch(cfg)
+    share = slice(rank * len(pid) // world, (rank + 1) * len(pid) // world)  # this rank's identities
+    losses, grads = training_terms(cfg, {m: x[share] for m, x in images.items()}, pid[share], cams[share],
+                                   wrap=nn.parallel.DistributedDataParallel)
+    for v in losses.values():
+        dist.all_reduce(v)
+        v /= world
+    return {"losses": {k: v.item() for k, v in losses.items()},
+            "grads": {k: v.flatten().tolist() for k, v in grads.items()}}
+
+
+def main():
+    what, out_dir, opts = sys.argv[1], sys.argv[2], sys.argv[3:]
+    comm.CUDA_BACKEND = "gloo"
+    cfg = load_config("", opts)
+    result = {"eval": run_eval, "ddp_step": run_ddp_step}[what](cfg)
+    with open(os.path.join(out_dir, f"{what}_rank{comm.get_rank()}.json"), "w") as f:
+        json.dump(result, f)
+    comm.cleanup()
+
+
+if __name__ == "__main__":
+    main()
