@@ -12,17 +12,20 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from config import load_config
+from engine import make_grad_scaler, train_step
 from layers import build_loss
 from modeling import build_model
+from solver import build_optimizer
 from utils.versions import torch_version
 
-from .conftest import ROOT
+from .conftest import ROOT, TINY
 
 SIGNAL_201 = os.path.join(ROOT, "configs", "RGBNT201", "Signal.yml")
 MATMULS = ("aten.mm.", "aten.addmm.", "aten.bmm.", "aten.baddbmm.", "aten.convolution.")
 
-pytestmark = pytest.mark.skipif(torch_version() < (2, 3), reason="FakeTensorMode on device 'cuda' without a "
-                                "CUDA driver needs torch >= 2.3 (older versions initialise CUDA)")
+needs_fake_cuda = pytest.mark.skipif(torch_version() < (2, 3), reason="FakeTensorMode on device 'cuda' without "
+                                     "a CUDA driver needs torch >= 2.3 (older versions initialise CUDA)")
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 class OpRecorder(TorchDispatchMode):
@@ -123,6 +126,7 @@ def fake_cuda_training_forward(*opts, batch=8):
     return rec, sdpa.dtypes, losses
 
 
+@needs_fake_cuda
 def test_full_size_training_forward_on_cuda_has_no_host_copy_and_fp32_losses():
     rec, sdpa, losses = fake_cuda_training_forward()
     assert set(losses) == {"id_global", "tri_global", "id_sim", "tri_sim", "gam", "lam"}
@@ -141,8 +145,95 @@ def test_full_size_training_forward_on_cuda_has_no_host_copy_and_fp32_losses():
         assert mm and {dt for _, dt in mm} == {torch.float32}, (region, mm)
 
 
+@needs_fake_cuda
 def test_official_precision_switch_runs_the_loss_matmuls_in_fp16():
     rec, _, _ = fake_cuda_training_forward("SOLVER.AMP_FP32_LOSSES", "no")
     for region in ("gam", "triplet"):
         mm = rec.matmuls(region)
         assert mm and {dt for _, dt in mm} == {torch.float16}, (region, mm)
+
+
+# ---------------------------------------------------------------------------------------------------
+# On a CUDA GPU (skipped without one)
+# ---------------------------------------------------------------------------------------------------
+
+def cuda_batch(cfg, ids=4, k=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n = ids * k
+    batch = {m: torch.randn(n, 3, *cfg.INPUT.SIZE_TRAIN, generator=g) for m in ("RGB", "NI", "TI")}
+    batch.update(pid=torch.arange(ids).repeat_interleave(k), camid=torch.randint(0, 3, (n,), generator=g))
+    return {k: v.cuda() for k, v in batch.items()}
+
+
+@needs_gpu
+@pytest.mark.parametrize("amp", ["fp16", "bf16"])
+def test_full_size_training_steps_on_cuda(amp):
+    """Three steps of the full-size RGBNT201 model at batch 8: finite losses, a loss scale that did not
+    collapse (fp16), and no host synchronisation in a step once warmed up (torch raises on one)."""
+    if amp == "bf16" and torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("this GPU has no bfloat16 (compute capability < 8.0)")
+    cfg = load_config(SIGNAL_201, ["MODEL.DEVICE", "cuda", "SOLVER.AMP", amp])
+    device = torch.device("cuda")
+    model = build_model(cfg, 171, 15, pretrained=False).to(device).train()
+    optimizer, loss_fn = build_optimizer(cfg, model), build_loss(cfg)
+    scaler = make_grad_scaler(device, amp)
+    skipped = torch.zeros((), dtype=torch.int64, device=device)
+    batch = cuda_batch(cfg)
+    for _ in range(2):
+        train_step(model, batch, loss_fn, optimizer, device, amp, scaler, skipped)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        losses = train_step(model, batch, loss_fn, optimizer, device, amp, scaler, skipped)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(torch.isfinite(v).item() for v in losses.values()), losses
+    if scaler is not None:
+        assert scaler.get_scale() >= 2 ** 10 and int(skipped) <= 2
+
+
+@needs_gpu
+def test_cpu_and_cuda_features_agree(tiny_cfg):
+    """The tiny model's evaluation features on the CPU and on CUDA (fp32; fp16 autocast within fp16 rounding)."""
+    from engine import autocast_context
+    cfg = tiny_cfg()
+    torch.manual_seed(0)
+    model = build_model(cfg, 6, 3).eval()
+    batch = cuda_batch(cfg)
+    images = {m: batch[m] for m in ("RGB", "NI", "TI")}
+    with torch.no_grad():
+        cpu = model({m: x.cpu() for m, x in images.items()}, cam_label=batch["camid"].cpu())
+        model.cuda()
+        cuda = model(images, cam_label=batch["camid"]).cpu()
+        with autocast_context(torch.device("cuda"), "fp16"):
+            half = model(images, cam_label=batch["camid"]).float().cpu()
+    assert torch.allclose(cpu, cuda, atol=1e-4), (cpu - cuda).abs().max()
+    assert torch.allclose(cpu, half, atol=2e-2), (cpu - half).abs().max()
+
+
+def _train_cli(tmp_path, synth_root, *opts, nproc=1):
+    import json
+    import subprocess
+    import sys
+    out = tmp_path / "out"
+    launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run",
+                                                    "--nproc_per_node", str(nproc)]
+    cmd = [*launcher, os.path.join(ROOT, "train.py"), *TINY[:-2], "MODEL.DEVICE", "cuda", "DATASETS.ROOT_DIR",
+           synth_root, "OUTPUT_DIR", str(out), "SOLVER.MAX_EPOCHS", "2", "SOLVER.EVAL_PERIOD", "1",
+           "LOG.PROGRESS_BARS", "no", *opts]
+    r = subprocess.run(cmd, cwd=str(tmp_path), env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    return [json.loads(line) for line in open(out / "metrics.jsonl")]
+
+
+@needs_gpu
+def test_compiled_model_trains_on_cuda(tmp_path, synth_root):
+    records = _train_cli(tmp_path, synth_root, "MODEL.COMPILE", "yes")
+    assert [r["epoch"] for r in records] == [1, 2] and all("mAP" in r and r["loss_scale"] >= 2 ** 10 for r in records)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_torchrun_demo_on_two_gpus(tmp_path, synth_root):
+    records = _train_cli(tmp_path, synth_root, nproc=2)
+    assert [r["epoch"] for r in records] == [1, 2] and all("mAP" in r for r in records)

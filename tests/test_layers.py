@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from layers import SignalLoss, TripletLoss, gram_volume
+from utils.versions import torch_version
 
 
 def test_gram_volume_matches_independent_determinant():
@@ -49,3 +50,23 @@ def test_signal_loss_names_and_weights():
     assert losses["gam"].item() == pytest.approx(0.2) and losses["lam"].item() == pytest.approx(1.0)
     ce = F.cross_entropy(outputs["heads"]["global"]["score"], target, label_smoothing=0.1)
     assert losses["id_global"].item() == pytest.approx(0.5 * ce.item(), rel=1e-5)
+
+
+@pytest.mark.skipif(torch_version() < (2, 3), reason="CPU fp16 autocast needs torch >= 2.3")
+@pytest.mark.parametrize("dim", [64, 512])
+def test_gam_gradient_stays_finite_under_fp16_autocast_for_aligned_modalities(dim):
+    """Modalities aligned as training makes them (mean tokens at cosine ~0.9999): with the official precision
+    (fp16 Gram entries) the scaled backward of GAM is not finite, so a GradScaler skips the step and halves
+    its scale; in fp32 outside autocast it is finite and the loss equals the official one to fp16 rounding."""
+    from modeling import GlobalAlignment
+    g = torch.Generator().manual_seed(0)
+    patches = (torch.randn(32, 1, 16, dim, generator=g) + 0.01 * torch.randn(32, 3, 16, dim, generator=g))
+    patches.requires_grad_()
+    out = {}
+    for official in (False, True):
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = 0.2 * GlobalAlignment(official_precision=official)(patches.half())
+        grad, = torch.autograd.grad(loss * 2.0 ** 14, patches)
+        out[official] = loss.item(), bool(torch.isfinite(grad).all())
+    assert out[False][1] and not out[True][1], out
+    assert out[False][0] == pytest.approx(out[True][0], rel=0.02)

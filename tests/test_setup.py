@@ -89,3 +89,45 @@ def test_a_full_disk_is_an_error_naming_the_file(tmp_path, monkeypatch):
     with pytest.raises(OutputError, match=f"cannot write {path}: .*file write failed"):
         atomic_save({"x": 1}, str(path))
     assert path.read_bytes() == b"previous checkpoint" and os.listdir(tmp_path) == ["last.pth"]
+
+
+def fake_gpus(monkeypatch, count=2, capability=(7, 0), name="Tesla V100-SXM2-16GB"):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+
+
+def test_bf16_on_a_gpu_without_bfloat16_is_refused_naming_it(monkeypatch):
+    fake_gpus(monkeypatch)
+    with pytest.raises(DeviceError, match=r"SOLVER.AMP bf16.*Tesla V100-SXM2-16GB, compute capability 7.0"):
+        resolve_device(load_config(SIGNAL_201, ["SOLVER.AMP", "bf16"]), training=True)
+    assert resolve_device(load_config(SIGNAL_201), training=True) == torch.device("cuda:0")  # fp16 is fine
+    fake_gpus(monkeypatch, capability=(8, 0), name="NVIDIA A100")
+    assert resolve_device(load_config(SIGNAL_201, ["SOLVER.AMP", "bf16"]), training=True).type == "cuda"
+
+
+def test_torchrun_gives_each_process_its_own_gpu(monkeypatch):
+    fake_gpus(monkeypatch, capability=(9, 0))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for dev in ("auto", "cuda"):
+        assert resolve_device(load_config(SIGNAL_201, ["MODEL.DEVICE", dev]), local_rank=1) == torch.device("cuda:1")
+    with pytest.raises(DeviceError, match="all 2 torchrun processes on one GPU.*CUDA_VISIBLE_DEVICES"):
+        resolve_device(load_config(SIGNAL_201, ["MODEL.DEVICE", "cuda:0"]), local_rank=1)
+    with pytest.raises(DeviceError, match="cuda:2 does not exist.*--nproc_per_node"):
+        resolve_device(load_config(SIGNAL_201, ["MODEL.DEVICE", "cuda"]), local_rank=2)
+    assert resolve_device(load_config(SIGNAL_201, ["MODEL.DEVICE", "cpu"]), local_rank=1).type == "cpu"
+
+
+def test_process_group_backend_serves_cpu_tensors_on_cuda():
+    from utils import comm
+    assert comm.process_group_backend("cuda") == "cpu:gloo,cuda:nccl"
+    assert comm.process_group_backend("cpu") == "gloo"
+
+
+def test_amp_on_cpu_fp16_needs_torch_2_3(monkeypatch):
+    monkeypatch.setattr(torch, "__version__", "2.1.2+cu121")
+    cfg = load_config("", TINY + ["SOLVER.AMP_ON_CPU", "yes"])
+    with pytest.raises(DeviceError, match="torch >= 2.3"):
+        resolve_device(cfg, training=True)
+    assert resolve_device(load_config("", TINY + ["SOLVER.AMP_ON_CPU", "yes", "SOLVER.AMP", "bf16"])).type == "cpu"
