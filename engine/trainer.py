@@ -59,12 +59,7 @@ def resume_from(state, model, optimizer, scheduler, scaler, path="last.pth"):
         group.update(hyper)
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
-    rngs, rank = state.get("rank_rngs") or [state.get("rng")], comm.get_rank()
-    if rank < len(rngs) and rngs[rank]:
-        set_rng_state(rngs[rank])
-    elif rank > 0:
-        logger.warning("%s holds the random state of %d process(es), not of rank %d: this rank's random stream "
-                       "starts from its seed (SOLVER.SEED + rank) instead of continuing", path, len(rngs), rank)
+    restore_rng(state, path)
     logger.info("Resumed from %s (completed epoch %d)", path, state["epoch"])
     return state["epoch"] + 1, state.get("best"), list(state.get("records", [])), bool(state.get("pending_eval"))
 
@@ -88,6 +83,17 @@ def train_step(model, batch, loss_fn, optimizer, device, amp="none", scaler=None
         loss.backward()
         optimizer.step()
     return losses
+
+
+def restore_rng(state, path="last.pth"):
+    """Set this rank's random state from a training checkpoint (``rank_rngs``: one per rank; older
+    checkpoints hold rank 0's as ``rng``). A rank the checkpoint has no state for keeps its seed."""
+    rngs, rank = state.get("rank_rngs") or [state.get("rng")], comm.get_rank()
+    if rank < len(rngs) and rngs[rank]:
+        set_rng_state(rngs[rank])
+    elif rank > 0:
+        logger.warning("%s holds the random state of %d process(es), not of rank %d: this rank's random stream "
+                       "starts from its seed (SOLVER.SEED + rank) instead of continuing", path, len(rngs), rank)
 
 
 def make_writer(cfg, purge_step=None):

@@ -3,6 +3,8 @@
 ``python -m torch.distributed.run --nproc_per_node 2 tests/dist_worker.py eval OUT_DIR KEY VALUE ...``
     evaluation gathers its features through a process group started as on CUDA (``comm.init_distributed``
     on a 'cuda' device), with gloo registered for CUDA tensors only standing in for NCCL; writes the metrics.
+``... rng OUT_DIR OUTPUT_DIR PATH``
+    every rank's random state goes into a training checkpoint and each rank resumes its own.
 ``... ddp_step OUT_DIR KEY VALUE ...``
     one DDP training step of the tiny model on the global batch ``global_batch()`` split by identity between
     the ranks; writes the loss terms (averaged over the ranks) and the gradients.
@@ -81,11 +83,33 @@ def run_ddp_step(cfg):
             "grads": {k: v.flatten().tolist() for k, v in grads.items()}}
 
 
+def run_rng(cfg):
+    """Each rank saves its random state as a training checkpoint does, draws, and restores it from the file."""
+    from engine.trainer import restore_rng, training_state
+    from utils.checkpoint import rng_state
+    from utils.seed import set_seed
+    comm.init_distributed(torch.device("cpu"))
+    rank = comm.get_rank()
+    set_seed(cfg.SOLVER.SEED + rank)
+    model = nn.Linear(2, 2)  # draws from the stream, as building the model does
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1)
+    path = os.path.join(cfg.OUTPUT_DIR, "last.pth")
+    state = training_state(model, optimizer, scheduler, None, 1, {}, cfg, rank_rngs=comm.all_gather_object(rng_state()))
+    if rank == 0:
+        torch.save(state, path)
+    expected = torch.rand(3).tolist()
+    comm.synchronize()
+    set_seed(999)
+    restore_rng(torch.load(path, weights_only=False), path)
+    return {"expected": expected, "resumed": torch.rand(3).tolist()}
+
+
 def main():
     what, out_dir, opts = sys.argv[1], sys.argv[2], sys.argv[3:]
     comm.CUDA_BACKEND = "gloo"
     cfg = load_config("", opts)
-    result = {"eval": run_eval, "ddp_step": run_ddp_step}[what](cfg)
+    result = {"eval": run_eval, "ddp_step": run_ddp_step, "rng": run_rng}[what](cfg)
     with open(os.path.join(out_dir, f"{what}_rank{comm.get_rank()}.json"), "w") as f:
         json.dump(result, f)
     comm.cleanup()

@@ -58,7 +58,7 @@ def check_finished(name, out_dir, cfg):
 
 
 def curves(name, records):
-    skip = {"epoch", "loss", "lr", "seconds", "samples_per_s", "iterations", *METRICS}
+    skip = {"epoch", "loss", "lr", "seconds", "samples_per_s", "iterations", "loss_scale", "skipped_steps", *METRICS}
     losses = {k: [(r["epoch"], r[k]) for r in records if k in r]
               for k in records[0] if k not in skip}
     losses["total"] = [(r["epoch"], r["loss"]) for r in records]
