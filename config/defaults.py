@@ -39,6 +39,10 @@ _C.MODEL.CUSTOM_VIT.NUM_HEADS = 4
 _C.MODEL.CUSTOM_VIT.OUT_DIM = 64
 # Use F.scaled_dot_product_attention inside the backbone (fused kernels on CUDA).
 _C.MODEL.FUSED_ATTN = True
+# Per-block activation checkpointing of the backbone (torch.utils.checkpoint, use_reentrant=False): each
+# block's activations are recomputed in the backward instead of kept, trading about one more forward of the
+# backbone for most of its activation memory (tools/gpu_memory.py). Same loss and gradients.
+_C.MODEL.GRAD_CHECKPOINT = False
 # torch.compile the model's forward (nn.Module.compile; state-dict keys are unchanged).
 _C.MODEL.COMPILE = False
 # SIE camera embedding: a learned [num_cameras, 1, width] table added to the class token before the

@@ -28,7 +28,7 @@ LOCK_FILE = ".lock"
 
 # Keys that may differ between a checkpoint and the resumed run without changing what is trained:
 # where things are, how fast they run, how often the log is written.
-FREE_KEYS = {"OUTPUT_DIR", "DATASETS.ROOT_DIR", "MODEL.DEVICE", "MODEL.COMPILE", "DATALOADER.NUM_WORKERS",
+FREE_KEYS = {"OUTPUT_DIR", "DATASETS.ROOT_DIR", "MODEL.DEVICE", "MODEL.COMPILE", "MODEL.GRAD_CHECKPOINT", "DATALOADER.NUM_WORKERS",
              "TEST.IMS_PER_BATCH", "TEST.WEIGHT", "TEST.EVAL_BEFORE_TRAIN", "SOLVER.LOG_PERIOD",
              "SOLVER.CHECKPOINT_PERIOD", "SOLVER.CPU_KEEP_FREED_MEMORY", "LOG.TENSORBOARD", "LOG.PROGRESS_BARS"}
 

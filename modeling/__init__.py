@@ -23,6 +23,7 @@ def build_model(cfg, num_classes, num_cameras, pretrained=True):
                      attn_drop=m.ATT_DROP_RATE, custom=dict(m.CUSTOM_VIT))
     backbone = ViTBackbone(vit, num_cameras if m.SIE_CAMERA else 0, m.SIE_COE)
     backbone.set_fused_attn(m.FUSED_ATTN)
+    backbone.grad_checkpointing = m.GRAD_CHECKPOINT
     state = read_checkpoint(m.PRETRAIN_PATH) if pretrained and m.PRETRAIN_PATH else None
     whole = signal_model_state(state) if state is not None else None
     if state is not None and whole is None:

@@ -14,6 +14,7 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 from timm.models.eva import Eva
 from timm.models.vision_transformer import VisionTransformer
+from torch.utils.checkpoint import checkpoint
 
 
 class _QuickGELUFunction(torch.autograd.Function):
@@ -115,6 +116,9 @@ class ViTBackbone(nn.Module):
         self.out_dim = vit.head.out_features if isinstance(vit.head, nn.Linear) else vit.embed_dim
         self.sie_coe = sie_coe
         self.camera_mode = "index"
+        # per-block activation checkpointing (MODEL.GRAD_CHECKPOINT): each block's activations are recomputed
+        # in the backward instead of kept from the forward
+        self.grad_checkpointing = False
         # a plain ViT whose position embedding covers [class, patches] (CLIP, ImageNet, the small ViT)
         self.simple = (not isinstance(vit, Eva) and vit.num_prefix_tokens == 1 and not vit.no_embed_class
                        and vit.pos_embed is not None and not getattr(vit, "dynamic_img_size", False))
@@ -169,10 +173,11 @@ class ViTBackbone(nn.Module):
             if isinstance(v, VisionTransformer):
                 x = v.patch_drop(x)
         x = v.norm_pre(x)
-        if rope is None and not isinstance(v, Eva):
-            x = v.blocks(x)
-        else:
-            for blk in v.blocks:
-                x = blk(x, rope=rope)
+        kwargs = {} if rope is None and not isinstance(v, Eva) else {"rope": rope}
+        for blk in v.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(blk, x, use_reentrant=False, **kwargs)
+            else:
+                x = blk(x, **kwargs)
         x = v.head(v.norm(x))
         return x[:, 0], x[:, v.num_prefix_tokens:]

@@ -172,3 +172,31 @@ def test_quick_gelu_matches_autograd_reference():
     y = torch.randn(4, 9, requires_grad=True)
     ref = y * torch.sigmoid(1.702 * y)
     assert torch.allclose(QuickGELU()(y), ref)
+
+
+@pytest.mark.parametrize("backbone", ["vit_custom", "vit_small_patch16_dinov3"])
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_cfg, backbone):
+    """MODEL.GRAD_CHECKPOINT recomputes each block in the backward: same loss terms and gradients, stochastic
+    depth included (the recomputation replays the random state)."""
+    extra = [] if backbone == "vit_custom" else ["MODEL.TRANSFORMER_TYPE", backbone, "SOLVER.BACKBONE_LR", "1e-5",
+                                                 "INPUT.SIZE_TRAIN", "[128,64]", "INPUT.SIZE_TEST", "[128,64]"]
+    results = []
+    for ck in ("no", "yes"):
+        cfg = tiny_cfg("MODEL.GRAD_CHECKPOINT", ck, "MODEL.DROP_PATH", "0.2", *extra)
+        torch.manual_seed(0)
+        model = build_model(cfg, num_classes=4, num_cameras=3).train()
+        torch.manual_seed(1)
+        x = images(4, *cfg.INPUT.SIZE_TRAIN)
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            out = model(x, cam_label=torch.tensor([0, 1, 2, 0]))
+        losses = build_loss(cfg)(out, torch.tensor([0, 0, 1, 1]))
+        sum(losses.values()).backward()
+        results.append(({k: v.item() for k, v in losses.items()},
+                        {n: p.grad for n, p in model.named_parameters() if p.grad is not None}, sum(saved)))
+    (plain, g_plain, kept_plain), (ck, g_ck, kept_ck) = results
+    assert kept_ck < 0.7 * kept_plain  # the blocks' activations are not kept for the backward
+    assert plain == pytest.approx(ck, rel=1e-6, abs=1e-7)
+    assert g_plain.keys() == g_ck.keys() and any("blocks" in n for n in g_ck)
+    for n in g_plain:
+        assert torch.allclose(g_plain[n], g_ck[n], rtol=1e-5, atol=1e-7), n
