@@ -7,6 +7,7 @@ import torch
 from data import build_dataloaders
 from engine import amp_mode, do_train, evaluate_model, format_metrics, make_grad_scaler, resume_from, unwrap
 from engine.rundir import read_metrics
+from engine.trainer import settle_pending_eval
 from engine.setup import default_setup, parse_args, run_cli
 from layers import build_loss
 from modeling import build_model, load_weights
@@ -27,6 +28,8 @@ def main():
 def train(cfg, logger, device, run):
     """Train in the prepared run folder (``run``: its lock and, when resuming, the checkpoint)."""
     state = run.state
+    if state is not None:
+        settle_pending_eval(state, cfg.OUTPUT_DIR)
     if state is not None and state["epoch"] >= cfg.SOLVER.MAX_EPOCHS and not state.get("pending_eval"):
         logger.info("The run in %s is finished (epoch %d of SOLVER.MAX_EPOCHS %d): nothing to train. To train "
                     "it longer, raise SOLVER.MAX_EPOCHS and pass --allow-change SOLVER.MAX_EPOCHS.",
@@ -37,8 +40,6 @@ def train(cfg, logger, device, run):
     model = build_model(cfg, num_classes, num_cameras).to(device)
     logger.info("Model: %s, %.2fM parameters, test feature %d-d", cfg.MODEL.TRANSFORMER_TYPE,
                 sum(p.numel() for p in model.parameters()) / 1e6, model.feat_dim)
-    if cfg.MODEL.COMPILE:
-        model.compile()
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
     scaler = make_grad_scaler(device, amp_mode(cfg, device))
@@ -59,6 +60,8 @@ def train(cfg, logger, device, run):
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.MODEL.COMPILE:  # after the DDP wrap: all-reduce overlaps the backward, SyncBN stays outside the graph
+        model.compile()
     if cfg.TEST.EVAL_BEFORE_TRAIN and start_epoch == 1:
         before, _ = evaluate_model(cfg, unwrap(model), test_loader, num_query, device)
         logger.info("Before training: %s", format_metrics(before))

@@ -60,8 +60,9 @@ def _shard(loader):
     if world == 1:
         return loader
     subset = Subset(loader.dataset, range(rank, len(loader.dataset), world))
+    # its own generator: the iterator draws nothing from the global random stream (evaluation leaves it as is)
     return DataLoader(subset, batch_size=loader.batch_size, shuffle=False, num_workers=loader.num_workers,
-                      pin_memory=loader.pin_memory)
+                      pin_memory=loader.pin_memory, generator=torch.Generator())
 
 
 def _gather(ev):

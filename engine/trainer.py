@@ -85,6 +85,28 @@ def train_step(model, batch, loss_fn, optimizer, device, amp="none", scaler=None
     return losses
 
 
+def settle_pending_eval(state, out_dir):
+    """``last.pth`` is written once per epoch, before that epoch's evaluation, which then writes only
+    ``metrics.jsonl`` (and ``best.pth``). When the checkpoint awaits an evaluation that did finish (its
+    record in metrics.jsonl has the metrics), take that record and the best epoch from it, so the resumed
+    run does not evaluate again. Evaluation draws nothing from the random streams, so the checkpoint's state
+    is the one after the evaluation too. Updates ``state`` in place."""
+    if not state.get("pending_eval") or not state.get("records"):
+        return state
+    from .rundir import read_metrics
+    done = {r["epoch"]: r for r in read_metrics(out_dir, state["epoch"])}
+    last = done.get(state["epoch"], {})
+    if "mAP" not in last:
+        return state
+    records = state["records"][:-1] + [last]
+    best = {"mAP": -1.0}
+    for r in records:
+        if "mAP" in r and r["mAP"] > best["mAP"]:
+            best = {"epoch": r["epoch"], **{k: r[k] for k in METRIC_KEYS}}
+    state.update(records=records, best=best, pending_eval=False)
+    return state
+
+
 def restore_rng(state, path="last.pth"):
     """Set this rank's random state from a training checkpoint (``rank_rngs``: one per rank; older
     checkpoints hold rank 0's as ``rng``). A rank the checkpoint has no state for keeps its seed."""
@@ -130,8 +152,9 @@ def do_train(cfg, model, train_loader, test_loader, num_query, optimizer, schedu
     ``records``: the per-epoch records of the epochs before ``start_epoch`` (a resumed run);
     ``pending_eval``: the epoch before ``start_epoch`` was saved but not yet evaluated.
 
-    ``last.pth`` is written before each evaluation (and again after it), so a crash during an evaluation
-    loses no training: the resumed run evaluates that epoch first. Returns (all per-epoch records, best)."""
+    ``last.pth`` is written once per epoch, before the evaluation, so a crash during an evaluation loses no
+    training: the resumed run evaluates that epoch first; an evaluation that finished is recorded in
+    ``metrics.jsonl`` (``settle_pending_eval``). Returns (all per-epoch records, best)."""
     s = cfg.SOLVER
     amp = amp_mode(cfg, device)
     out_dir = cfg.OUTPUT_DIR
@@ -164,7 +187,8 @@ def do_train(cfg, model, train_loader, test_loader, num_query, optimizer, schedu
                             os.path.join(out_dir, "best.pth"))
         logger.info("Best so far (epoch %d): mAP %.1f%%, Rank-1 %.1f%%", best["epoch"], 100 * best["mAP"],
                     100 * best["Rank-1"])
-        save_last(epoch, False)
+        if main:  # last.pth of this epoch is already written (settle_pending_eval reads this on resume)
+            atomic_write_jsonl(records, os.path.join(out_dir, "metrics.jsonl"))
 
     if pending_eval and records:
         logger.info("Epoch %d was saved but not evaluated: evaluating it first", records[-1]["epoch"])

@@ -276,3 +276,27 @@ def test_a_checkpoint_without_records_keeps_metrics_jsonl(synth_root, tmp_path, 
     run_train_inprocess(["--resume"] + opts(synth_root, out), monkeypatch)
     records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     assert [r["epoch"] for r in records] == [1, 2] and "mAP" in records[0] and records[1]["loss"] != 1.0
+
+
+def test_last_pth_is_written_once_per_epoch_and_a_finished_evaluation_is_not_repeated(synth_root, tmp_path,
+                                                                                       monkeypatch):
+    """last.pth (about 1 GiB with Adam's moments for ViT-B) is written once per epoch, before the evaluation;
+    the evaluation's results go to metrics.jsonl, and a resume after them does not evaluate again."""
+    import engine.trainer as trainer
+    writes = []
+    original_save = trainer.atomic_save
+    monkeypatch.setattr(trainer, "atomic_save", lambda obj, path: (writes.append(os.path.basename(path)),
+                                                                    original_save(obj, path)))
+    out = str(tmp_path / "run")
+    run_train_inprocess(opts(synth_root, out), monkeypatch)
+    assert writes.count("last.pth") == 2  # 2 epochs, both evaluated
+    state = torch.load(os.path.join(out, "last.pth"), weights_only=False)
+    assert state["pending_eval"] is True and _epochs(out) == [1, 2]
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("evaluated again")
+
+    monkeypatch.setattr(trainer, "evaluate_model", no_evaluation)
+    monkeypatch.setattr("train.evaluate_model", no_evaluation)
+    run_train_inprocess(["--resume"] + opts(synth_root, out), monkeypatch)   # finished: nothing to do
+    assert "is finished" in open(os.path.join(out, "train_log.txt")).read()
