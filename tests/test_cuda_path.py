@@ -2,12 +2,10 @@
 on fake CUDA tensors (torch's FakeTensorMode) under the real CUDA fp16 autocast policy. Every op is recorded
 with its inputs' devices and its output dtype, so a host-to-device copy, a device mismatch or a matmul at the
 wrong precision shows without a driver."""
-import contextlib
 import os
 
 import pytest
 import torch
-import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -16,14 +14,14 @@ from engine import make_grad_scaler, train_step
 from layers import build_loss
 from modeling import build_model
 from solver import build_optimizer
-from utils.versions import torch_version
+from utils import fake_cuda
 
 from .conftest import ROOT, TINY
 
 SIGNAL_201 = os.path.join(ROOT, "configs", "RGBNT201", "Signal.yml")
 MATMULS = ("aten.mm.", "aten.addmm.", "aten.bmm.", "aten.baddbmm.", "aten.convolution.")
 
-needs_fake_cuda = pytest.mark.skipif(torch_version() < (2, 3), reason="FakeTensorMode on device 'cuda' without "
+needs_fake_cuda = pytest.mark.skipif(not fake_cuda.available(), reason="FakeTensorMode on device 'cuda' without "
                                      "a CUDA driver needs torch >= 2.3 (older versions initialise CUDA)")
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -70,37 +68,6 @@ class SdpaRecorder(torch.overrides.TorchFunctionMode):
             self.ops.region = region
 
 
-@contextlib.contextmanager
-def cuda_autocast_without_driver(dtype):
-    """Enable the CUDA autocast policy directly: ``torch.autocast('cuda')`` disables itself without a GPU."""
-    try:
-        torch.set_autocast_enabled("cuda", True)
-        torch.set_autocast_dtype("cuda", dtype)
-        new_api = True
-    except TypeError:  # torch < 2.4
-        torch.set_autocast_enabled(True)
-        torch.set_autocast_gpu_dtype(dtype)
-        new_api = False
-    try:
-        yield
-    finally:
-        torch.set_autocast_enabled("cuda", False) if new_api else torch.set_autocast_enabled(False)
-        torch.clear_autocast_cache()
-
-
-def to_fake_cuda(module, mode):
-    """Replace ``module``'s parameters and buffers by fake tensors of the same shape on device 'cuda'."""
-    from torch._subclasses.fake_tensor import FakeTensor
-    cuda = torch.device("cuda")
-    for m in module.modules():
-        for n, p in list(m._parameters.items()):
-            if p is not None:
-                m._parameters[n] = nn.Parameter(FakeTensor(mode, p.detach().to("meta"), cuda), p.requires_grad)
-        for n, b in list(m._buffers.items()):
-            if b is not None:
-                m._buffers[n] = FakeTensor(mode, b.to("meta"), cuda)
-
-
 def fake_cuda_training_forward(*opts, batch=8):
     """The recorded training forward + loss of the full-size RGBNT201 model on fake CUDA tensors under fp16
     autocast. Returns (op recorder, SDPA input dtypes, loss terms)."""
@@ -109,7 +76,7 @@ def fake_cuda_training_forward(*opts, batch=8):
     model = build_model(cfg, 171, 15, pretrained=False).train()
     loss_fn = build_loss(cfg)
     mode = FakeTensorMode(allow_non_fake_inputs=True)
-    to_fake_cuda(model, mode)
+    fake_cuda.to_fake(model, mode, "cuda")
     rec = OpRecorder()
     sdpa = SdpaRecorder(rec)
     rec.mark(model.backbone, "backbone")
@@ -120,7 +87,7 @@ def fake_cuda_training_forward(*opts, batch=8):
         images = {m: torch.randn(batch, 3, *cfg.INPUT.SIZE_TRAIN, device="cuda") for m in ("RGB", "NI", "TI")}
         pid = torch.arange(batch // 2, device="cuda").repeat_interleave(2)
         cams = torch.zeros(batch, dtype=torch.long, device="cuda")
-        with cuda_autocast_without_driver(torch.float16), rec, sdpa:
+        with fake_cuda.autocast("cuda", torch.float16), rec, sdpa:
             losses = loss_fn(model(images, cam_label=cams), pid)
             sum(losses.values())
     return rec, sdpa.dtypes, losses

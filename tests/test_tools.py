@@ -126,7 +126,7 @@ def test_benchmarks_run(tiny_setup):
                 "--warmup", "0", "--data-root", str(d / "bench_data")], d)
     figures = {json.loads(line)["figure"] for line in text.splitlines() if line.startswith("{")}
     assert {"matmul_rate", "train_step_seconds", "train_flops_utilisation", "inference_samples_per_s",
-            "peak_memory", "data_samples_per_s_per_worker", "evaluation_seconds"} <= figures
+            "peak_memory", "data_samples_per_s_per_worker", "data_workers_to_feed", "evaluation_seconds"} <= figures
     text = run([os.path.join(TOOLS, "benchmark_reranking.py"), "--num-query", "50", "--num-gallery", "200",
                 "--repeat", "1"], d)
     assert "re_ranking_seconds_best" in text

@@ -20,6 +20,7 @@ a Markdown table.
 """
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -124,6 +125,7 @@ def bench_model(cfg, args, device):
     emit("train_samples_per_s", round(args.batch / step, 2), "samples/s", **base)
     emit("train_flops_per_step", train_flops, "FLOP", **base)
     emit("train_achieved_flops", round(train_flops / step / 1e9, 2), "GFLOP/s", **base)
+    args.train_flops_per_sample = train_flops / args.batch
 
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as fc, autocast_context(device, amp):
@@ -145,6 +147,12 @@ def bench_model(cfg, args, device):
     return train_flops / step, infer_flops / infer
 
 
+# Published dense fp16 tensor-core rates with fp32 accumulation, as AMP uses (no sparsity): NVIDIA's Ampere
+# GA102 whitepaper (RTX 3090), A100 and H100 SXM datasheets.
+GPU_FP16_TFLOPS = {"RTX 3090": 71.0, "A100": 312.0, "H100 SXM": 989.0}
+GPU_UTILISATION = 0.4
+
+
 def bench_data(cfg, args):
     from data import MultiModalImageDataset, build_dataset
     from data.transforms import build_transforms
@@ -159,6 +167,13 @@ def bench_data(cfg, args):
     h, w = dcfg.INPUT.SIZE_TRAIN
     emit("data_samples_per_s_per_worker", round(rate, 1), "samples/s",
          note=f"decode + train augmentation of 3 modalities at {h}x{w} on the synthetic benchmark")
+    per_sample = getattr(args, "train_flops_per_sample", 0)
+    for gpu, tflops in GPU_FP16_TFLOPS.items():
+        if per_sample:  # an estimate: the step rate the GPU's dense fp16 rate implies at 40% utilisation
+            need = tflops * 1e12 * GPU_UTILISATION / per_sample
+            emit("data_workers_to_feed", math.ceil(need / rate), "workers per GPU", gpu=gpu,
+                 samples_per_s=round(need), note=f"estimate: {tflops:g} TFLOP/s dense fp16 (published) x "
+                 f"{GPU_UTILISATION:.0%} / {per_sample / 1e9:.0f} GFLOP per training sample")
 
 
 def bench_eval(cfg, device):
