@@ -60,8 +60,11 @@ def _shard(loader):
     if world == 1:
         return loader
     subset = Subset(loader.dataset, range(rank, len(loader.dataset), world))
-    # its own generator: the iterator draws nothing from the global random stream (evaluation leaves it as is)
-    return DataLoader(subset, batch_size=loader.batch_size, shuffle=False, num_workers=loader.num_workers,
+    # Each rank reads 1 / world of the samples: 1 / world of the workers (at least one), so the machine runs as
+    # many decoding processes for evaluation as one process would, next to the training loaders' workers.
+    # Its own generator: the iterator draws nothing from the global random stream.
+    workers = -(-loader.num_workers // world)
+    return DataLoader(subset, batch_size=loader.batch_size, shuffle=False, num_workers=workers,
                       pin_memory=loader.pin_memory, generator=torch.Generator())
 
 

@@ -104,3 +104,15 @@ def test_each_rank_resumes_its_own_random_state(tmp_path):
     got = [json.load(open(tmp_path / f"rng_rank{rank}.json")) for rank in range(2)]
     assert got[0]["expected"] != got[1]["expected"]  # the ranks' streams differ (seed + rank) ...
     assert all(g["resumed"] == g["expected"] for g in got)  # ... and each continues its own after a resume
+
+
+def test_each_rank_evaluates_its_share_with_its_share_of_the_workers(monkeypatch):
+    from torch.utils.data import DataLoader
+
+    from engine.inference import _shard
+    from utils import comm
+    monkeypatch.setattr(comm, "get_world_size", lambda: 2)
+    monkeypatch.setattr(comm, "get_rank", lambda: 1)
+    shard = _shard(DataLoader(list(range(10)), batch_size=4, num_workers=2))
+    assert list(shard.dataset) == [1, 3, 5, 7, 9] and shard.num_workers == 1
+    assert _shard(DataLoader(list(range(10)), batch_size=4, num_workers=0)).num_workers == 0
