@@ -3,11 +3,11 @@
 ``python -m torch.distributed.run --nproc_per_node 2 tests/dist_worker.py eval OUT_DIR KEY VALUE ...``
     evaluation gathers its features through a process group started as on CUDA (``comm.init_distributed``
     on a 'cuda' device), with gloo registered for CUDA tensors only standing in for NCCL; writes the metrics.
-``... rng OUT_DIR OUTPUT_DIR PATH``
-    every rank's random state goes into a training checkpoint and each rank resumes its own.
-``... ddp_step OUT_DIR KEY VALUE ...``
-    one DDP training step of the tiny model on the global batch ``global_batch()`` split by identity between
-    the ranks; writes the loss terms (averaged over the ranks) and the gradients.
+``... cpu OUT_DIR KEY VALUE ...``
+    on a gloo group: one DDP training step of the tiny model on the global batch ``global_batch()`` split by
+    identity between the ranks, with and without SOLVER.GATHER_EMBEDDINGS (the loss terms averaged over the
+    ranks, and the gradients); then every rank's random state goes into a training checkpoint (in
+    OUTPUT_DIR) and each rank resumes its own.
 """
 import json
 import os
@@ -69,8 +69,7 @@ def run_eval(cfg):
     return {"metrics": {k: v for k, v in metrics.items() if k != "eval_seconds"}, "cuda_only_group": refused}
 
 
-def run_ddp_step(cfg):
-    comm.init_distributed(torch.device("cpu"))
+def ddp_step(cfg):
     rank, world = comm.get_rank(), comm.get_world_size()
     images, pid, cams = global_batch(cfg)
     share = slice(rank * len(pid) // world, (rank + 1) * len(pid) // world)  # this rank's identities
@@ -83,12 +82,11 @@ def run_ddp_step(cfg):
             "grads": {k: v.flatten().tolist() for k, v in grads.items()}}
 
 
-def run_rng(cfg):
+def resume_rng(cfg):
     """Each rank saves its random state as a training checkpoint does, draws, and restores it from the file."""
     from engine.trainer import restore_rng, training_state
     from utils.checkpoint import rng_state
     from utils.seed import set_seed
-    comm.init_distributed(torch.device("cpu"))
     rank = comm.get_rank()
     set_seed(cfg.SOLVER.SEED + rank)
     model = nn.Linear(2, 2)  # draws from the stream, as building the model does
@@ -105,11 +103,23 @@ def run_rng(cfg):
     return {"expected": expected, "resumed": torch.rand(3).tolist()}
 
 
+def run_cpu(cfg):
+    """On one gloo group: the DDP step with and without gathered embeddings, then the random-state resume."""
+    comm.init_distributed(torch.device("cpu"))
+    steps = {}
+    for gather in ("yes", "no"):
+        c = cfg.clone()
+        c.defrost()
+        c.SOLVER.GATHER_EMBEDDINGS = gather == "yes"
+        steps[gather] = ddp_step(c)
+    return {"ddp_step": steps, "rng": resume_rng(cfg)}
+
+
 def main():
     what, out_dir, opts = sys.argv[1], sys.argv[2], sys.argv[3:]
     comm.CUDA_BACKEND = "gloo"
     cfg = load_config("", opts)
-    result = {"eval": run_eval, "ddp_step": run_ddp_step, "rng": run_rng}[what](cfg)
+    result = {"eval": run_eval, "cpu": run_cpu}[what](cfg)
     with open(os.path.join(out_dir, f"{what}_rank{comm.get_rank()}.json"), "w") as f:
         json.dump(result, f)
     comm.cleanup()

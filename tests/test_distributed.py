@@ -78,16 +78,22 @@ def test_evaluation_gathers_features_through_a_cuda_process_group(tiny_cfg, synt
         assert got["metrics"] == {k: v for k, v in single.items() if k != "eval_seconds"}
 
 
+@pytest.fixture(scope="module")
+def two_cpu_ranks(tmp_path_factory):
+    """dist_worker.py's 'cpu' checks, run once on two gloo processes: {rank: results}."""
+    d = tmp_path_factory.mktemp("cpu_ranks")
+    torchrun(d, "cpu", str(d), *TINY, "OUTPUT_DIR", str(d))
+    return {rank: json.load(open(d / f"cpu_rank{rank}.json")) for rank in range(2)}
+
+
 @pytest.mark.parametrize("gather", [True, False])
-def test_ddp_step_with_gathered_embeddings_equals_the_global_batch_step(tiny_cfg, tmp_path, gather):
+def test_ddp_step_with_gathered_embeddings_equals_the_global_batch_step(tiny_cfg, two_cpu_ranks, gather):
     """Two ranks, each with its own identities of a P x K batch: with SOLVER.GATHER_EMBEDDINGS the loss terms
     and gradients equal one process's on the whole batch; without, triplet mining and GAM see half of it."""
     from .dist_worker import global_batch, training_terms
-    opts = [*TINY[:-2], "MODEL.DEVICE", "cpu", "SOLVER.GATHER_EMBEDDINGS", "yes" if gather else "no"]
-    torchrun(tmp_path, "ddp_step", str(tmp_path), *opts)
     cfg = tiny_cfg("SOLVER.GATHER_EMBEDDINGS", "yes" if gather else "no")
     losses, grads = training_terms(cfg, *global_batch(cfg))
-    got = json.load(open(tmp_path / "ddp_step_rank0.json"))
+    got = two_cpu_ranks[0]["ddp_step"]["yes" if gather else "no"]
     assert set(got["losses"]) == set(losses) and set(got["grads"]) == set(grads)
     gathered = [k for k in losses if k.startswith("tri_") or k == "gam"]
     equal = {k: abs(got["losses"][k] - losses[k].item()) <= 1e-5 * max(1.0, abs(losses[k].item())) for k in losses}
@@ -99,9 +105,8 @@ def test_ddp_step_with_gathered_embeddings_equals_the_global_batch_step(tiny_cfg
         assert torch.allclose(torch.tensor(got["grads"][k]), g.flatten(), rtol=1e-4, atol=1e-6), k
 
 
-def test_each_rank_resumes_its_own_random_state(tmp_path):
-    torchrun(tmp_path, "rng", str(tmp_path), "OUTPUT_DIR", str(tmp_path))
-    got = [json.load(open(tmp_path / f"rng_rank{rank}.json")) for rank in range(2)]
+def test_each_rank_resumes_its_own_random_state(two_cpu_ranks):
+    got = [two_cpu_ranks[rank]["rng"] for rank in range(2)]
     assert got[0]["expected"] != got[1]["expected"]  # the ranks' streams differ (seed + rank) ...
     assert all(g["resumed"] == g["expected"] for g in got)  # ... and each continues its own after a resume
 

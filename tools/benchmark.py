@@ -168,6 +168,9 @@ def bench_data(cfg, args):
     emit("data_samples_per_s_per_worker", round(rate, 1), "samples/s",
          note=f"decode + train augmentation of 3 modalities at {h}x{w} on the synthetic benchmark")
     per_sample = getattr(args, "train_flops_per_sample", 0)
+    if not per_sample:  # the model was skipped: count a 2-sample step
+        from model_cost import flops
+        per_sample = flops(cfg, build_model(cfg, 171, 4, pretrained=False), 171)[1]
     for gpu, tflops in GPU_FP16_TFLOPS.items():
         if per_sample:  # an estimate: the step rate the GPU's dense fp16 rate implies at 40% utilisation
             need = tflops * 1e12 * GPU_UTILISATION / per_sample
