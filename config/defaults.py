@@ -189,6 +189,10 @@ _C.SOLVER.SCHEDULER = "cosine"
 # group's LR is scaled from WARMUP_FACTOR to 1 (relative; the official multi-step default is 0.01).
 _C.SOLVER.WARMUP_ITERS = 10
 _C.SOLVER.WARMUP_FACTOR = 0.1
+# Cosine schedule: yes warms each group up from WARMUP_FACTOR x its own LR (a backbone at 5e-6 starts at
+# 5e-7); no (official) starts every group at WARMUP_FACTOR x BASE_LR, so a backbone whose LR is below that
+# starts above its target and ramps down during the warmup.
+_C.SOLVER.WARMUP_RELATIVE = False
 # Cosine floor as a fraction of BASE_LR (an absolute LR shared by every group, as the official factory).
 _C.SOLVER.MIN_LR_FACTOR = 0.001
 # LR noise of the cosine schedule (timm): in the epochs [start, end) given as fractions of MAX_EPOCHS

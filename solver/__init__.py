@@ -122,6 +122,24 @@ class WarmupMultiStepScheduler(Scheduler):
         return [v * w * decay for v in self.base_values]
 
 
+class RelativeWarmupCosineScheduler(CosineLRScheduler):
+    """timm's cosine schedule whose warmup starts each group at ``warmup_factor`` x its own LR (timm starts
+    every group at one absolute ``warmup_lr_init``) and rises linearly to it over ``warmup_t`` epochs; the
+    cosine part, its floor and the LR noise are timm's."""
+
+    def __init__(self, optimizer, warmup_factor: float = 0.1, **kwargs):
+        super().__init__(optimizer, **kwargs)
+        self.warmup_factor = warmup_factor
+        if self.warmup_t:
+            self.update_groups(self._get_lr(0))
+
+    def _get_lr(self, t):
+        if t < self.warmup_t:
+            alpha = t / self.warmup_t
+            return [v * (self.warmup_factor * (1 - alpha) + alpha) for v in self.base_values]
+        return super()._get_lr(t)
+
+
 def noise_range(cfg):
     """SOLVER.LR_NOISE_RANGE (fractions of MAX_EPOCHS) as timm's ``noise_range_t`` in epochs, or None."""
     s = cfg.SOLVER
@@ -137,7 +155,10 @@ def build_scheduler(cfg, optimizer):
     if s.SCHEDULER == "multistep":
         return WarmupMultiStepScheduler(optimizer, milestones=list(s.STEPS), gamma=s.GAMMA,
                                         warmup_t=s.WARMUP_ITERS, warmup_factor=s.WARMUP_FACTOR)
-    return CosineLRScheduler(optimizer, t_initial=s.MAX_EPOCHS, lr_min=s.MIN_LR_FACTOR * s.BASE_LR, cycle_mul=1.0,
-                             cycle_decay=0.1, warmup_lr_init=s.WARMUP_FACTOR * s.BASE_LR, warmup_t=s.WARMUP_ITERS,
-                             cycle_limit=1, t_in_epochs=True, noise_range_t=noise_range(cfg),
-                             noise_pct=s.LR_NOISE_PCT, noise_std=s.LR_NOISE_STD, noise_seed=s.LR_NOISE_SEED)
+    kwargs = dict(t_initial=s.MAX_EPOCHS, lr_min=s.MIN_LR_FACTOR * s.BASE_LR, cycle_mul=1.0, cycle_decay=0.1,
+                  warmup_lr_init=s.WARMUP_FACTOR * s.BASE_LR, warmup_t=s.WARMUP_ITERS, cycle_limit=1,
+                  t_in_epochs=True, noise_range_t=noise_range(cfg), noise_pct=s.LR_NOISE_PCT,
+                  noise_std=s.LR_NOISE_STD, noise_seed=s.LR_NOISE_SEED)
+    if s.WARMUP_RELATIVE:
+        return RelativeWarmupCosineScheduler(optimizer, warmup_factor=s.WARMUP_FACTOR, **kwargs)
+    return CosineLRScheduler(optimizer, **kwargs)

@@ -163,3 +163,30 @@ def test_training_steps_equal_the_official_steps(name):
             for n, buf in model.named_buffers():
                 if n.endswith(("running_mean", "running_var")):
                     assert torch.allclose(buf, params[official.official_name(n)], rtol=1e-5, atol=1e-7), n
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_relative_warmup_starts_every_group_at_its_own_fraction(relative):
+    """SOLVER.WARMUP_RELATIVE: every group rises from WARMUP_FACTOR x its own LR to it (the CLIP backbone from
+    5e-7 up to 5e-6); the official warmup starts every group at WARMUP_FACTOR x BASE_LR (the backbone from
+    3.5e-5 down to 5e-6). After the warmup both are the same cosine."""
+    from solver import build_optimizer, build_scheduler
+    cfg = benchmark_cfg("RGBNT201", "SOLVER.LR_NOISE_RANGE", "[]", "SOLVER.WARMUP_RELATIVE", "yes" if relative else "no")
+    with torch.device("meta"):
+        model = build_model(cfg, 5, 3)
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_scheduler(cfg, optimizer)
+    targets = list(scheduler.base_values)  # each group's own LR
+    base, f, warm = cfg.SOLVER.BASE_LR, cfg.SOLVER.WARMUP_FACTOR, cfg.SOLVER.WARMUP_ITERS
+    table = []
+    for epoch in range(1, warm + 2):
+        scheduler.step(epoch)
+        table.append([g["lr"] for g in optimizer.param_groups])
+    assert 5e-6 in targets
+    for lr_g, column in zip(targets, zip(*table)):
+        start = f * lr_g if relative else f * base
+        expected = [start + (lr_g - start) * t / warm for t in range(1, warm)]
+        assert list(column[:warm - 1]) == pytest.approx(expected, rel=1e-9)
+    for epoch in (warm, warm + 1):  # the cosine of the official factory, for every group
+        assert list(table[epoch - 1]) == pytest.approx(
+            [official.cosine_lr(lr_g, epoch, base, cfg.SOLVER.MAX_EPOCHS, warm, noise=False) for lr_g in targets])

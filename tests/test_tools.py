@@ -223,3 +223,23 @@ def test_export_onnx_on_a_timm_backbone(dinov3_setup):
     d, cfg, weight = dinov3_setup
     text = run([os.path.join(TOOLS, "export_onnx.py"), "--config_file", cfg, "--weight", weight], d)
     assert "largest |onnxruntime - pytorch|" in text and os.path.isfile(d / "out" / "export_onnx.onnx")
+
+
+def test_sweep_trains_the_grid_and_selects_on_validation(tiny_setup, tmp_path):
+    """--sweep: one run per value, chosen by the held-out validation identities; the table also reports the
+    test figures of each run's validation-selected epoch."""
+    d, cfg, _ = tiny_setup
+    base = [os.path.join(TOOLS, "ablate.py"), "--configs", cfg, "--output", str(tmp_path / "sweep"), "--runs-dir",
+            str(tmp_path / "runs"), "--sweep", "SOLVER.BASE_LR", "1e-3,1e-5", "SOLVER.MAX_EPOCHS", "1"]
+    r = subprocess.run([sys.executable] + base, cwd=str(d), capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+    assert r.returncode != 0 and "DATASETS.VAL_IDS" in r.stderr and "running:" not in r.stdout
+    text = run(base + ["DATASETS.VAL_IDS", "2"], d)
+    rows = [line for line in (tmp_path / "sweep" / "sweep.md").read_text().splitlines() if line.startswith("| tiny")]
+    assert len(rows) == 2 and sum("**selected**" in row for row in rows) == 1 and "selected" in text
+    val = {row.split(" | ")[0][2:]: float(row.split(" | ")[1]) for row in rows}
+    chosen = next(row.split(" | ")[0][2:] for row in rows if "**selected**" in row)
+    assert val[chosen] == max(val.values())
+    for name in val:
+        summary = json.load(open(tmp_path / "runs" / name / "summary.json"))
+        assert {"best", "test_best_epoch"} <= set(summary)

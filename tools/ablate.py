@@ -4,6 +4,15 @@ one training-curve plot per run (loss terms and mAP per epoch, read from metrics
     python tools/ablate.py --configs configs/Synthetic/{baseline,SIM,SIM_GAM,demo}.yml \\
         --output docs/ablation [--runs-dir output/ablation] [KEY VALUE ...]
 
+    python tools/ablate.py --configs configs/RGBNT201/Signal_dinov3.yml --sweep SOLVER.BACKBONE_LR 5e-6,2e-5,5e-5 \
+        [--sweep SOLVER.LAYER_DECAY 0.65,0.75] DATASETS.VAL_IDS 0.1
+
+--sweep KEY v1,v2,... (repeatable: the grid of every combination) trains one run per config and combination,
+into <runs-dir>/<config name>-<KEY=value,...>/. A sweep selects on the validation split (DATASETS.VAL_IDS,
+training identities held out of training), never on the test set: the table (sweep.md) gives each run's
+validation mAP / Rank-1 at its best validation epoch and the test figures of that epoch, and marks the run
+with the best validation mAP.
+
 Each run trains into <runs-dir>/<config name>/ (OUTPUT_DIR is overridden); the table (ablation.md) and
 the plots (<name>_curves.png) go to --output (default: the runs folder). A run folder that already holds a run stops the tool before
 anything trains, unless --resume (continue unfinished runs, keep finished ones) or --overwrite (train
@@ -13,6 +22,7 @@ mixes runs.
 """
 import argparse
 import os
+import re
 import subprocess
 import sys
 
@@ -66,6 +76,43 @@ def curves(name, records):
     return stack([line_chart(losses, f"{name}: loss terms"), line_chart(metrics, f"{name}: evaluation", ylabel="%")])
 
 
+def sweep_grid(items):
+    """[[(KEY, value), ...], ...]: every combination of the --sweep values ([[]] without --sweep)."""
+    import itertools
+    axes = []
+    for key, values in items:
+        vals = [v.strip() for v in values.split(",") if v.strip()]
+        if not vals:
+            raise SystemExit(f"--sweep {key}: no values (expected a comma-separated list, e.g. 5e-6,2e-5)")
+        axes.append([(key, v) for v in vals])
+    return [list(c) for c in itertools.product(*axes)]
+
+
+def write_sweep_table(rows, output):
+    """sweep.md: validation figures of each run's best validation epoch and the test figures of that epoch
+    (summary.json's test_best_epoch), the run with the best validation mAP marked."""
+    import json
+    table = []
+    for name, _, best, out_dir in rows:
+        with open(os.path.join(out_dir, "summary.json")) as f:
+            test = json.load(f).get("test_best_epoch")
+        if test is None:
+            raise SystemExit(f"{name}: {out_dir}/summary.json has no test figures of the selected epoch")
+        table.append((name, best, test))
+    chosen = max(range(len(table)), key=lambda i: table[i][1]["mAP"])
+    lines = ["| run | val mAP | val Rank-1 | epoch | test mAP | test Rank-1 | test mINP | selected |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for i, (name, best, test) in enumerate(table):
+        lines.append(f"| {name} | {100 * best['mAP']:.1f} | {100 * best['Rank-1']:.1f} | {best['epoch']} | "
+                     f"{100 * test['mAP']:.1f} | {100 * test['Rank-1']:.1f} | {100 * test['mINP']:.1f} | "
+                     + ("**selected**" if i == chosen else "") + " |")
+    text = ("\n".join(lines) + "\n\nEach run's best epoch and the run are chosen on the validation identities "
+            "(DATASETS.VAL_IDS); the test figures are those of that epoch, for reporting only.\n")
+    with open(os.path.join(output, "sweep.md"), "w") as f:
+        f.write(text)
+    print(text)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", nargs="+", required=True)
@@ -74,34 +121,44 @@ def main():
     p.add_argument("--skip-training", action="store_true", help="only collect finished runs")
     p.add_argument("--resume", action="store_true", help="continue unfinished runs; finished runs are kept")
     p.add_argument("--overwrite", action="store_true", help="train every run again, deleting the old ones")
+    p.add_argument("--sweep", nargs=2, action="append", default=[], metavar=("KEY", "VALUES"),
+                   help="train one run per value (comma-separated) of the config KEY; repeatable (a grid); "
+                        "selects by the validation split (DATASETS.VAL_IDS)")
     p.add_argument("opts", nargs="*", help="KEY VALUE overrides applied to every run")
     args = p.parse_intermixed_args()
     args.output = args.output or args.runs_dir
+    sweep = sweep_grid(args.sweep)
     if sum((args.skip_training, args.resume, args.overwrite)) > 1:
         raise SystemExit("--skip-training, --resume and --overwrite exclude each other")
     runs = []
     for cfg_path in args.configs:
-        name = run_name(cfg_path)
-        out_dir = os.path.join(args.runs_dir, name)
-        runs.append((name, cfg_path, out_dir, load_config(cfg_path, args.opts + ["OUTPUT_DIR", out_dir])))
+        for combo in sweep:
+            name = run_name(cfg_path) + re.sub(r"[^\w.=+-]", "_", "".join(f"-{k}={v}" for k, v in combo))
+            out_dir = os.path.join(args.runs_dir, name)
+            opts = args.opts + [x for kv in combo for x in kv]
+            cfg = load_config(cfg_path, opts + ["OUTPUT_DIR", out_dir])
+            if len(sweep) > 1 and cfg.DATASETS.VAL_IDS <= 0:
+                raise SystemExit("--sweep selects a run on the validation split: set DATASETS.VAL_IDS (a count or "
+                                 "a fraction of the training identities), so the test set never chooses")
+            runs.append((name, cfg_path, out_dir, cfg, opts))
     if len({name for name, *_ in runs}) < len(runs):
         raise SystemExit("two configs share a file name; their runs would share a folder under --runs-dir")
     if not (args.skip_training or args.resume or args.overwrite):
-        taken = [out_dir for _, _, out_dir, cfg in runs if run_files(out_dir, cfg.MODEL.NAME)]
+        taken = [out_dir for _, _, out_dir, cfg, _ in runs if run_files(out_dir, cfg.MODEL.NAME)]
         if taken:
             raise SystemExit("these run folders already hold runs: " + ", ".join(taken) + "\nPass --resume to "
                              "continue them, --overwrite to train them again, --skip-training to only collect "
                              "them, or another --runs-dir.")
     os.makedirs(args.output, exist_ok=True)
     rows = []
-    for name, cfg_path, out_dir, cfg in runs:
+    for name, cfg_path, out_dir, cfg, opts in runs:
         if not args.skip_training:
             flag = []
             if args.overwrite:
                 flag = ["--overwrite"]
             elif args.resume and os.path.isfile(os.path.join(out_dir, "last.pth")):
                 flag = ["--resume"]
-            cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config_file", cfg_path, *flag, *args.opts,
+            cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config_file", cfg_path, *flag, *opts,
                    "OUTPUT_DIR", out_dir]
             print("running:", " ".join(cmd), flush=True)
             code = subprocess.run(cmd).returncode
@@ -110,11 +167,13 @@ def main():
         records = check_finished(name, out_dir, cfg)
         evaluated = [r for r in records if "mAP" in r]
         best = max(evaluated, key=lambda r: r["mAP"])
-        rows.append((name, evaluated[-1], best))
+        rows.append((name, evaluated[-1], best, out_dir))
         curves(name, records).save(os.path.join(args.output, f"{name}_curves.png"))
+    if len(sweep) > 1:
+        return write_sweep_table(rows, args.output)
     lines = ["| run | mAP | Rank-1 | Rank-5 | Rank-10 | mINP | best mAP (epoch) |",
              "|---|---:|---:|---:|---:|---:|---:|"]
-    for name, last, best in rows:
+    for name, last, best, _ in rows:
         lines.append(f"| {name} | " + " | ".join(f"{100 * last[k]:.1f}" for k in METRICS)
                      + f" | {100 * best['mAP']:.1f} ({best['epoch']}) |")
     table = "\n".join(lines) + "\n\nFigures of the last epoch; the last column is the best evaluated epoch.\n"

@@ -2,6 +2,10 @@
 (the optimizer groups and the scheduler stepped with the 1-based epoch), printed as a markdown table.
 
     python tools/lr_schedule.py --config_file configs/RGBNT201/Signal.yml [KEY VALUE ...] [--csv out.csv]
+                                [--compare-warmup]
+
+--compare-warmup adds a table of the warmup epochs under both SOLVER.WARMUP_RELATIVE settings: each group
+from one absolute LR (WARMUP_FACTOR x BASE_LR, the official) or from WARMUP_FACTOR x its own LR.
 
 A group is the set of parameters sharing (LR, weight decay); each column names its first parameter and
 the number of tensors it holds. The model is built with random weights (MODEL.PRETRAIN_PATH is ignored).
@@ -36,10 +40,30 @@ def schedule(cfg, model):
     return groups, rows
 
 
+def print_warmup_comparison(args, model):
+    """The warmup epochs (and the first one after) of every group, absolute warmup -> relative warmup."""
+    tables = []
+    for relative in ("no", "yes"):
+        cfg = load_config(args.config_file, args.opts + ["MODEL.PRETRAIN_PATH", "", "SOLVER.WARMUP_RELATIVE", relative])
+        tables.append(schedule(cfg, model)[1])
+    n = min(cfg.SOLVER.WARMUP_ITERS + 1, cfg.SOLVER.MAX_EPOCHS)
+    print()
+    print(f"Warmup, SOLVER.WARMUP_RELATIVE no -> yes ({cfg.SOLVER.SCHEDULER} schedule"
+          + (": its warmup is relative either way)" if cfg.SOLVER.SCHEDULER != "cosine" else ")"))
+    print()
+    print("| epoch | " + " | ".join(f"group {i}" for i in range(len(tables[0][0]) - 1)) + " |")
+    print("|---:|" + "---:|" * (len(tables[0][0]) - 1))
+    for absolute, relative in zip(tables[0][:n], tables[1][:n]):
+        print(f"| {absolute[0]} | " + " | ".join(f"{a:.2e} -> {r:.2e}" for a, r in zip(absolute[1:], relative[1:]))
+              + " |")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config_file", required=True)
     p.add_argument("--csv", default="", help="also write the table to this CSV file")
+    p.add_argument("--compare-warmup", action="store_true",
+                   help="also print the warmup epochs with SOLVER.WARMUP_RELATIVE no and yes side by side")
     p.add_argument("opts", nargs="*", help="KEY VALUE config overrides")
     args = p.parse_intermixed_args()
     cfg = load_config(args.config_file, args.opts + ["MODEL.PRETRAIN_PATH", ""])
@@ -58,6 +82,8 @@ def main():
     print("|---:|" + "---:|" * len(groups))
     for row in rows:
         print(f"| {row[0]} | " + " | ".join(f"{v:.4e}" for v in row[1:]) + " |")
+    if args.compare_warmup:
+        print_warmup_comparison(args, model)
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             w = csv.writer(f)
