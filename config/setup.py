@@ -1,6 +1,7 @@
 """Build the resolved configuration: defaults <- YAML file <- command-line ``KEY VALUE`` pairs."""
 import ast
 import os
+import re
 
 import yaml
 from yacs.config import CfgNode as CN
@@ -23,6 +24,29 @@ _CHOICES = {
     "SOLVER.AMP": ("bf16", "fp16", "none"),
     "TEST.MISS": ("", "r", "n", "t", "rn", "rt", "nt", "all"),
 }
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise _DuplicateKey(f"{key!r} is given twice in one section (lines {seen[key] + 1} and "
+                                    f"{key_node.start_mark.line + 1}); YAML would keep only the last and drop "
+                                    f"the first silently: merge them into one")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+# Paths: '~' is expanded as a shell would.
+_PATH_KEYS = {"OUTPUT_DIR", "DATASETS.ROOT_DIR", "MODEL.PRETRAIN_PATH", "TEST.WEIGHT"}
 
 
 def _coerce(key, value, default, source):
@@ -54,7 +78,7 @@ def _coerce(key, value, default, source):
             return ""
         if key == "TEST.MISS" and str(value).lower() in ("none", "nothing"):
             return ""
-        return str(value)
+        return os.path.expanduser(str(value)) if key in _PATH_KEYS else str(value)
     if type(value) is not type(default):
         raise ValueError(f"{source}: {key} expects a {type(default).__name__}, got {value!r}")
     return value
@@ -84,11 +108,15 @@ def merge_file(cfg, path, _chain=()):
     real = os.path.realpath(path)
     if real in (os.path.realpath(p) for p in _chain):
         raise ValueError("config: _BASE_ inheritance loops: " + " -> ".join([*_chain, path]))
-    with open(path) as f:
-        try:
-            data = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"{path}: not valid YAML: {e}") from None
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.load(f, Loader=_UniqueKeyLoader) or {}
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a UTF-8 text file (byte {e.start}): save the config as UTF-8") from None
+    except _DuplicateKey as e:
+        raise ValueError(f"{path}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of config sections, got {type(data).__name__}")
     bases = data.pop("_BASE_", None) or []
@@ -208,6 +236,9 @@ def validate(cfg):
         if value not in choices:
             raise ValueError(f"config: {key} must be one of {list(choices)}, got {value!r}")
     check_backbone(cfg.MODEL.TRANSFORMER_TYPE)
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.MODEL.DEVICE):
+        raise ValueError(f"config: MODEL.DEVICE must be auto, cpu, cuda or cuda:N (an NVIDIA GPU), got "
+                         f"{cfg.MODEL.DEVICE!r}")
     if cfg.SOLVER.BACKBONE_LR < 0 and cfg.MODEL.TRANSFORMER_TYPE not in ("ViT-B-16", "vit_base_patch16_224", "vit_custom"):
         raise ValueError(f"config: SOLVER.BACKBONE_LR must be set for the backbone {cfg.MODEL.TRANSFORMER_TYPE} "
                          f"(an LR, or 0 for BASE_LR x SOLVER.BACKBONE_LR_FACTOR); the official rule covers only "

@@ -83,6 +83,11 @@ def _worker_kwargs(cfg):
 def build_test_loader(cfg, query, gallery, gallery_is_query, tiled, tile_order=MODALITIES):
     """Loader over query (+ gallery unless the benchmark evaluates with gallery = query)."""
     samples = list(query) if gallery_is_query else list(query) + list(gallery)
+    ids = {s.pid for s in query}
+    if len(ids) == 1:
+        logging.getLogger("signal.data").warning(
+            "the evaluation split's queries hold one identity (%s): every true match outranks every other sample "
+            "whatever the model, so mAP is 100%% every epoch and cannot choose an epoch", next(iter(ids)))
     ds = MultiModalImageDataset(samples, build_transforms(cfg, train=False), tiled, tile_order)
     # Its own generator: creating the loader's iterator then draws nothing from the global torch RNG, so an
     # evaluation leaves the training's random state as it was.
@@ -120,9 +125,9 @@ def split_validation(train, val_ids, seed):
     """
     pids = sorted({s.pid for s in train})
     n = int(round(val_ids * len(pids))) if val_ids < 1 else int(val_ids)
-    if not 1 <= n <= len(pids) - 2:
+    if not 2 <= n <= len(pids) - 2:
         raise ValueError(f"DATASETS.VAL_IDS={val_ids} holds out {n} of {len(pids)} training identities; "
-                         f"expected between 1 and {len(pids) - 2}")
+                         f"expected between 2 (with one, every epoch scores 100% mAP) and {len(pids) - 2}")
     rng = np.random.default_rng(seed)
     held = set(rng.choice(pids, size=n, replace=False).tolist())
     val = [s for s in train if s.pid in held]

@@ -42,6 +42,14 @@ def _numbered_checkpoints(out_dir, name):
     return sorted(f for f in os.listdir(out_dir) if pattern.match(f)) if os.path.isdir(out_dir) else []
 
 
+def _results_of_run(out_dir, name):
+    """test.py's result files of this run's own checkpoints (last, best, numbered) in ``out_dir``: they go
+    with the run under --overwrite. Results of checkpoints from elsewhere (``test_<folder>-<name>_...``)
+    stay."""
+    pattern = re.compile(r"test_(last|best|" + re.escape(name) + r"_\d+)_.*\.json$")
+    return sorted(f for f in os.listdir(out_dir) if pattern.match(f)) if os.path.isdir(out_dir) else []
+
+
 def run_files(out_dir, model_name):
     """The files of a training run present in ``out_dir``."""
     present = [f for f in RUN_FILES if os.path.exists(os.path.join(out_dir, f))]
@@ -163,6 +171,7 @@ def prepare_run_folder(cfg, resume=False, overwrite=False, allow_changes=(), mai
     try:
         if overwrite and found:
             removed = found + [f for f in RECORD_FILES if os.path.exists(os.path.join(out, f))]
+            removed += _results_of_run(out, cfg.MODEL.NAME)
             for f in removed:
                 os.remove(os.path.join(out, f))
             if os.path.isdir(os.path.join(out, "tensorboard")):

@@ -121,6 +121,20 @@ def check_amp(cfg, device):
                           f"newer torch")
 
 
+def check_flags(args, training):
+    """Refuse flags that do not apply to the program (they would be ignored silently)."""
+    given = lambda name: bool(getattr(args, name, None))  # noqa: E731
+    if training and given("save_features"):
+        raise SetupError("--save-features is a test.py option: train.py saves no features")
+    if not training:
+        wrong = [f"--{n.replace('_', '-')}" for n in ("resume", "overwrite", "allow_change") if given(n)]
+        if wrong:
+            raise SetupError(f"{', '.join(wrong)}: train.py options; test.py writes only its result files")
+    elif given("allow_change") and not given("resume"):
+        raise SetupError("--allow-change only applies with --resume (it allows config changes against the "
+                         "checkpoint being continued)")
+
+
 def default_setup(args, log_name, training=False):
     """Config (frozen), device, logger and seed. Returns ``(cfg, logger, device, run)``.
 
@@ -128,6 +142,7 @@ def default_setup(args, log_name, training=False):
     checked and locked (``engine.rundir``; ``run`` holds the lock and, with --resume, the checkpoint) and
     the resolved config is written to OUTPUT_DIR/config.yaml; ``run`` is None otherwise."""
     check_packages()
+    check_flags(args, training)
     cfg = load_config(args.config_file, args.opts)
     device = resolve_device(cfg, comm.local_rank(), training)
     comm.init_distributed(device)

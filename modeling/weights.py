@@ -28,6 +28,8 @@ def _is_safetensors(path):
 
 def read_checkpoint(path):
     """A state dict from ``path``: a TorchScript archive (OpenAI CLIP) or a torch.save file."""
+    if os.path.isdir(path):
+        raise WeightsError(f"weights file {path} is a folder: name the checkpoint file inside it")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file not found: {path}")
     is_script = False

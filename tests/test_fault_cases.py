@@ -1,0 +1,88 @@
+"""Inputs that used to be dropped, ignored or reported deep inside a library: each is refused or named."""
+import argparse
+import os
+
+import pytest
+
+from config import load_config
+
+from .conftest import TINY
+
+
+def test_a_section_given_twice_in_a_yaml_is_refused_naming_file_and_key(tmp_path):
+    path = tmp_path / "twice.yml"
+    path.write_text("SOLVER:\n  BASE_LR: 0.1\nMODEL:\n  TOPK: 4\nSOLVER:\n  MAX_EPOCHS: 3\n")
+    with pytest.raises(ValueError, match=r"twice.yml: 'SOLVER' is given twice in one section \(lines 1 and 5\)"):
+        load_config(str(path))
+    path.write_text("SOLVER:\n  BASE_LR: 0.1\n  BASE_LR: 0.2\n")
+    with pytest.raises(ValueError, match="'BASE_LR' is given twice"):
+        load_config(str(path))
+
+
+def test_a_config_that_is_not_utf8_names_its_file(tmp_path):
+    path = tmp_path / "latin1.yml"
+    path.write_bytes("OUTPUT_DIR: ./sortie_\xe9t\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1.yml: not a UTF-8 text file"):
+        load_config(str(path))
+
+
+@pytest.mark.parametrize("device", ["gpu", "mps", "cuda:x", "CUDA"])
+def test_device_names_are_checked_with_the_config(device):
+    with pytest.raises(ValueError, match=f"MODEL.DEVICE must be auto, cpu, cuda or cuda:N.*{device!r}"):
+        load_config("", TINY + ["MODEL.DEVICE", device])
+    assert load_config("", TINY + ["MODEL.DEVICE", "cuda:1"]).MODEL.DEVICE == "cuda:1"
+
+
+def test_home_in_paths_is_expanded(tmp_path):
+    cfg = load_config("", TINY + ["OUTPUT_DIR", "~/runs/x", "MODEL.PRETRAIN_PATH", "~/w.pth"])
+    assert cfg.OUTPUT_DIR == os.path.expanduser("~/runs/x") and not cfg.OUTPUT_DIR.startswith("~")
+    assert cfg.MODEL.PRETRAIN_PATH == os.path.expanduser("~/w.pth")
+
+
+def test_weights_path_that_is_a_folder_says_so(tmp_path):
+    from modeling import WeightsError, read_checkpoint
+    with pytest.raises(WeightsError, match="is a folder"):
+        read_checkpoint(str(tmp_path))
+
+
+def test_overwrite_deletes_the_old_runs_test_results_but_not_other_models(tiny_cfg, tmp_path):
+    from engine.rundir import prepare_run_folder
+    out = tmp_path / "run"
+    out.mkdir()
+    mine = ["test_best_Synthetic.json", "test_last_Synthetic_miss-r.json", "test_Signal_10_Synthetic.json"]
+    other = "test_run1-best_Synthetic.json"
+    for f in ["metrics.jsonl", "last.pth", *mine, other]:
+        (out / f).write_text("{}")
+    run = prepare_run_folder(tiny_cfg("OUTPUT_DIR", str(out)), overwrite=True)
+    run.release()
+    assert set(mine) <= set(run.removed) and sorted(os.listdir(out)) == [".lock", other]
+
+
+@pytest.mark.parametrize("argv, training, message", [
+    (["--save-features", "f.npz"], True, "--save-features is a test.py option"),
+    (["--resume"], False, "--resume: train.py options"),
+    (["--overwrite", "--allow-change", "X"], False, "--overwrite, --allow-change: train.py options"),
+    (["--allow-change", "SOLVER.MAX_EPOCHS"], True, "--allow-change only applies with --resume"),
+])
+def test_flags_that_do_not_apply_are_refused(argv, training, message):
+    from engine.setup import SetupError, check_flags, parse_args
+    import sys
+    old = sys.argv
+    sys.argv = ["prog", *argv]
+    try:
+        args = parse_args("x")
+    finally:
+        sys.argv = old
+    with pytest.raises(SetupError, match=message):
+        check_flags(args, training)
+    check_flags(argparse.Namespace(resume=True, allow_change=["A"], overwrite=False, save_features=""), True)
+
+
+def test_one_validation_identity_is_refused_and_one_test_identity_warned(tiny_cfg, caplog):
+    from data import build_dataset, build_test_loader, split_validation
+    dataset = build_dataset(tiny_cfg())
+    with pytest.raises(ValueError, match="VAL_IDS=1.0 holds out 1 of 6.*between 2"):
+        split_validation(dataset.train, 1.0, 0)
+    one = [s for s in dataset.query if s.pid == dataset.query[0].pid]
+    build_test_loader(tiny_cfg(), one, one, True, dataset.tiled)
+    assert "queries hold one identity" in caplog.text
