@@ -61,7 +61,7 @@ def test_cpu_estimate_matches_the_measured_peak_of_a_step(checkpointing):
             "4", "MODEL.CUSTOM_VIT.OUT_DIM", "128", "MODEL.FUSED_ATTN", "no", "MODEL.GRAD_CHECKPOINT", checkpointing,
             "INPUT.SIZE_TRAIN", "[128,64]", "INPUT.SIZE_TEST", "[128,64]", "DATALOADER.NUM_INSTANCE", "4"]
     cfg = load_config("", opts)
-    batch = 32
+    batch = 16
     est = gpu_memory.estimate(cfg, batch, "none", "cpu", num_classes=20, num_cameras=3)
 
     torch.manual_seed(0)
