@@ -1,13 +1,16 @@
-"""Two-process checks of the distributed path, run under torchrun by tests/test_distributed.py.
+"""Two-process checks of the distributed path, run under torchrun by tests/test_distributed.py:
 
-``python -m torch.distributed.run --nproc_per_node 2 tests/dist_worker.py eval OUT_DIR KEY VALUE ...``
-    evaluation gathers its features through a process group started as on CUDA (``comm.init_distributed``
-    on a 'cuda' device), with gloo registered for CUDA tensors only standing in for NCCL; writes the metrics.
-``... cpu OUT_DIR KEY VALUE ...``
-    on a gloo group: one DDP training step of the tiny model on the global batch ``global_batch()`` split by
-    identity between the ranks, with and without SOLVER.GATHER_EMBEDDINGS (the loss terms averaged over the
-    ranks, and the gradients); then every rank's random state goes into a training checkpoint (in
-    OUTPUT_DIR) and each rank resumes its own.
+``python -m torch.distributed.run --nproc_per_node 2 tests/dist_worker.py OUT_DIR KEY VALUE ...``
+
+starts the process group as on CUDA (``comm.init_distributed`` on a 'cuda' device), with gloo registered for
+CUDA tensors only standing in for NCCL, and on it:
+
+* evaluation gathers its (CPU) features; a group of the stand-in alone refuses CPU tensors, as NCCL does;
+* one DDP training step of the tiny model on the global batch ``global_batch()`` split by identity between
+  the ranks, with and without SOLVER.GATHER_EMBEDDINGS (loss terms averaged over the ranks, gradients);
+* every rank's random state goes into a training checkpoint (in OUTPUT_DIR) and each rank resumes its own.
+
+Each rank writes its results to OUT_DIR/rank<r>.json.
 """
 import json
 import os
@@ -53,8 +56,6 @@ def training_terms(cfg, images, pid, cams, wrap=lambda m: m):
 def run_eval(cfg):
     from data import build_test_dataloader
     from engine import evaluate_model
-    torch.cuda.set_device = lambda device: None  # no GPU: only the process group is started as on CUDA
-    comm.init_distributed(torch.device("cuda", comm.local_rank()))
     loader, num_query, _ = build_test_dataloader(cfg)
     torch.manual_seed(0)
     model = build_model(cfg, 6, 3)
@@ -103,24 +104,20 @@ def resume_rng(cfg):
     return {"expected": expected, "resumed": torch.rand(3).tolist()}
 
 
-def run_cpu(cfg):
-    """On one gloo group: the DDP step with and without gathered embeddings, then the random-state resume."""
-    comm.init_distributed(torch.device("cpu"))
+def main():
+    out_dir, opts = sys.argv[1], sys.argv[2:]
+    comm.CUDA_BACKEND = "gloo"
+    cfg = load_config("", opts)
+    torch.cuda.set_device = lambda device: None  # no GPU: only the process group is started as on CUDA
+    comm.init_distributed(torch.device("cuda", comm.local_rank()))
     steps = {}
     for gather in ("yes", "no"):
         c = cfg.clone()
         c.defrost()
         c.SOLVER.GATHER_EMBEDDINGS = gather == "yes"
         steps[gather] = ddp_step(c)
-    return {"ddp_step": steps, "rng": resume_rng(cfg)}
-
-
-def main():
-    what, out_dir, opts = sys.argv[1], sys.argv[2], sys.argv[3:]
-    comm.CUDA_BACKEND = "gloo"
-    cfg = load_config("", opts)
-    result = {"eval": run_eval, "cpu": run_cpu}[what](cfg)
-    with open(os.path.join(out_dir, f"{what}_rank{comm.get_rank()}.json"), "w") as f:
+    result = {"eval": run_eval(cfg), "ddp_step": steps, "rng": resume_rng(cfg)}
+    with open(os.path.join(out_dir, f"rank{comm.get_rank()}.json"), "w") as f:
         json.dump(result, f)
     comm.cleanup()
 

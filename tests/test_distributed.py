@@ -60,40 +60,39 @@ def torchrun(tmp_path, *args, timeout=300):
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
 
 
-def test_evaluation_gathers_features_through_a_cuda_process_group(tiny_cfg, synth_root, tmp_path):
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory, synth_root):
+    """dist_worker.py's checks, run once on two processes: {rank: results}."""
+    d = tmp_path_factory.mktemp("two_ranks")
+    torchrun(d, str(d), *TINY, "DATASETS.ROOT_DIR", synth_root, "OUTPUT_DIR", str(d))
+    return {rank: json.load(open(d / f"rank{rank}.json")) for rank in range(2)}
+
+
+def test_evaluation_gathers_features_through_a_cuda_process_group(tiny_cfg, two_ranks):
     """As on CUDA, the group serves CUDA tensors through the NCCL slot (gloo registered for 'cuda' alone stands
     in for NCCL, refusing CPU tensors as NCCL does) and CPU tensors through gloo: evaluation, which gathers its
     features on the CPU, gives the single-process metrics."""
     from data import build_test_dataloader
     from engine import evaluate_model
     from modeling import build_model
-    torchrun(tmp_path, "eval", str(tmp_path), *TINY, "DATASETS.ROOT_DIR", synth_root)
     cfg = tiny_cfg()
     loader, num_query, _ = build_test_dataloader(cfg)
     torch.manual_seed(0)
     single, _ = evaluate_model(cfg, build_model(cfg, 6, 3), loader, num_query, torch.device("cpu"), progress=False)
     for rank in range(2):
-        got = json.load(open(tmp_path / f"eval_rank{rank}.json"))
+        got = two_ranks[rank]["eval"]
         assert "No backend type associated with device type cpu" in got["cuda_only_group"]
         assert got["metrics"] == {k: v for k, v in single.items() if k != "eval_seconds"}
 
 
-@pytest.fixture(scope="module")
-def two_cpu_ranks(tmp_path_factory):
-    """dist_worker.py's 'cpu' checks, run once on two gloo processes: {rank: results}."""
-    d = tmp_path_factory.mktemp("cpu_ranks")
-    torchrun(d, "cpu", str(d), *TINY, "OUTPUT_DIR", str(d))
-    return {rank: json.load(open(d / f"cpu_rank{rank}.json")) for rank in range(2)}
-
-
 @pytest.mark.parametrize("gather", [True, False])
-def test_ddp_step_with_gathered_embeddings_equals_the_global_batch_step(tiny_cfg, two_cpu_ranks, gather):
+def test_ddp_step_with_gathered_embeddings_equals_the_global_batch_step(tiny_cfg, two_ranks, gather):
     """Two ranks, each with its own identities of a P x K batch: with SOLVER.GATHER_EMBEDDINGS the loss terms
     and gradients equal one process's on the whole batch; without, triplet mining and GAM see half of it."""
     from .dist_worker import global_batch, training_terms
     cfg = tiny_cfg("SOLVER.GATHER_EMBEDDINGS", "yes" if gather else "no")
     losses, grads = training_terms(cfg, *global_batch(cfg))
-    got = two_cpu_ranks[0]["ddp_step"]["yes" if gather else "no"]
+    got = two_ranks[0]["ddp_step"]["yes" if gather else "no"]
     assert set(got["losses"]) == set(losses) and set(got["grads"]) == set(grads)
     gathered = [k for k in losses if k.startswith("tri_") or k == "gam"]
     equal = {k: abs(got["losses"][k] - losses[k].item()) <= 1e-5 * max(1.0, abs(losses[k].item())) for k in losses}
@@ -105,8 +104,8 @@ def test_ddp_step_with_gathered_embeddings_equals_the_global_batch_step(tiny_cfg
         assert torch.allclose(torch.tensor(got["grads"][k]), g.flatten(), rtol=1e-4, atol=1e-6), k
 
 
-def test_each_rank_resumes_its_own_random_state(two_cpu_ranks):
-    got = [two_cpu_ranks[rank]["rng"] for rank in range(2)]
+def test_each_rank_resumes_its_own_random_state(two_ranks):
+    got = [two_ranks[rank]["rng"] for rank in range(2)]
     assert got[0]["expected"] != got[1]["expected"]  # the ranks' streams differ (seed + rank) ...
     assert all(g["resumed"] == g["expected"] for g in got)  # ... and each continues its own after a resume
 
