@@ -319,6 +319,17 @@ class SignalConfig(CN):
         validate(self)
 
 
+def flatten(node, prefix=""):
+    """{'SECTION.KEY': value} of a (nested) config mapping (a CfgNode or a loaded YAML dict)."""
+    out = {}
+    for k, v in node.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, prefix + k + "."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
 def load_config(config_file="", opts=(), freeze=True):
     """Defaults, then ``config_file`` (if any), then ``opts``; validated and (by default) frozen."""
     cfg = get_cfg()

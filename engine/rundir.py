@@ -15,6 +15,7 @@ import socket
 
 import yaml
 
+from config.setup import flatten
 from utils.checkpoint import load_checkpoint
 
 from .setup import SetupError
@@ -101,17 +102,6 @@ def read_metrics(out_dir, last_epoch=None):
                     r = json.loads(line)
                     records[r["epoch"]] = r
     return [records[e] for e in sorted(records) if last_epoch is None or e <= last_epoch]
-
-
-def flatten(node, prefix=""):
-    """{'SECTION.KEY': value} of a (nested) config mapping."""
-    out = {}
-    for k, v in node.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, prefix + k + "."))
-        else:
-            out[prefix + k] = v
-    return out
 
 
 def config_changes(saved_yaml, cfg):

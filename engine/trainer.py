@@ -183,8 +183,8 @@ def do_train(cfg, model, train_loader, test_loader, num_query, optimizer, schedu
         if metrics["mAP"] > best["mAP"]:
             best = {"epoch": epoch, **{k: metrics[k] for k in METRIC_KEYS}}
             if main:
-                atomic_save({"model": unwrap(model).state_dict(), "epoch": epoch, "metrics": best},
-                            os.path.join(out_dir, "best.pth"))
+                atomic_save({"model": unwrap(model).state_dict(), "epoch": epoch, "metrics": best,
+                             "config": cfg.dump()}, os.path.join(out_dir, "best.pth"))
         logger.info("Best so far (epoch %d): mAP %.1f%%, Rank-1 %.1f%%", best["epoch"], 100 * best["mAP"],
                     100 * best["Rank-1"])
         if main:  # last.pth of this epoch is already written (settle_pending_eval reads this on resume)
@@ -260,7 +260,7 @@ def do_train(cfg, model, train_loader, test_loader, num_query, optimizer, schedu
         pending = evaluates(epoch, s)
         save_last(epoch, pending)
         if main and s.CHECKPOINT_PERIOD and epoch % s.CHECKPOINT_PERIOD == 0:
-            atomic_save({"model": unwrap(model).state_dict(), "epoch": epoch},
+            atomic_save({"model": unwrap(model).state_dict(), "epoch": epoch, "config": cfg.dump()},
                         os.path.join(out_dir, f"{cfg.MODEL.NAME}_{epoch}.pth"))
         if pending:
             evaluate_epoch(epoch, record)

@@ -5,8 +5,8 @@ from .alignment import DeformableSampler, GlobalAlignment, LocalAlignment
 from .backbone import ViTBackbone, create_vit
 from .signal import MODALITIES, Signal
 from .sim import ModalInteraction, SelectiveInteraction, TokenSelection
-from .weights import (WeightsError, load_finetune, load_pretrained_backbone, load_weights, model_sizes, read_checkpoint,
-                      signal_model_state)
+from .weights import (WeightsError, check_trained_config, load_finetune, load_pretrained_backbone, load_weights,
+                      model_sizes, read_checkpoint, signal_model_state)
 
 logger = logging.getLogger("signal.model")
 
@@ -52,6 +52,7 @@ def load_eval_model(cfg, path):
     camera table, so neither the training split nor the config's benchmark is needed), weights loaded, the
     camera embedding following TEST.CAMERA_EMBEDDING. Returns (model, rows of its camera table)."""
     state = read_checkpoint(path)
+    check_trained_config(state, cfg, path)
     num_classes, num_cameras = model_sizes(state, path)
     model = build_model(cfg, num_classes, num_cameras, pretrained=False)
     load_weights(model, path, state)

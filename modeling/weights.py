@@ -208,6 +208,30 @@ def model_sizes(state, path):
     return int(classes), int(cams)
 
 
+# Keys that change what an evaluated model computes: the evaluation config must agree with the checkpoint's.
+_MODEL_KEYS = ("MODEL.TRANSFORMER_TYPE", "MODEL.CUSTOM_VIT.", "MODEL.SIE_CAMERA", "MODEL.SIE_COE", "MODEL.DIRECT",
+               "MODEL.USE_SIM", "MODEL.TOPK", "MODEL.SIM_MASK_UNSELECTED", "MODEL.SIM_HEADS", "MODEL.USE_GAM",
+               "MODEL.USE_LAM", "MODEL.LAM_", "INPUT.SIZE_TEST", "INPUT.PIXEL_MEAN", "INPUT.PIXEL_STD")
+
+
+def check_trained_config(state, cfg, path):
+    """A checkpoint that stores its training config (every checkpoint of this project does) must be evaluated
+    with the same model keys: otherwise one line says what it was trained as and what the config asks for,
+    instead of a list of key mismatches, or a silently different model (another MODEL.TOPK)."""
+    import yaml
+
+    from config.setup import flatten
+    saved = state.get("config") if isinstance(state, dict) else None
+    if not isinstance(saved, str):
+        return
+    trained, asked = flatten(yaml.safe_load(saved) or {}), flatten(cfg)
+    diff = [k for k in sorted(asked) if k.startswith(_MODEL_KEYS) and k in trained and trained[k] != asked[k]]
+    if diff:
+        raise WeightsError(f"{path} was trained with " + ", ".join(f"{k} {trained[k]!r}" for k in diff)
+                           + "; the config asks for " + ", ".join(f"{asked[k]!r}" for k in diff)
+                           + ": evaluate it with the config of its run (OUTPUT_DIR/config.yaml) or those values")
+
+
 def load_weights(model, path, state=None):
     """Load a full-model checkpoint into ``model``: our training checkpoint (``{'model': ...}``), a plain
     state dict of our model, or the official Signal checkpoint (read from ``path`` unless ``state`` is

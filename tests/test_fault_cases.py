@@ -86,3 +86,22 @@ def test_one_validation_identity_is_refused_and_one_test_identity_warned(tiny_cf
     one = [s for s in dataset.query if s.pid == dataset.query[0].pid]
     build_test_loader(tiny_cfg(), one, one, True, dataset.tiled)
     assert "queries hold one identity" in caplog.text
+
+
+def test_a_checkpoint_evaluated_with_other_model_keys_is_one_line(tiny_cfg, tmp_path):
+    """Every checkpoint stores its config; evaluating it as another model (MODEL.TOPK 4 on a TOPK-2 checkpoint:
+    silently another model; another backbone: a wall of key mismatches) is one line naming the keys."""
+    import torch
+
+    from modeling import WeightsError, build_model, load_eval_model
+    cfg = tiny_cfg("MODEL.TOPK", "2")
+    path = tmp_path / "best.pth"
+    torch.save({"model": build_model(cfg, 6, 3).state_dict(), "config": cfg.dump()}, path)
+    load_eval_model(cfg, str(path))
+    with pytest.raises(WeightsError, match=r"trained with MODEL.TOPK 2; the config asks for 4: evaluate it with "
+                                           r"the config of its run"):
+        load_eval_model(tiny_cfg("MODEL.TOPK", "4"), str(path))
+    with pytest.raises(WeightsError) as e:
+        load_eval_model(tiny_cfg("MODEL.TOPK", "2", "MODEL.CUSTOM_VIT.DEPTH", "3", "MODEL.USE_LAM", "no"), str(path))
+    assert len(str(e.value).splitlines()) == 1
+    assert "MODEL.CUSTOM_VIT.DEPTH 2" in str(e.value) and "MODEL.USE_LAM True" in str(e.value)

@@ -292,6 +292,7 @@ def test_last_pth_is_written_once_per_epoch_and_a_finished_evaluation_is_not_rep
     assert writes.count("last.pth") == 2  # 2 epochs, both evaluated
     state = torch.load(os.path.join(out, "last.pth"), weights_only=False)
     assert state["pending_eval"] is True and _epochs(out) == [1, 2]
+    assert "MODEL:" in torch.load(os.path.join(out, "best.pth"), weights_only=False)["config"]
 
     def no_evaluation(*args, **kwargs):
         raise AssertionError("evaluated again")
