@@ -8,7 +8,7 @@ from data import build_dataloaders
 from engine import amp_mode, do_train, evaluate_model, format_metrics, make_grad_scaler, resume_from, unwrap
 from engine.rundir import read_metrics
 from engine.trainer import settle_pending_eval
-from engine.setup import default_setup, parse_args, run_cli
+from engine.setup import default_setup, parse_args, run_cli, write_config
 from layers import build_loss
 from modeling import build_model, load_weights
 from solver import build_optimizer, build_scheduler
@@ -49,6 +49,7 @@ def train(cfg, logger, device, run):
     if state is not None:
         start_epoch, best, records, pending = resume_from(state, model, optimizer, scheduler, scaler,
                                                           os.path.join(cfg.OUTPUT_DIR, "last.pth"))
+        write_config(cfg)  # the checkpoint loaded into this config's model: the run continues with it
         if "records" not in state:  # a checkpoint of an earlier version: keep metrics.jsonl's records
             records = read_metrics(cfg.OUTPUT_DIR, state["epoch"])
         if os.path.isfile(summary_path):

@@ -34,6 +34,13 @@ FREE_KEYS = {"OUTPUT_DIR", "DATASETS.ROOT_DIR", "MODEL.DEVICE", "MODEL.COMPILE",
              "SOLVER.CHECKPOINT_PERIOD", "SOLVER.CPU_KEEP_FREED_MEMORY", "LOG.TENSORBOARD", "LOG.PROGRESS_BARS"}
 
 
+# Keys that change the model's tensors: a resume cannot change them (fine-tune into a new folder instead).
+SHAPE_KEYS = ("MODEL.TRANSFORMER_TYPE", "MODEL.CUSTOM_VIT.", "MODEL.SIE_CAMERA", "MODEL.DIRECT", "MODEL.USE_SIM",
+              "MODEL.SIM_HEADS", "MODEL.USE_GAM", "MODEL.USE_LAM", "MODEL.LAM_OFFSET_CHANNELS", "MODEL.LAM_KERNEL",
+              "MODEL.LAM_STRIDE", "INPUT.SIZE_TRAIN", "INPUT.SIZE_TEST", "DATASETS.NAMES", "DATASETS.VAL_IDS",
+              "DATASETS.CUSTOM.", "DATASETS.SYNTHETIC.NUM_TRAIN_IDS", "DATASETS.SYNTHETIC.NUM_CAMERAS")
+
+
 class RunFolderError(SetupError):
     """OUTPUT_DIR cannot take this run (it holds another run, another process writes to it, ...)."""
 
@@ -112,14 +119,27 @@ def config_changes(saved_yaml, cfg):
     return [(k, old[k], new[k]) for k in sorted(new) if k in old and old[k] != new[k]]
 
 
-def check_resume_config(saved_yaml, cfg, allowed, path):
+def check_resume_config(saved_yaml, cfg, allowed, path, notes=None):
     """Refuse config changes against the checkpoint at ``path`` that change the run, unless each key is in
-    ``allowed`` (or ``allowed`` holds 'all'). Returns the list of changes (logged by the caller)."""
+    ``allowed`` (or ``allowed`` holds 'all'); keys that change the model's tensors are refused in any case.
+    Returns the list of changes (logged by the caller); ``notes`` collects warnings for the log."""
+    notes = [] if notes is None else notes
     changes = config_changes(saved_yaml, cfg)
+    stale = sorted(set(flatten(yaml.safe_load(saved_yaml) or {})) - set(flatten(cfg)))
+    if stale:
+        notes.append(f"--resume: {path} holds config keys this version does not know ({', '.join(stale)}); "
+                     f"they are not compared")
     allowed = {a.strip() for item in allowed for a in item.split(",") if a.strip()}
     unknown = sorted(a for a in allowed if a != "all" and a not in flatten(yaml.safe_load(cfg.dump())))
     if unknown:
         raise RunFolderError(f"--allow-change: unknown config key(s) {unknown}")
+    shape = [c for c in changes if c[0].startswith(SHAPE_KEYS)]
+    if shape:
+        raise RunFolderError(
+            f"--resume: {', '.join(k for k, _, _ in shape)} changed against {path} "
+            f"({', '.join(f'{old!r} -> {new!r}' for _, old, new in shape)}): that changes the model's tensors, "
+            f"so the checkpoint cannot continue; train into another OUTPUT_DIR with MODEL.PRETRAIN_PATH "
+            f"{path} to fine-tune from it")
     refused = [c for c in changes if c[0] not in FREE_KEYS and c[0] not in allowed and "all" not in allowed]
     if refused:
         lines = [f"--resume: the config differs from the one {path} was trained with:"]
@@ -174,8 +194,13 @@ def prepare_run_folder(cfg, resume=False, overwrite=False, allow_changes=(), mai
             if missing:
                 raise RunFolderError(f"{path} is not a resumable training checkpoint (it lacks {missing}); "
                                      f"last.pth is written by train.py")
-            state["changes"] = check_resume_config(state.get("config", ""), cfg, allow_changes, path) \
-                if state.get("config") else []
+            state["notes"] = []
+            if state.get("config"):
+                state["changes"] = check_resume_config(state["config"], cfg, allow_changes, path, state["notes"])
+            else:
+                state["changes"] = []
+                state["notes"].append(f"--resume: {path} stores no config, so the current one cannot be checked "
+                                      f"against the run's; make sure it is the config the run was trained with")
     except BaseException:
         lock.release()
         raise

@@ -135,12 +135,19 @@ def check_flags(args, training):
                          "checkpoint being continued)")
 
 
+def write_config(cfg):
+    """The resolved config to OUTPUT_DIR/config.yaml (main process)."""
+    if comm.is_main_process():
+        atomic_write_text(cfg.dump(), os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
+
+
 def default_setup(args, log_name, training=False):
     """Config (frozen), device, logger and seed. Returns ``(cfg, logger, device, run)``.
 
     Nothing is written before the config and the device are checked. For training, OUTPUT_DIR is then
     checked and locked (``engine.rundir``; ``run`` holds the lock and, with --resume, the checkpoint) and
-    the resolved config is written to OUTPUT_DIR/config.yaml; ``run`` is None otherwise."""
+    the resolved config is written to OUTPUT_DIR/config.yaml (by train.py once a resume has worked);
+    ``run`` is None otherwise."""
     check_packages()
     check_flags(args, training)
     cfg = load_config(args.config_file, args.opts)
@@ -166,8 +173,10 @@ def default_setup(args, log_name, training=False):
             logger.warning("--overwrite: deleted the previous run's %s", ", ".join(run.removed))
         for key, old, new in (run.state or {}).get("changes", []):
             logger.warning("--resume: %s changed from %r (checkpoint) to %r", key, old, new)
-        if comm.is_main_process():
-            atomic_write_text(cfg.dump(), os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
+        for note in (run.state or {}).get("notes", []):
+            logger.warning("%s", note)
+        if comm.is_main_process() and run.state is None:  # a resumed run writes it once the resume worked
+            write_config(cfg)
     set_seed(cfg.SOLVER.SEED + comm.get_rank(), cfg.SOLVER.DETERMINISTIC)
     if device.type == "cpu" and cfg.SOLVER.CPU_KEEP_FREED_MEMORY:
         keep_freed_memory()

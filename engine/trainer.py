@@ -9,7 +9,8 @@ from tqdm import tqdm
 
 from modeling import MODALITIES
 from utils import comm
-from utils.checkpoint import atomic_save, atomic_write_jsonl, load_checkpoint, rng_state, set_rng_state
+from utils.checkpoint import (CheckpointError, atomic_save, atomic_write_jsonl, load_checkpoint, rng_state,
+                              set_rng_state)
 
 from .amp import amp_mode, autocast_context, scaled_step
 from .inference import evaluate_model, format_metrics
@@ -52,7 +53,15 @@ def resume_from(state, model, optimizer, scheduler, scaler, path="last.pth"):
     Returns ``(next epoch, best metrics, per-epoch records, pending_eval)``."""
     if isinstance(state, str):
         path, state = state, load_checkpoint(state, "training checkpoint")
-    unwrap(model).load_state_dict(state["model"])
+    try:
+        unwrap(model).load_state_dict(state["model"])
+    except RuntimeError as e:  # tensors of another shape: the data or the model differ from the run's
+        lines = [line.strip() for line in str(e).splitlines() if "size mismatch" in line or "Missing" in line
+                 or "Unexpected" in line]
+        raise CheckpointError(f"{path} does not fit this run's model ({'; '.join(lines[:3]) or e}): the data "
+                              f"(number of identities or cameras) or the model config differ from the run's; "
+                              f"train into another OUTPUT_DIR with MODEL.PRETRAIN_PATH {path} to fine-tune "
+                              f"from it") from None
     fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     optimizer.load_state_dict(state["optimizer"])
     for group, hyper in zip(optimizer.param_groups, fresh):

@@ -301,3 +301,49 @@ def test_last_pth_is_written_once_per_epoch_and_a_finished_evaluation_is_not_rep
     monkeypatch.setattr("train.evaluate_model", no_evaluation)
     run_train_inprocess(["--resume"] + opts(synth_root, out), monkeypatch)   # finished: nothing to do
     assert "is finished" in open(os.path.join(out, "train_log.txt")).read()
+
+
+def test_resume_refuses_shape_changes_up_front_and_keeps_config_yaml(synth_root, tmp_path, monkeypatch):
+    """A key that changes the model's tensors cannot be allowed on --resume (the checkpoint would not load):
+    refused before anything is written. config.yaml is rewritten only once a resume has worked; a checkpoint
+    without a stored config, or with keys this version does not know, resumes with a warning."""
+    out = str(tmp_path / "run")
+    run_train_inprocess(opts(synth_root, out, "SOLVER.MAX_EPOCHS", "1"), monkeypatch)
+    before = _snapshot(out)
+    with pytest.raises(RunFolderError, match=r"MODEL.USE_LAM changed against .*last.pth \(True -> False\).*"
+                                             r"MODEL.PRETRAIN_PATH"):
+        run_train_inprocess(["--resume", "--allow-change", "all"] + opts(synth_root, out, "MODEL.USE_LAM", "no"),
+                            monkeypatch)
+    assert _snapshot(out) == before
+    # a finished run resumed with nothing to train leaves config.yaml as it was
+    config = open(os.path.join(out, "config.yaml")).read()
+    run_train_inprocess(["--resume", "--allow-change", "SOLVER.BASE_LR"]
+                        + opts(synth_root, out, "SOLVER.MAX_EPOCHS", "1", "SOLVER.BASE_LR", "0.002"), monkeypatch)
+    assert open(os.path.join(out, "config.yaml")).read() == config
+    # stored configs that cannot be checked are said so
+    path = os.path.join(out, "last.pth")
+    state = torch.load(path, weights_only=False)
+    state["config"] = state["config"].replace("MODEL:\n", "MODEL:\n  OLD_SWITCH: true\n", 1)
+    torch.save(state, path)
+    run_train_inprocess(["--resume"] + opts(synth_root, out, "SOLVER.MAX_EPOCHS", "1"), monkeypatch)
+    log = lambda: open(os.path.join(out, "train_log.txt")).read()  # noqa: E731
+    assert "config keys this version does not know (MODEL.OLD_SWITCH)" in log()
+    del state["config"]
+    torch.save(state, path)
+    run_train_inprocess(["--resume"] + opts(synth_root, out, "SOLVER.MAX_EPOCHS", "1"), monkeypatch)
+    assert "stores no config" in log()
+
+
+def test_resume_onto_data_with_another_identity_count_is_one_line(tiny_cfg):
+    """A checkpoint of a model with 6 identities resumed into one built for 8 (the data moved to other
+    identities): one line naming the cause, not a torch traceback."""
+    from engine import resume_from
+    from modeling import build_model
+    from solver import build_optimizer, build_scheduler
+    cfg = tiny_cfg()
+    state = {"model": build_model(cfg, 6, 3).state_dict(), "optimizer": {}, "epoch": 1}
+    model = build_model(cfg, 8, 3)
+    optimizer = build_optimizer(cfg, model)
+    with pytest.raises(CheckpointError, match=r"last.pth does not fit this run's model \(.*size mismatch.*\): "
+                                              r"the data \(number of identities"):
+        resume_from(state, model, optimizer, build_scheduler(cfg, optimizer), None, "out/last.pth")
