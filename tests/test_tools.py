@@ -98,14 +98,25 @@ def test_ablate_writes_table_and_curves(tiny_setup, tmp_path):
     assert [r["epoch"] for r in records] == [1, 2]
     base = [sys.executable, os.path.join(TOOLS, "ablate.py"), "--configs", cfg, "--output", str(tmp_path / "abl"),
             "--runs-dir", str(tmp_path / "runs")]
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    sys.path.insert(0, TOOLS)
+    import ablate
+
+    def refused(*extra):  # in this process (no interpreter start-up): the message ablate.py exits with
+        argv = sys.argv
+        sys.argv = base[1:] + list(extra)
+        try:
+            with pytest.raises(SystemExit) as e:
+                ablate.main()
+        finally:
+            sys.argv = argv
+        return str(e.value)
+
+    before = (tmp_path / "runs" / "tiny" / "metrics.jsonl").read_text()
     # again into the same folders: refused before anything trains
-    r = subprocess.run(base + ["SOLVER.MAX_EPOCHS", "2"], cwd=str(d), capture_output=True, text=True, env=env)
-    assert r.returncode != 0 and "already hold runs" in r.stderr and "running:" not in r.stdout
+    assert "already hold runs" in refused("SOLVER.MAX_EPOCHS", "2")
+    assert (tmp_path / "runs" / "tiny" / "metrics.jsonl").read_text() == before
     # collecting with another config than the run's: refused, naming the key
-    r = subprocess.run(base + ["--skip-training", "SOLVER.MAX_EPOCHS", "3"], cwd=str(d), capture_output=True,
-                       text=True, env=env)
-    assert r.returncode != 0 and "SOLVER.MAX_EPOCHS: run 2, asked 3" in r.stderr
+    assert "SOLVER.MAX_EPOCHS: run 2, asked 3" in refused("--skip-training", "SOLVER.MAX_EPOCHS", "3")
     # --resume keeps the finished run and reports the same table
     assert run(base[1:] + ["--resume", "SOLVER.MAX_EPOCHS", "2"], d).count("| tiny |") == 1
     assert (tmp_path / "abl" / "ablation.md").read_text() == table
@@ -231,9 +242,16 @@ def test_sweep_trains_the_grid_and_selects_on_validation(tiny_setup, tmp_path):
     d, cfg, _ = tiny_setup
     base = [os.path.join(TOOLS, "ablate.py"), "--configs", cfg, "--output", str(tmp_path / "sweep"), "--runs-dir",
             str(tmp_path / "runs"), "--sweep", "SOLVER.BASE_LR", "1e-3,1e-5", "SOLVER.MAX_EPOCHS", "1"]
-    r = subprocess.run([sys.executable] + base, cwd=str(d), capture_output=True, text=True,
-                       env=dict(os.environ, PYTHONPATH=ROOT))
-    assert r.returncode != 0 and "DATASETS.VAL_IDS" in r.stderr and "running:" not in r.stdout
+    sys.path.insert(0, TOOLS)
+    import ablate
+    argv = sys.argv
+    sys.argv = base
+    try:  # refused before anything trains (in this process: no interpreter start-up)
+        with pytest.raises(SystemExit, match="DATASETS.VAL_IDS"):
+            ablate.main()
+    finally:
+        sys.argv = argv
+    assert not (tmp_path / "runs").exists()
     text = run(base + ["DATASETS.VAL_IDS", "2"], d)
     rows = [line for line in (tmp_path / "sweep" / "sweep.md").read_text().splitlines() if line.startswith("| tiny")]
     assert len(rows) == 2 and sum("**selected**" in row for row in rows) == 1 and "selected" in text
