@@ -45,17 +45,21 @@ class RunFolderError(SetupError):
     """OUTPUT_DIR cannot take this run (it holds another run, another process writes to it, ...)."""
 
 
-def _numbered_checkpoints(out_dir, name):
-    pattern = re.compile(re.escape(name) + r"_\d+\.pth$")
+def _files_matching(out_dir, pattern):
+    """The names in ``out_dir`` that match the regular expression ``pattern``, sorted ([] without the folder)."""
+    pattern = re.compile(pattern)
     return sorted(f for f in os.listdir(out_dir) if pattern.match(f)) if os.path.isdir(out_dir) else []
+
+
+def _numbered_checkpoints(out_dir, name):
+    return _files_matching(out_dir, re.escape(name) + r"_\d+\.pth$")
 
 
 def _results_of_run(out_dir, name):
     """test.py's result files of this run's own checkpoints (last, best, numbered) in ``out_dir``: they go
     with the run under --overwrite. Results of checkpoints from elsewhere (``test_<folder>-<name>_...``)
     stay."""
-    pattern = re.compile(r"test_(last|best|" + re.escape(name) + r"_\d+)_.*\.json$")
-    return sorted(f for f in os.listdir(out_dir) if pattern.match(f)) if os.path.isdir(out_dir) else []
+    return _files_matching(out_dir, r"test_(last|best|" + re.escape(name) + r"_\d+)_.*\.json$")
 
 
 def run_files(out_dir, model_name):

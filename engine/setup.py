@@ -175,7 +175,7 @@ def default_setup(args, log_name, training=False):
             logger.warning("--resume: %s changed from %r (checkpoint) to %r", key, old, new)
         for note in (run.state or {}).get("notes", []):
             logger.warning("%s", note)
-        if comm.is_main_process() and run.state is None:  # a resumed run writes it once the resume worked
+        if run.state is None:  # a resumed run writes it once the resume worked
             write_config(cfg)
     set_seed(cfg.SOLVER.SEED + comm.get_rank(), cfg.SOLVER.DETERMINISTIC)
     if device.type == "cpu" and cfg.SOLVER.CPU_KEEP_FREED_MEMORY:

@@ -94,6 +94,14 @@ def train_step(model, batch, loss_fn, optimizer, device, amp="none", scaler=None
     return losses
 
 
+def better_epoch(best, epoch, metrics):
+    """The best-epoch record after ``epoch`` was evaluated with ``metrics``: a strictly higher mAP wins (the
+    earliest epoch keeps a tie); ``best`` itself otherwise."""
+    if metrics["mAP"] > best["mAP"]:
+        return {"epoch": epoch, **{k: metrics[k] for k in METRIC_KEYS}}
+    return best
+
+
 def settle_pending_eval(state, out_dir):
     """``last.pth`` is written once per epoch, before that epoch's evaluation, which then writes only
     ``metrics.jsonl`` (and ``best.pth``). When the checkpoint awaits an evaluation that did finish (its
@@ -110,8 +118,8 @@ def settle_pending_eval(state, out_dir):
     records = state["records"][:-1] + [last]
     best = {"mAP": -1.0}
     for r in records:
-        if "mAP" in r and r["mAP"] > best["mAP"]:
-            best = {"epoch": r["epoch"], **{k: r[k] for k in METRIC_KEYS}}
+        if "mAP" in r:
+            best = better_epoch(best, r["epoch"], r)
     state.update(records=records, best=best, pending_eval=False)
     return state
 
@@ -189,8 +197,8 @@ def do_train(cfg, model, train_loader, test_loader, num_query, optimizer, schedu
         logger.info("Validation epoch %d: %s", epoch, format_metrics(metrics))
         end_step = sum(r.get("iterations", 0) for r in records[:records.index(record) + 1])
         log_scalars(writer, "eval", {k: metrics[k] for k in METRIC_KEYS}, end_step)
-        if metrics["mAP"] > best["mAP"]:
-            best = {"epoch": epoch, **{k: metrics[k] for k in METRIC_KEYS}}
+        previous, best = best, better_epoch(best, epoch, metrics)
+        if best is not previous:
             if main:
                 atomic_save({"model": unwrap(model).state_dict(), "epoch": epoch, "metrics": best,
                              "config": cfg.dump()}, os.path.join(out_dir, "best.pth"))

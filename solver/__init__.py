@@ -89,6 +89,13 @@ def build_optimizer(cfg, model):
     return opt_cls(params, lr=s.BASE_LR, **fused)
 
 
+def warmup_weight(t, warmup_t, warmup_factor):
+    """The linear warmup's fraction of a group's LR at epoch ``t`` < ``warmup_t``: ``warmup_factor`` at 0,
+    rising to 1 at ``warmup_t``."""
+    alpha = t / warmup_t
+    return warmup_factor * (1 - alpha) + alpha
+
+
 class WarmupMultiStepScheduler(Scheduler):
     """Step decay with a linear warmup, stepped with the epoch.
 
@@ -114,10 +121,7 @@ class WarmupMultiStepScheduler(Scheduler):
         self.warmup_factor = warmup_factor
 
     def _get_lr(self, t):
-        w = 1.0
-        if t < self.warmup_t:
-            alpha = t / self.warmup_t
-            w = self.warmup_factor * (1 - alpha) + alpha
+        w = warmup_weight(t, self.warmup_t, self.warmup_factor) if t < self.warmup_t else 1.0
         decay = self.gamma ** bisect.bisect_right(self.milestones, t)
         return [v * w * decay for v in self.base_values]
 
@@ -135,8 +139,8 @@ class RelativeWarmupCosineScheduler(CosineLRScheduler):
 
     def _get_lr(self, t):
         if t < self.warmup_t:
-            alpha = t / self.warmup_t
-            return [v * (self.warmup_factor * (1 - alpha) + alpha) for v in self.base_values]
+            w = warmup_weight(t, self.warmup_t, self.warmup_factor)
+            return [v * w for v in self.base_values]
         return super()._get_lr(t)
 
 
