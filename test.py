@@ -14,10 +14,34 @@ from utils import comm
 from utils.checkpoint import OutputError, atomic_write, atomic_write_json
 
 
+# Keys that cannot change an evaluation's figures (speed, logging, training-only), left out of the result
+# name's hash; every other key of MODEL, DATASETS and TEST counts, and of INPUT and SOLVER those below.
+_NOT_EVALUATED = ("MODEL.DEVICE", "MODEL.COMPILE", "MODEL.GRAD_CHECKPOINT", "MODEL.FUSED_ATTN", "MODEL.PRETRAIN_PATH",
+                  "TEST.WEIGHT", "TEST.IMS_PER_BATCH", "TEST.EVAL_BEFORE_TRAIN")
+_EVALUATED_EXTRA = ("INPUT.SIZE_TEST", "INPUT.PIXEL_MEAN", "INPUT.PIXEL_STD", "SOLVER.AMP", "SOLVER.AMP_ON_CPU")
+_PATH_KEYS = ("DATASETS.ROOT_DIR", "DATASETS.CUSTOM.FOLDER")
+
+
+def evaluation_hash(cfg):
+    """Eight hex digits of the evaluation-relevant config: the model keys, the data (folders as absolute
+    paths), the test settings, the test input size and normalisation and the autocast precision."""
+    import hashlib
+    import json
+
+    from config.setup import flatten
+    flat = flatten(cfg)
+    keys = sorted(k for k in flat if (k.startswith(("MODEL.", "DATASETS.", "TEST.")) and k not in _NOT_EVALUATED)
+                  or k in _EVALUATED_EXTRA)
+    relevant = {k: os.path.realpath(os.path.expanduser(flat[k])) if k in _PATH_KEYS and flat[k] else flat[k]
+                for k in keys}
+    return hashlib.sha1(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
 def result_name(cfg):
-    """``test_<checkpoint>_<dataset>[_miss-<m>][_rerank<k1>-<k2>-<lambda>]``: one name per checkpoint and
-    evaluation setting, never that of a training record. A checkpoint outside OUTPUT_DIR is named with its
-    folder (``run1-best``)."""
+    """``test_<checkpoint>_<dataset>[_miss-<m>][_rerank<k1>-<k2>-<lambda>]_<hash>``: one name per checkpoint
+    and evaluation setting (``evaluation_hash``: another data folder, camera rule or input size is another
+    file), never that of a training record. A checkpoint outside OUTPUT_DIR is named with its folder
+    (``run1-best``)."""
     weight = os.path.abspath(cfg.TEST.WEIGHT)
     name = os.path.splitext(os.path.basename(weight))[0]
     folder = os.path.dirname(weight)
@@ -29,6 +53,7 @@ def result_name(cfg):
         tag += f"_miss-{t.MISS}"
     if t.RE_RANKING:
         tag += f"_rerank{t.RE_RANKING_K1}-{t.RE_RANKING_K2}-{t.RE_RANKING_LAMBDA:g}"
+    tag += "_" + evaluation_hash(cfg)
     return re.sub(r"[^\w.+-]", "_", tag)
 
 
@@ -75,7 +100,8 @@ def main():
     if not comm.is_main_process():  # under torchrun every rank holds the same metrics: rank 0 writes them
         return
     out = os.path.join(cfg.OUTPUT_DIR, result_name(cfg) + ".json")
-    atomic_write_json({**setting, **metrics, "config": yaml.safe_load(cfg.dump())}, out)
+    atomic_write_json({**setting, "evaluation_hash": evaluation_hash(cfg), **metrics,
+                       "config": yaml.safe_load(cfg.dump())}, out)
     logger.info("Wrote %s", out)
     if feats_out:
         feats, pids, camids, scenes = ev.arrays()

@@ -10,6 +10,7 @@ from modeling.backbone import ViTBackbone, create_vit
 from modeling.weights import load_pretrained_backbone
 
 from .conftest import TINY
+from .helpers import result_file
 
 timm = pytest.importorskip("timm")
 
@@ -115,7 +116,7 @@ def test_signal_trains_and_evaluates_from_yaml_on_a_timm_backbone(synth_root, tm
     assert 0 <= record["mAP"] <= 1 and all(v == v for v in record.values())
     monkeypatch.setattr(sys, "argv", ["test.py", "--config_file", str(yml), "TEST.WEIGHT", str(tmp_path / "run" / "best.pth")])
     test_script.main()
-    assert json.load(open(tmp_path / "run" / "test_best_Synthetic.json"))["mAP"] == pytest.approx(record["mAP"])
+    assert json.load(open(result_file(str(tmp_path / "run"), "test_best_Synthetic")))["mAP"] == pytest.approx(record["mAP"])
 
 
 def test_patch_size_rules_follow_the_backbone():

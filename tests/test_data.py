@@ -61,23 +61,35 @@ def _copy(src, dst):
     return dst
 
 
-def test_missing_modality_file_names_it(layouts, tmp_path):
-    root = _copy(layouts["RGBNT201"], str(tmp_path / "r"))
-    victim = os.path.join(root, "RGBNT201", "train_171", "TI", sorted(os.listdir(
-        os.path.join(root, "RGBNT201", "train_171", "TI")))[0])
-    os.remove(victim)
-    with pytest.raises(DatasetError, match=f"missing TI file: {victim}"):
-        RGBNT201(root)
-
-
-def test_missing_msvr_modality_names_it(layouts, tmp_path):
-    root = _copy(layouts["MSVR310"], str(tmp_path / "m"))
-    folder = os.path.join(root, "MSVR310", "query3")
-    vid = sorted(os.listdir(folder))[0]
-    victim = os.path.join(folder, vid, "ni", sorted(os.listdir(os.path.join(folder, vid, "ni")))[0])
-    os.remove(victim)
-    with pytest.raises(DatasetError, match=f"missing ni file: {victim}"):
-        MSVR310(root)
+@pytest.mark.parametrize("layout,folder,mods", [("RGBNT201", "RGBNT201/train_171", ("RGB", "NI", "TI")),
+                                                 ("MSVR310", "MSVR310/bounding_box_train/0001", ("vis", "ni", "th"))])
+def test_samples_are_paired_across_every_modality_folder(layouts, tmp_path, layout, folder, mods):
+    """A file missing from any modality folder, the first one included, is an error naming every lone file;
+    DATASETS.SKIP_UNPAIRED leaves those samples out with a warning."""
+    import logging
+    root = _copy(layouts[layout], str(tmp_path / layout))
+    cls = {"RGBNT201": RGBNT201, "MSVR310": MSVR310}[layout]
+    base = os.path.join(root, folder)
+    names = sorted(os.listdir(os.path.join(base, mods[0])))
+    for name in names[:2]:                                      # the RGB / vis files of two samples
+        os.remove(os.path.join(base, mods[0], name))
+    os.remove(os.path.join(base, mods[2], names[2]))            # and the thermal file of a third
+    with pytest.raises(DatasetError) as info:
+        cls(root)
+    msg = str(info.value)
+    assert "split 'train': 6 files have no partner" in msg and "DATASETS.SKIP_UNPAIRED" in msg
+    assert f"{os.path.join(base, mods[1], names[0])} (no file of that name in: {mods[0]})" in msg
+    assert f"{os.path.join(base, mods[0], names[2])} (no file of that name in: {mods[2]})" in msg
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("signal.data").addHandler(handler)
+    try:
+        ds = cls(root, skip_unpaired=True)
+    finally:
+        logging.getLogger("signal.data").removeHandler(handler)
+    assert len(ds.train) == 13 and "leaving out 6 files" in records[0].getMessage()
+    assert all(len({os.path.basename(p) for p in s.paths}) == 1 for s in ds.train)
 
 
 @pytest.mark.parametrize("layout,rel,bad", [
@@ -96,7 +108,7 @@ def test_unparseable_name_is_an_error(layouts, tmp_path, layout, rel, bad):
         cls(root)
 
 
-@pytest.mark.parametrize("layout,rel", [("RGBNT201", "RGBNT201/test/RGB"), ("RGBNT100", "RGBNT100/rgbir/query"),
+@pytest.mark.parametrize("layout,rel", [("RGBNT201", "RGBNT201/test"), ("RGBNT100", "RGBNT100/rgbir/query"),
                                         ("MSVR310", "MSVR310/query3")])
 def test_empty_split_is_an_error(layouts, tmp_path, layout, rel):
     import shutil
@@ -104,6 +116,8 @@ def test_empty_split_is_an_error(layouts, tmp_path, layout, rel):
     folder = os.path.join(root, rel)
     shutil.rmtree(folder)
     os.makedirs(folder)
+    for m in (("RGB", "NI", "TI") if layout == "RGBNT201" else ()):
+        os.makedirs(os.path.join(folder, m))
     cls = {"RGBNT201": RGBNT201, "RGBNT100": RGBNT100, "MSVR310": MSVR310}[layout]
     with pytest.raises(DatasetError, match="empty split"):
         cls(root)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from .conftest import ROOT, TINY
+from .helpers import result_file
 
 import train  # noqa: E402
 
@@ -62,7 +63,7 @@ def test_train_then_test_through_the_command_line(synth_root, tmp_path):
                             "--save-features", str(tmp_path / "f.npz")],
                            cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-        metrics = json.load(open(os.path.join(out, tag + ".json")))
+        metrics = json.load(open(result_file(out, tag)))
         assert 0.0 <= metrics["mAP"] <= 1.0 and {"Rank-1", "Rank-5", "Rank-10", "mINP"} <= set(metrics)
         assert "mAP" in r.stdout
         assert metrics["config"]["TEST"]["MISS"] == ("nt" if "nt" in extra else "")

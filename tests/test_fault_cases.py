@@ -49,8 +49,9 @@ def test_overwrite_deletes_the_old_runs_test_results_but_not_other_models(tiny_c
     from engine.rundir import prepare_run_folder
     out = tmp_path / "run"
     out.mkdir()
-    mine = ["test_best_Synthetic.json", "test_last_Synthetic_miss-r.json", "test_Signal_10_Synthetic.json"]
-    other = "test_run1-best_Synthetic.json"
+    mine = ["test_best_Synthetic_0123abcd.json", "test_last_Synthetic_miss-r_0123abcd.json",
+            "test_Signal_10_Synthetic_0123abcd.json"]
+    other = "test_run1-best_Synthetic_0123abcd.json"
     for f in ["metrics.jsonl", "last.pth", *mine, other]:
         (out / f).write_text("{}")
     run = prepare_run_folder(tiny_cfg("OUTPUT_DIR", str(out)), overwrite=True)

@@ -12,6 +12,7 @@ from engine import MISS_SETTINGS, evaluate_missing, evaluate_model, missing_tabl
 from modeling import build_model
 
 from .conftest import TINY
+from .helpers import result_file
 
 METRICS = ("mAP", "Rank-1", "Rank-5", "Rank-10", "mINP")
 
@@ -57,7 +58,7 @@ def test_test_py_miss_all_writes_one_dict_per_setting(synth_root, trained, monke
                                       "TEST.WEIGHT", os.path.join(trained, "best.pth"), "TEST.MISS", "all",
                                       "LOG.PROGRESS_BARS", "no"])
     test_script.main()
-    out = json.load(open(os.path.join(trained, "test_best_Synthetic_miss-all.json")))
+    out = json.load(open(result_file(trained, "test_best_Synthetic_miss-all")))
     assert all(set(METRICS) <= set(out[s]) for s in (*MISS_SETTINGS, "average"))
     printed = capsys.readouterr()
     assert "| metric | Full | M (RGB)" in printed.out and "eval:" not in printed.err

@@ -12,6 +12,7 @@ from engine.rundir import RunFolderError, RunLock
 from utils.checkpoint import CheckpointError
 
 from .conftest import ROOT, TINY
+from .helpers import result_file
 from .test_end_to_end import opts, run_interrupted_at_epoch_2, run_train_inprocess
 
 
@@ -253,7 +254,7 @@ def test_test_results_are_named_by_checkpoint_and_never_overwrite_the_run(synth_
         monkeypatch.setattr(sys, "argv", ["test.py", *TINY, "DATASETS.ROOT_DIR", synth_root, "OUTPUT_DIR", out,
                                           "TEST.WEIGHT", os.path.join(out, weight)])
         test_script.main()
-        names.append(f"test_{weight[:-4]}_Synthetic.json")
+        names.append(os.path.basename(result_file(out, f"test_{weight[:-4]}_Synthetic")))
     after = _snapshot(out)
     assert all(after[f] == before[f] for f in before if f not in ("test_log.txt",))
     assert set(after) - set(before) == set(names) | ({"test_log.txt"} - set(before))
@@ -261,7 +262,26 @@ def test_test_results_are_named_by_checkpoint_and_never_overwrite_the_run(synth_
     monkeypatch.setattr(sys, "argv", ["test.py", *TINY, "DATASETS.ROOT_DIR", synth_root, "OUTPUT_DIR", str(other),
                                       "TEST.WEIGHT", os.path.join(out, "best.pth"), "TEST.MISS", "r"])
     test_script.main()
-    assert os.path.isfile(other / "test_run-best_Synthetic_miss-r.json")
+    result_file(str(other), "test_run-best_Synthetic_miss-r")
+
+
+def test_result_names_change_with_every_setting_that_can_change_a_figure(tiny_cfg, tmp_path):
+    """Another camera rule, data folder, custom folder, normalisation or precision is another file; batch size,
+    workers and device are not."""
+    from test import result_name
+    base = ["TEST.WEIGHT", str(tmp_path / "best.pth"), "OUTPUT_DIR", str(tmp_path)]
+    name = result_name(tiny_cfg(*base))
+    assert name.startswith("test_best_Synthetic_")
+    for key, value in [("TEST.CAMERA_EMBEDDING", "mean"), ("DATASETS.ROOT_DIR", str(tmp_path / "other")),
+                       ("DATASETS.CUSTOM.FOLDER", "B"), ("INPUT.PIXEL_STD", "[0.2,0.2,0.2]"), ("SOLVER.AMP", "bf16"),
+                       ("TEST.FEAT_NORM", "no"), ("DATASETS.SKIP_UNPAIRED", "yes")]:
+        assert result_name(tiny_cfg(*base, key, value)) != name, key
+    for key, value in [("TEST.IMS_PER_BATCH", "3"), ("DATALOADER.NUM_WORKERS", "1"), ("MODEL.DEVICE", "cpu"),
+                       ("SOLVER.BASE_LR", "0.1"), ("LOG.TENSORBOARD", "no")]:
+        assert result_name(tiny_cfg(*base, key, value)) == name, key
+    import os.path as op
+    same_folder = tiny_cfg(*base, "DATASETS.ROOT_DIR", op.join(tiny_cfg().DATASETS.ROOT_DIR, "x", ".."))
+    assert result_name(same_folder) == name                 # one folder, two spellings: one result
 
 
 def test_a_checkpoint_without_records_keeps_metrics_jsonl(synth_root, tmp_path, monkeypatch):

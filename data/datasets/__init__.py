@@ -40,7 +40,7 @@ def build_dataset(cfg, test_only=False):
         if comm.is_main_process():
             write_synthetic(folder, "RGBNT201", **params)
         comm.synchronize()
-        ds = RGBNT201(folder, test_only=test_only)
+        ds = RGBNT201(folder, test_only=test_only, skip_unpaired=skip)
         ds.name = "Synthetic"
         return ds
     if name == "WMVeID863":
@@ -52,7 +52,9 @@ def build_dataset(cfg, test_only=False):
     if not os.path.isdir(os.path.join(root, name)):
         raise DatasetError(f"dataset {name} not found: expected the folder {os.path.join(root, name)} "
                            f"(set DATASETS.ROOT_DIR to the folder that contains {name}/)")
-    return _FACTORY[name](root, test_only=test_only)
+    if name == "RGBNT100":  # tiled: one file per sample, nothing to pair
+        return RGBNT100(root, test_only=test_only)
+    return _FACTORY[name](root, test_only=test_only, skip_unpaired=skip)
 
 
 __all__ = ["MODALITIES", "DatasetError", "ReIDDataset", "Sample", "build_dataset", "write_synthetic",

@@ -128,6 +128,9 @@ def pair_by_name(folders, labels, what="modality"):
     return sorted(every), unpaired
 
 
+_SHOWN = 20  # partnerless files an error lists before "... and N more"
+
+
 def report_unpaired(unpaired, split, skip, logger=None):
     """A file without partners in the other modality folders is an error listing every such file, or, with
     ``skip`` (DATASETS.SKIP_UNPAIRED), a warning listing each."""
@@ -135,9 +138,10 @@ def report_unpaired(unpaired, split, skip, logger=None):
         return
     lines = [f"  {path} (no file of that name in: {', '.join(missing)})" for path, missing in unpaired]
     if not skip:
+        shown = lines if len(lines) <= _SHOWN else lines[:_SHOWN] + [f"  ... and {len(lines) - _SHOWN} more"]
         raise DatasetError(f"split '{split}': {len(unpaired)} files have no partner in every modality folder; "
                            f"samples are paired by file name. Fix the data, or set DATASETS.SKIP_UNPAIRED yes "
-                           f"to leave them out:\n" + "\n".join(lines))
+                           f"to leave them out (the log then lists each):\n" + "\n".join(shown))
     import logging
     (logger or logging.getLogger("signal.data")).warning(
         "split '%s': leaving out %d files without partners in every modality folder "

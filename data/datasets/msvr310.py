@@ -7,7 +7,8 @@ gallery samples of the same id and the same scene.
 import os
 import re
 
-from .bases import DatasetError, ReIDDataset, Sample, is_hidden, list_images, require_dir, require_file, require_nonempty
+from .bases import (DatasetError, ReIDDataset, Sample, is_hidden, pair_by_name, report_unpaired, require_dir,
+                    require_nonempty)
 
 _NAME = re.compile(r"^\d{4}_s\d{3}_v[0-7]")
 _SUBDIRS = ("vis", "ni", "th")
@@ -20,19 +21,22 @@ def parse_msvr310_name(path):
     return int(name[0:4]), int(name[11]), int(name[6:9])
 
 
-def read_vehicle_folders(folder, split):
+def read_vehicle_folders(folder, split, skip_unpaired=False):
+    """Samples of ``folder/VID/{vis,ni,th}``, paired by file name across the three modality folders."""
     require_dir(folder, split)
-    samples = []
+    samples, unpaired = [], []
     for vid in sorted(os.listdir(folder)):
         vdir = os.path.join(folder, vid)
         if is_hidden(vid) or not os.path.isdir(vdir):
             continue
-        for name in list_images(os.path.join(vdir, _SUBDIRS[0])):
-            paths = tuple(os.path.join(vdir, sub, name) for sub in _SUBDIRS)
-            for sub, p in zip(_SUBDIRS, paths):
-                require_file(p, sub)
+        dirs = [os.path.join(vdir, sub) for sub in _SUBDIRS]
+        names, lonely = pair_by_name(dirs, _SUBDIRS)
+        unpaired += lonely
+        for name in names:
+            paths = tuple(os.path.join(d, name) for d in dirs)
             pid, camid, sceneid = parse_msvr310_name(paths[0])
             samples.append(Sample(paths, pid, camid, sceneid))
+    report_unpaired(unpaired, split, skip_unpaired)
     require_nonempty(samples, split, folder)
     return samples
 
@@ -41,8 +45,8 @@ class MSVR310(ReIDDataset):
     name = "MSVR310"
     protocol = "scene"
 
-    def __init__(self, root, test_only=False):
+    def __init__(self, root, test_only=False, skip_unpaired=False):
         base = os.path.join(root, "MSVR310")
-        super().__init__([] if test_only else read_vehicle_folders(os.path.join(base, "bounding_box_train"), "train"),
-                         read_vehicle_folders(os.path.join(base, "query3"), "query"),
-                         read_vehicle_folders(os.path.join(base, "bounding_box_test"), "gallery"))
+        read = lambda split, what: read_vehicle_folders(os.path.join(base, split), what, skip_unpaired)  # noqa: E731
+        super().__init__([] if test_only else read("bounding_box_train", "train"), read("query3", "query"),
+                         read("bounding_box_test", "gallery"))

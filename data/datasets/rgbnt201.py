@@ -1,13 +1,14 @@
 """RGBNT201 (Zheng et al., AAAI 2021): 201 people seen by RGB, near-infrared and thermal cameras.
 
 Layout: ``RGBNT201/{train_171,test}/{RGB,NI,TI}/NAME.jpg``; the same NAME in the three folders is one
-sample. ``000123_cam2_....jpg``: id = first six digits, camera = the digit after ``cam`` (1-based).
+sample (paired by name across all three folders; a file without partners is reported by name).
+``000123_cam2_....jpg``: id = first six digits, camera = the digit after ``cam`` (1-based).
 Evaluation uses query = gallery = the test folder.
 """
 import os
 import re
 
-from .bases import MODALITIES, DatasetError, ReIDDataset, Sample, list_images, require_file, require_nonempty
+from .bases import MODALITIES, DatasetError, ReIDDataset, Sample, pair_by_name, report_unpaired, require_nonempty
 
 _NAME = re.compile(r"^(\d{6})_cam(\d+)")
 
@@ -20,14 +21,15 @@ def parse_rgbnt201_name(path):
     return int(m.group(1)), int(m.group(2)) - 1
 
 
-def read_modality_folders(folder, split):
-    """Samples of a folder holding RGB/NI/TI sub-folders with matching file names."""
-    names = list_images(os.path.join(folder, MODALITIES[0]))
+def read_modality_folders(folder, split, skip_unpaired=False):
+    """Samples of a folder holding RGB/NI/TI sub-folders, paired by file name across all three; a file
+    missing from any of them is reported by name (an error, or a warning with ``skip_unpaired``)."""
+    dirs = [os.path.join(folder, m) for m in MODALITIES]
+    names, unpaired = pair_by_name(dirs, MODALITIES)
+    report_unpaired(unpaired, split, skip_unpaired)
     samples = []
     for name in names:
-        paths = tuple(os.path.join(folder, m, name) for m in MODALITIES)
-        for m, p in zip(MODALITIES, paths):
-            require_file(p, m)
+        paths = tuple(os.path.join(d, name) for d in dirs)
         pid, camid = parse_rgbnt201_name(paths[0])
         samples.append(Sample(paths, pid, camid))
     require_nonempty(samples, split, folder)
@@ -38,8 +40,8 @@ class RGBNT201(ReIDDataset):
     name = "RGBNT201"
     gallery_is_query = True
 
-    def __init__(self, root, test_only=False):
+    def __init__(self, root, test_only=False, skip_unpaired=False):
         base = os.path.join(root, "RGBNT201")
-        train = [] if test_only else read_modality_folders(os.path.join(base, "train_171"), "train")
-        test = read_modality_folders(os.path.join(base, "test"), "test")
+        train = [] if test_only else read_modality_folders(os.path.join(base, "train_171"), "train", skip_unpaired)
+        test = read_modality_folders(os.path.join(base, "test"), "test", skip_unpaired)
         super().__init__(train, test, test)

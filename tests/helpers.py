@@ -1,0 +1,13 @@
+"""Helpers shared by the test files."""
+import glob
+import os
+import re
+
+
+def result_file(out, prefix):
+    """The one test.py result ``<prefix>_<evaluation hash>.json`` in ``out`` (``prefix`` like
+    ``test_best_Synthetic``); fails when there is none or more than one."""
+    pattern = re.compile(re.escape(prefix) + r"_[0-9a-f]{8}\.json$")
+    found = [p for p in glob.glob(os.path.join(out, prefix + "_*.json")) if pattern.search(os.path.basename(p))]
+    assert len(found) == 1, f"expected one {prefix}_<hash>.json in {out}, found {sorted(os.listdir(out))}"
+    return found[0]
