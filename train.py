@@ -6,9 +6,10 @@ import torch
 
 from data import build_dataloaders
 from engine import amp_mode, do_train, evaluate_model, format_metrics, make_grad_scaler, resume_from, unwrap
+from engine.preemption import stop_signals
 from engine.rundir import read_metrics
 from engine.trainer import settle_pending_eval
-from engine.setup import default_setup, parse_args, run_cli, write_config
+from engine.setup import SetupError, default_setup, parse_args, run_cli, write_config
 from layers import build_loss
 from modeling import build_model, load_weights
 from solver import build_optimizer, build_scheduler
@@ -44,11 +45,13 @@ def train(cfg, logger, device, run):
     scheduler = build_scheduler(cfg, optimizer)
     scaler = make_grad_scaler(device, amp_mode(cfg, device))
     loss_fn = build_loss(cfg)
-    start_epoch, best, records, pending, summary = 1, None, [], False, {}
+    start_epoch, best, records, pending, partial, summary = 1, None, [], False, None, {}
     summary_path = os.path.join(cfg.OUTPUT_DIR, "summary.json")
     if state is not None:
-        start_epoch, best, records, pending = resume_from(state, model, optimizer, scheduler, scaler,
-                                                          os.path.join(cfg.OUTPUT_DIR, "last.pth"))
+        if state.get("partial"):
+            check_batch_order(state, cfg)
+        start_epoch, best, records, pending, partial = resume_from(state, model, optimizer, scheduler, scaler,
+                                                                   os.path.join(cfg.OUTPUT_DIR, "last.pth"))
         write_config(cfg)  # the checkpoint loaded into this config's model: the run continues with it
         if "records" not in state:  # a checkpoint of an earlier version: keep metrics.jsonl's records
             records = read_metrics(cfg.OUTPUT_DIR, state["epoch"])
@@ -63,7 +66,7 @@ def train(cfg, logger, device, run):
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.MODEL.COMPILE:  # after the DDP wrap: all-reduce overlaps the backward, SyncBN stays outside the graph
         model.compile()
-    if cfg.TEST.EVAL_BEFORE_TRAIN and start_epoch == 1:
+    if cfg.TEST.EVAL_BEFORE_TRAIN and start_epoch == 1 and not partial:
         before, _ = evaluate_model(cfg, unwrap(model), test_loader, num_query, device)
         logger.info("Before training: %s", format_metrics(before))
         summary["before_training"] = before
@@ -73,9 +76,10 @@ def train(cfg, logger, device, run):
     if train_loader.val_loader is not None:
         eval_loader, eval_nq = train_loader.val_loader, train_loader.val_num_query
         logger.info("Selecting the best epoch on %d held-out validation samples", eval_nq)
-    records, best = do_train(cfg, model, train_loader, eval_loader, eval_nq, optimizer, scheduler, loss_fn,
-                             device, scaler=scaler, start_epoch=start_epoch, best=best, records=records,
-                             pending_eval=pending)
+    with stop_signals():  # SIGTERM / SIGUSR1: save mid-epoch and stop (engine/preemption.py)
+        records, best = do_train(cfg, model, train_loader, eval_loader, eval_nq, optimizer, scheduler, loss_fn,
+                                 device, scaler=scaler, start_epoch=start_epoch, best=best, records=records,
+                                 pending_eval=pending, partial=partial)
     if train_loader.val_loader is not None:
         raw = unwrap(model)
         for name in ("last", "best"):
@@ -95,6 +99,25 @@ def train(cfg, logger, device, run):
             logger.info("Best epoch (%d): %s", best["epoch"], format_metrics(best))
             summary["best"] = best
         atomic_write_json(summary, summary_path)
+
+
+# Keys that fix the order of an epoch's batches: a checkpoint written mid-epoch continues that order.
+BATCH_ORDER_KEYS = ("SOLVER.IMS_PER_BATCH", "DATALOADER.NUM_INSTANCE", "SOLVER.SEED", "DATASETS.")
+
+
+def check_batch_order(state, cfg):
+    """A checkpoint saved mid-epoch leaves out the batches already trained: refuse a resume whose config
+    draws another batch order for that epoch (naming the keys)."""
+    import yaml
+
+    from config.setup import flatten
+    saved, now = flatten(yaml.safe_load(state.get("config") or "") or {}), flatten(cfg)
+    changed = [k for k in sorted(now) if k.startswith(BATCH_ORDER_KEYS) and k in saved and saved[k] != now[k]]
+    if changed:
+        p = state["partial"]
+        raise SetupError(f"last.pth was saved mid-epoch (epoch {p['epoch']}, after iteration {p['iterations']}) "
+                         f"and {', '.join(changed)} changed, which changes that epoch's batches: resume with the "
+                         f"run's values to finish the epoch, then change them on a later --resume")
 
 
 if __name__ == "__main__":

@@ -34,12 +34,16 @@ class IdentitySampler(Sampler):
         self.batch_size = batch_size
         self.set_epoch(0)
 
-    def set_epoch(self, epoch):
+    def set_epoch(self, epoch, start=0):
         """Draw the epoch's batches; ``len()`` is then this epoch's exact number of samples (P x K epochs
-        differ in length)."""
+        differ in length). ``start``: the number of (global) batches already trained in this epoch, left out
+        (a run resumed mid-epoch); the remaining batches and their augmentation seeds are unchanged."""
         self.epoch = epoch
         self._batches = self._global_batches()
-        self._length = len(self._batches) * self.batch_size // self.num_replicas
+        if not 0 <= start <= len(self._batches):
+            raise ValueError(f"epoch {epoch} has {len(self._batches)} batches, cannot start after batch {start}")
+        self.start = start
+        self._length = (len(self._batches) - start) * self.batch_size // self.num_replicas
 
     def _global_batches(self):
         rng = np.random.default_rng(self.seed + self.epoch)
@@ -65,7 +69,7 @@ class IdentitySampler(Sampler):
         batches = self._batches
         seeds = np.random.default_rng([self.seed, self.epoch, 1]).integers(
             0, 2 ** 63, size=(len(batches), self.num_pids_per_batch, self.num_instances))
-        for batch, batch_seeds in zip(batches, seeds):
+        for batch, batch_seeds in zip(batches[self.start:], seeds[self.start:]):
             lo, hi = self.rank * per_rank, (self.rank + 1) * per_rank
             for group, group_seeds in zip(batch[lo:hi], batch_seeds[lo:hi]):
                 yield from zip(group, group_seeds.tolist())

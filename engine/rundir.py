@@ -68,10 +68,29 @@ def run_files(out_dir, model_name):
     return present + _numbered_checkpoints(out_dir, model_name)
 
 
+# Lock descriptors this process holds. A forked child (a DataLoader worker) closes its copies at once: a
+# flock belongs to the open file, so a worker that outlived a killed main process would otherwise hold the
+# run's lock until it noticed and exited.
+_HELD = set()
+
+
+def _close_locks_in_child():
+    for fd in _HELD:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_locks_in_child)
+
+
 class RunLock:
-    """An exclusive ``flock`` on OUTPUT_DIR/.lock, held for the life of the process (the kernel releases it
-    when the process ends, even on kill -9). A second holder gets a RunFolderError naming the folder and
-    the process that holds it."""
+    """An exclusive ``flock`` on OUTPUT_DIR/.lock, held for the life of the main process (the kernel releases
+    it when the process ends, even on kill -9; forked workers do not keep it). A second holder gets a
+    RunFolderError naming the folder and the process that holds it."""
 
     def __init__(self, out_dir):
         self.path = os.path.join(out_dir, LOCK_FILE)
@@ -92,11 +111,13 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         self.fd = fd
+        _HELD.add(fd)
 
     def release(self):
         if self.fd is not None:
             import fcntl
             fcntl.flock(self.fd, fcntl.LOCK_UN)
+            _HELD.discard(self.fd)
             os.close(self.fd)
             self.fd = None
 

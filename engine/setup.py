@@ -214,7 +214,8 @@ def run_cli(main):
     from modeling.weights import WeightsError
     from utils.checkpoint import CheckpointError, OutputError
 
-    from .trainer import NonFiniteLossError
+    from .preemption import PREEMPTED_EXIT_CODE, Preempted
+    from .trainer import SAVED, NonFiniteLossError
     try:
         try:
             main()
@@ -226,9 +227,15 @@ def run_cli(main):
         _to_log_file(logging.ERROR, f"error: {msg}")
         print(f"error: {msg}", file=sys.stderr)
         sys.exit(2)
+    except Preempted as e:  # the loop saved and logged what it saved
+        print(e, file=sys.stderr)
+        sys.exit(PREEMPTED_EXIT_CODE)
     except KeyboardInterrupt:
-        _to_log_file(logging.ERROR, "interrupted (KeyboardInterrupt)")
-        raise
+        saved = (f"{SAVED['path']} holds epoch {SAVED['epoch']}" + (f" and {SAVED['iteration']} iterations of the "
+                 f"next" if SAVED["iteration"] else "") + "; continue with --resume") if SAVED else "no epoch saved yet"
+        _to_log_file(logging.ERROR, f"interrupted (Ctrl-C): {saved}")
+        print(f"\ninterrupted (Ctrl-C): {saved}", file=sys.stderr)
+        sys.exit(130)
     except Exception as e:
         _to_log_file(logging.ERROR, f"fatal error: {type(e).__name__}: {e}", sys.exc_info())
         raise

@@ -12,6 +12,7 @@ from utils import comm
 from utils.checkpoint import (CheckpointError, atomic_save, atomic_write_jsonl, load_checkpoint, rng_state,
                               set_rng_state)
 
+from . import preemption
 from .amp import amp_mode, autocast_context, scaled_step
 from .inference import evaluate_model, format_metrics
 
@@ -26,20 +27,26 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+# What the run has saved so far (last.pth's path, its completed epoch and, when written mid-epoch, the
+# iteration), for the one line printed when the run is interrupted.
+SAVED = {}
+
+
 def unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
 def training_state(model, optimizer, scheduler, scaler, epoch, best, cfg, records=(), pending_eval=False,
-                   rank_rngs=None):
+                   rank_rngs=None, partial=None):
     """Everything needed to continue the run after ``epoch``: weights, optimizer, scaler, RNG, the best
     metrics, the per-epoch records (metrics.jsonl) and whether the epoch still awaits its evaluation.
-    ``rank_rngs``: the random states of every rank (torch.distributed; ``rng`` is rank 0's)."""
+    ``rank_rngs``: the random states of every rank (torch.distributed; ``rng`` is rank 0's). ``partial``: the
+    progress into epoch ``epoch + 1`` of a run stopped mid-epoch (see ``do_train``), else None."""
     rngs = list(rank_rngs) if rank_rngs else [rng_state()]
     return {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
             "epoch": epoch, "best": best, "rng": rngs[0], "rank_rngs": rngs, "config": cfg.dump(),
-            "records": list(records), "pending_eval": pending_eval}
+            "records": list(records), "pending_eval": pending_eval, "partial": partial}
 
 
 def resume_from(state, model, optimizer, scheduler, scaler, path="last.pth"):
@@ -50,7 +57,8 @@ def resume_from(state, model, optimizer, scheduler, scaler, path="last.pth"):
     epoch on. For the same reason every optimizer hyper-parameter (weight decay, betas, ...) is taken from
     the current config; only the optimizer's running state (moments, step counts) comes from the checkpoint.
 
-    Returns ``(next epoch, best metrics, per-epoch records, pending_eval)``."""
+    Returns ``(next epoch, best metrics, per-epoch records, pending_eval, partial)``: ``partial`` is the
+    progress into the next epoch of a checkpoint written mid-epoch (on a stop signal), else None."""
     if isinstance(state, str):
         path, state = state, load_checkpoint(state, "training checkpoint")
     try:
@@ -69,8 +77,14 @@ def resume_from(state, model, optimizer, scheduler, scaler, path="last.pth"):
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     restore_rng(state, path)
-    logger.info("Resumed from %s (completed epoch %d)", path, state["epoch"])
-    return state["epoch"] + 1, state.get("best"), list(state.get("records", [])), bool(state.get("pending_eval"))
+    partial = state.get("partial")
+    if partial:
+        logger.info("Resumed from %s (epoch %d, after iteration %d of it)", path, partial["epoch"],
+                    partial["iterations"])
+    else:
+        logger.info("Resumed from %s (completed epoch %d)", path, state["epoch"])
+    return (state["epoch"] + 1, state.get("best"), list(state.get("records", [])), bool(state.get("pending_eval")),
+            partial)
 
 
 def train_step(model, batch, loss_fn, optimizer, device, amp="none", scaler=None, skipped=None):
@@ -162,7 +176,7 @@ def evaluates(epoch, solver):
 
 
 def do_train(cfg, model, train_loader, test_loader, num_query, optimizer, scheduler, loss_fn, device,
-             scaler=None, start_epoch=1, best=None, records=None, pending_eval=False):
+             scaler=None, start_epoch=1, best=None, records=None, pending_eval=False, partial=None):
     """Train from ``start_epoch`` to SOLVER.MAX_EPOCHS. Writes ``last.pth``, ``best.pth`` and
     ``metrics.jsonl`` to OUTPUT_DIR (main process only). ``scaler``: the GradScaler of fp16 (its scale and the
     steps it skipped are logged per epoch: ``loss_scale`` and ``skipped_steps`` in metrics.jsonl).
@@ -171,7 +185,14 @@ def do_train(cfg, model, train_loader, test_loader, num_query, optimizer, schedu
 
     ``last.pth`` is written once per epoch, before the evaluation, so a crash during an evaluation loses no
     training: the resumed run evaluates that epoch first; an evaluation that finished is recorded in
-    ``metrics.jsonl`` (``settle_pending_eval``). Returns (all per-epoch records, best)."""
+    ``metrics.jsonl`` (``settle_pending_eval``).
+
+    A stop signal (``engine.preemption.stop_signals``: SIGTERM, SIGUSR1) is acted on between iterations, on
+    every rank at the same one: ``last.pth`` gets the state after the last finished iteration with
+    ``partial`` (epoch, iterations done, the epoch's loss sums so far, ...), and ``Preempted`` is raised.
+    ``partial`` (from such a checkpoint) makes ``start_epoch`` continue after its iterations: the sampler
+    leaves out the batches already trained, and the epoch's record is the one of an uninterrupted epoch.
+    Returns (all per-epoch records, best)."""
     s = cfg.SOLVER
     amp = amp_mode(cfg, device)
     out_dir = cfg.OUTPUT_DIR
@@ -182,13 +203,19 @@ def do_train(cfg, model, train_loader, test_loader, num_query, optimizer, schedu
     # TensorBoard's x axis: iterations since the start of the run (epochs differ in length with P x K).
     step = sum(r.get("iterations", 0) for r in records)
     writer = make_writer(cfg, step + 1 if records else None)
+    SAVED.clear()
+    if records:  # a resumed run: last.pth holds what it resumed from until the next save
+        SAVED.update(path=os.path.join(out_dir, "last.pth"), epoch=start_epoch - 1,
+                     iteration=partial["iterations"] if partial else 0)
 
-    def save_last(epoch, pending):
+    def save_last(epoch, pending, progress=None):
         rngs = comm.all_gather_object(rng_state())  # every rank's random state, so each resumes its own
         if main:
             atomic_save(training_state(model, optimizer, scheduler, scaler, epoch, best, cfg, records, pending,
-                                       rngs), os.path.join(out_dir, "last.pth"))
+                                       rngs, progress), os.path.join(out_dir, "last.pth"))
             atomic_write_jsonl(records, os.path.join(out_dir, "metrics.jsonl"))
+        SAVED.update(path=os.path.join(out_dir, "last.pth"), epoch=epoch,
+                     iteration=progress["iterations"] if progress else 0)
 
     def evaluate_epoch(epoch, record):
         nonlocal best
@@ -207,17 +234,41 @@ def do_train(cfg, model, train_loader, test_loader, num_query, optimizer, schedu
         if main:  # last.pth of this epoch is already written (settle_pending_eval reads this on resume)
             atomic_write_jsonl(records, os.path.join(out_dir, "metrics.jsonl"))
 
+    def stop_mid_epoch(epoch, n_iter, total, step, sums, skipped, seconds):
+        """Save the state after ``n_iter`` iterations of ``epoch`` and raise Preempted (every rank)."""
+        progress = {"epoch": epoch, "iterations": n_iter, "step": step,
+                    "sums": {k: float(v) for k, v in sums.items()}, "seconds": round(seconds, 3),
+                    "skipped": int(skipped) if skipped is not None else 0}
+        save_last(epoch - 1, False, progress)
+        stop(f"saved epoch {epoch}, iteration {n_iter} of {total}")
+
+    def stop(saved):
+        what = f"{preemption.requested()}: {saved} to {os.path.join(out_dir, 'last.pth')}; continue with --resume"
+        logger.warning("Stopped by %s", what)
+        if writer is not None:
+            writer.close()
+        raise preemption.Preempted(f"stopped by {what}")
+
     if pending_eval and records:
         logger.info("Epoch %d was saved but not evaluated: evaluating it first", records[-1]["epoch"])
         evaluate_epoch(records[-1]["epoch"], records[-1])
     for epoch in range(start_epoch, s.MAX_EPOCHS + 1):
         model.train()
-        train_loader.sampler.set_epoch(epoch)
+        done = partial if partial and partial["epoch"] == epoch else None
+        partial = None
+        train_loader.sampler.set_epoch(epoch, done["iterations"] if done else 0)  # one global batch per iteration
         scheduler.step(epoch)
         sums, n_iter, t0 = {}, 0, time.time()
-        bar = tqdm(train_loader, desc=f"epoch {epoch}/{s.MAX_EPOCHS}", leave=False,
-                   disable=not main or not cfg.LOG.PROGRESS_BARS)
+        total = len(train_loader)
         skipped = torch.zeros((), dtype=torch.int64, device=device) if scaler is not None else None
+        if done:  # continue the epoch a stop signal interrupted: its sums and counters as they were
+            sums = {k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in done["sums"].items()}
+            n_iter, step, total, t0 = done["iterations"], done["step"], total + done["iterations"], t0 - done["seconds"]
+            if skipped is not None:
+                skipped += done["skipped"]
+            logger.info("Epoch %d: continuing after iteration %d of %d", epoch, n_iter, total)
+        bar = tqdm(train_loader, desc=f"epoch {epoch}/{s.MAX_EPOCHS}", leave=False, initial=n_iter, total=total,
+                   disable=not main or not cfg.LOG.PROGRESS_BARS)
         window = []  # (step, iteration, loss terms) since the last host read of the losses
 
         def flush():
@@ -237,10 +288,13 @@ def do_train(cfg, model, train_loader, test_loader, num_query, optimizer, schedu
             window.clear()
             if it % s.LOG_PERIOD == 0:
                 bar.set_postfix(loss=f"{sum(values.values()):.3f}")
-                logger.info("Epoch[%d] Iteration[%d/%d] loss %.4f (%s), lr %.2e", epoch, it, len(train_loader),
+                logger.info("Epoch[%d] Iteration[%d/%d] loss %.4f (%s), lr %.2e", epoch, it, total,
                             sum(values.values()), ", ".join(f"{k} {v:.4f}" for k, v in values.items()), lr)
 
         for batch in bar:
+            if comm.any_rank(preemption.requested()):
+                flush()
+                stop_mid_epoch(epoch, n_iter, total, step, sums, skipped, time.time() - t0)
             losses = train_step(model, batch, loss_fn, optimizer, device, amp, scaler, skipped)
             n_iter += 1
             step += 1
@@ -276,6 +330,8 @@ def do_train(cfg, model, train_loader, test_loader, num_query, optimizer, schedu
         log_scalars(writer, "epoch", {k: v for k, v in record.items() if k not in ("epoch", "iterations")}, step)
         pending = evaluates(epoch, s)
         save_last(epoch, pending)
+        if epoch < s.MAX_EPOCHS and comm.any_rank(preemption.requested()):
+            stop(f"saved epoch {epoch}" + (" (it is evaluated first on --resume)" if pending else ""))
         if main and s.CHECKPOINT_PERIOD and epoch % s.CHECKPOINT_PERIOD == 0:
             atomic_save({"model": unwrap(model).state_dict(), "epoch": epoch, "config": cfg.dump()},
                         os.path.join(out_dir, f"{cfg.MODEL.NAME}_{epoch}.pth"))

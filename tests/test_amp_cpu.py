@@ -28,10 +28,10 @@ def test_demo_under_fp16_and_grad_scaler_keeps_its_loss_scale(tmp_path, monkeypa
     from data.samplers import IdentitySampler
     original = IdentitySampler.set_epoch
 
-    def stop_after_epoch_4(self, epoch):  # the 12-epoch schedule of the README's run, cut after 4 epochs
+    def stop_after_epoch_4(self, epoch, *args, **kwargs):  # the 12-epoch schedule of the README's run, cut after 4 epochs
         if epoch == 5:
             raise KeyboardInterrupt
-        original(self, epoch)
+        original(self, epoch, *args, **kwargs)
 
     monkeypatch.setattr(IdentitySampler, "set_epoch", stop_after_epoch_4)
     with pytest.raises(KeyboardInterrupt):

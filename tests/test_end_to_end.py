@@ -22,10 +22,10 @@ def run_interrupted_at_epoch_2(argv, monkeypatch):
     from data.samplers import IdentitySampler
     original = IdentitySampler.set_epoch
 
-    def interrupt(self, epoch):
+    def interrupt(self, epoch, *args, **kwargs):
         if epoch == 2:
             raise KeyboardInterrupt
-        original(self, epoch)
+        original(self, epoch, *args, **kwargs)
 
     monkeypatch.setattr(IdentitySampler, "set_epoch", interrupt)
     with pytest.raises(KeyboardInterrupt):

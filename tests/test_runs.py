@@ -1,6 +1,7 @@
 """Run folders, resume and output files: nothing a run wrote is lost or silently mixed with another run."""
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -54,6 +55,32 @@ def test_a_second_run_into_a_locked_folder_stops(synth_root, tmp_path, monkeypat
     finally:
         lock.release()
     run_train_inprocess(opts(synth_root, str(out), "SOLVER.MAX_EPOCHS", "1"), monkeypatch)   # free again
+
+
+def test_the_lock_goes_with_the_main_process_not_its_forked_workers(tmp_path):
+    """After kill -9 of the main process its forked children (DataLoader workers) may live on for a while;
+    they must not hold the run's lock, so an immediate --resume is not refused naming a dead process."""
+    import signal
+    import time
+    script = ("import os, sys, time\n"
+              "from engine.rundir import RunLock\n"
+              f"lock = RunLock({str(tmp_path)!r})\n"
+              "child = os.fork()\n"
+              "if child == 0:\n"
+              "    time.sleep(60); os._exit(0)\n"
+              "print(child, flush=True)\n"
+              "time.sleep(60)\n")
+    p = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                         env=dict(os.environ, PYTHONPATH=ROOT))
+    child = int(p.stdout.readline())
+    try:
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(timeout=30)
+        time.sleep(0.2)
+        os.kill(child, 0)                                   # the worker still lives
+        RunLock(str(tmp_path)).release()                    # and the lock is free
+    finally:
+        os.kill(child, signal.SIGKILL)
 
 
 def test_a_second_process_is_refused_while_the_first_trains(synth_root, tmp_path):
@@ -141,23 +168,103 @@ def test_resume_without_a_checkpoint_and_contradicting_flags(synth_root, tmp_pat
         run_train_inprocess(["--resume", "--overwrite"] + opts(synth_root, str(tmp_path / "new")), monkeypatch)
 
 
-def test_resume_with_dataloader_workers_is_bit_exact_and_worker_count_free(synth_root, tmp_path, monkeypatch):
+def sigterm_mid_epoch_2(argv, monkeypatch, after=1):
+    """Run train.py in-process and send it SIGTERM after iteration ``after`` of epoch 2: it must save and
+    raise Preempted (what run_cli turns into exit code 75)."""
+    import signal
+
+    import engine.trainer as trainer
+    from data.samplers import IdentitySampler
+    from engine.preemption import Preempted
+    seen = {"epoch": 0, "steps": 0}
+    set_epoch, step = IdentitySampler.set_epoch, trainer.train_step
+
+    def note_epoch(self, epoch, *args, **kwargs):
+        seen.update(epoch=epoch, steps=0)
+        set_epoch(self, epoch, *args, **kwargs)
+
+    def step_then_signal(*args, **kwargs):
+        out = step(*args, **kwargs)
+        seen["steps"] += 1
+        if seen["epoch"] == 2 and seen["steps"] == after:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(IdentitySampler, "set_epoch", note_epoch)
+    monkeypatch.setattr(trainer, "train_step", step_then_signal)
+    with pytest.raises(Preempted) as info:
+        run_train_inprocess(argv, monkeypatch)
+    monkeypatch.setattr(IdentitySampler, "set_epoch", set_epoch)
+    monkeypatch.setattr(trainer, "train_step", step)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL      # the handler is gone with the run
+    return str(info.value)
+
+
+def test_resume_with_dataloader_workers_is_bit_exact_after_a_stop_or_a_sigterm_mid_epoch(synth_root, tmp_path,
+                                                                                          monkeypatch):
     """The augmentation is seeded per sample position, so 2 workers (persistent, resumed) reproduce the
-    uninterrupted run, and that run equals one without workers."""
+    uninterrupted run, and that run equals one without workers. SIGTERM mid-epoch saves the state after the
+    iteration; --resume continues from it with the same weights, records and random stream (drop path and
+    random erasing are on)."""
     two = ["DATALOADER.NUM_WORKERS", "2"]
     run_train_inprocess(opts(synth_root, str(tmp_path / "full"), *two), monkeypatch)
     run_interrupted_at_epoch_2(opts(synth_root, str(tmp_path / "cut"), *two), monkeypatch)
     run_train_inprocess(["--resume"] + opts(synth_root, str(tmp_path / "cut"), *two), monkeypatch)
     run_train_inprocess(opts(synth_root, str(tmp_path / "zero")), monkeypatch)
+    term = str(tmp_path / "term")
+    message = sigterm_mid_epoch_2(opts(synth_root, term, *two), monkeypatch)
+    assert re.fullmatch(r"stopped by SIGTERM: saved epoch 2, iteration 1 of \d+ to .*last\.pth; continue with "
+                        r"--resume", message), message
+    saved = torch.load(os.path.join(term, "last.pth"), weights_only=False)
+    assert saved["epoch"] == 1 and saved["partial"]["iterations"] == 1 and _epochs(term) == [1]
+    assert "Stopped by SIGTERM" in open(os.path.join(term, "train_log.txt")).read()
+    run_train_inprocess(["--resume"] + opts(synth_root, term, *two), monkeypatch)
     full = torch.load(tmp_path / "full" / "last.pth", weights_only=False)
-    cut = torch.load(tmp_path / "cut" / "last.pth", weights_only=False)
-    zero = torch.load(tmp_path / "zero" / "last.pth", weights_only=False)
-    for k in full["model"]:
-        assert torch.equal(full["model"][k], cut["model"][k]), k
-        assert torch.equal(full["model"][k], zero["model"][k]), k
-    for a, b in zip(full["optimizer"]["state"].values(), cut["optimizer"]["state"].values()):
-        assert all(torch.equal(a[n], b[n]) for n in a)
+    for run in ("cut", "zero", "term"):
+        other = torch.load(tmp_path / run / "last.pth", weights_only=False)
+        for k in full["model"]:
+            assert torch.equal(full["model"][k], other["model"][k]), (run, k)
+        if run != "zero":
+            for a, b in zip(full["optimizer"]["state"].values(), other["optimizer"]["state"].values()):
+                assert all(torch.equal(a[n], b[n]) for n in a), run
     assert _epochs(tmp_path / "cut") == [1, 2]
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("seconds", "samples_per_s")}  # noqa: E731
+    records = lambda run: [strip(json.loads(line)) for line in open(tmp_path / run / "metrics.jsonl")]  # noqa: E731
+    assert records("term") == records("full")                     # epoch 2's loss means included
+    assert "continuing after iteration 1 of" in open(os.path.join(term, "train_log.txt")).read()
+
+
+def test_a_mid_epoch_checkpoint_refuses_a_batch_order_change(synth_root, tmp_path, monkeypatch):
+    out = str(tmp_path / "run")
+    sigterm_mid_epoch_2(opts(synth_root, out), monkeypatch)
+    from engine.setup import SetupError
+    with pytest.raises(SetupError, match=r"saved mid-epoch \(epoch 2, after iteration 1\) and SOLVER.SEED changed"):
+        run_train_inprocess(["--resume", "--allow-change", "SOLVER.SEED"] + opts(synth_root, out, "SOLVER.SEED", "5"),
+                            monkeypatch)
+
+
+def test_stop_and_ctrl_c_end_in_one_line(tmp_path, capsys):
+    """run_cli: a stop signal's Preempted exits with 75, Ctrl-C with 130; each prints one line saying what
+    was saved."""
+    import engine.trainer as trainer
+    from engine.preemption import PREEMPTED_EXIT_CODE, Preempted
+    from engine.setup import run_cli
+
+    def preempted():
+        raise Preempted("stopped by SIGUSR1: saved epoch 3, iteration 7 of 40 to out/last.pth; continue with --resume")
+
+    def interrupted():
+        trainer.SAVED.update(path="out/last.pth", epoch=3, iteration=0)
+        raise KeyboardInterrupt
+
+    for fn, code, line in [(preempted, PREEMPTED_EXIT_CODE, "stopped by SIGUSR1: saved epoch 3, iteration 7"),
+                           (interrupted, 130, "interrupted (Ctrl-C): out/last.pth holds epoch 3; continue with "
+                                              "--resume")]:
+        with pytest.raises(SystemExit) as info:
+            run_cli(fn)
+        err = capsys.readouterr().err.strip()
+        assert info.value.code == code and err.startswith(line) and len(err.splitlines()) == 1, err
+    trainer.SAVED.clear()
 
 
 def test_a_crash_during_evaluation_loses_no_epoch(synth_root, tmp_path, monkeypatch):

@@ -62,6 +62,16 @@ def synchronize():
         dist.barrier()
 
 
+def any_rank(flag):
+    """Whether ``flag`` is true on any rank (a CPU all-reduce: under NCCL it goes through the gloo part of the
+    process group, so the GPU is not synchronised). ``flag`` itself at world size 1."""
+    if not is_dist() or get_world_size() == 1:
+        return bool(flag)
+    t = torch.tensor([int(bool(flag))])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def all_gather_tensor(t):
     """Concatenate ``t`` from every rank along dim 0 (sizes may differ between ranks)."""
     if not is_dist() or get_world_size() == 1:
