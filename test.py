@@ -8,7 +8,7 @@ import yaml
 
 from data import build_test_dataloader
 from engine import evaluate_missing, evaluate_model, format_metrics, missing_table
-from engine.setup import SetupError, default_setup, parse_args, run_cli
+from engine.setup import FEATURES_NEXT_TO_RESULT, SetupError, default_setup, parse_args, run_cli
 from modeling import load_eval_model
 from utils import comm
 from utils.checkpoint import OutputError, atomic_write, atomic_write_json
@@ -57,8 +57,14 @@ def result_name(cfg):
     return re.sub(r"[^\w.+-]", "_", tag)
 
 
-def features_path(path):
-    """The --save-features file (``.npz`` added when missing), checked writable before any work."""
+def features_path(path, cfg):
+    """The --save-features file (``.npz`` added when missing; without a path, the result file's name in
+    OUTPUT_DIR), checked writable before any work."""
+    if path == FEATURES_NEXT_TO_RESULT:
+        path = os.path.join(cfg.OUTPUT_DIR, result_name(cfg))
+    elif re.fullmatch(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+", path) and not os.path.exists(path):
+        raise SetupError(f"--save-features {path}: that is a config key, not a file; give the features file "
+                         f"after --save-features (or nothing, for OUTPUT_DIR), then the KEY VALUE pairs")
     if not path.endswith(".npz"):
         path += ".npz"
     folder = os.path.dirname(os.path.abspath(path))
@@ -78,7 +84,7 @@ def main():
         raise SetupError("test.py needs TEST.WEIGHT path/to/model.pth")
     if not os.path.isfile(cfg.TEST.WEIGHT):
         raise FileNotFoundError(f"TEST.WEIGHT: no checkpoint at {cfg.TEST.WEIGHT}")
-    feats_out = features_path(args.save_features) if args.save_features and comm.is_main_process() else ""
+    feats_out = features_path(args.save_features, cfg) if args.save_features and comm.is_main_process() else ""
     test_loader, num_query, dataset = build_test_dataloader(cfg)
     # The model is sized from the checkpoint, not from the data: evaluation needs no training split, and a
     # model trained on one benchmark can be evaluated on another.

@@ -59,7 +59,7 @@ def _results_of_run(out_dir, name):
     """test.py's result files of this run's own checkpoints (last, best, numbered) in ``out_dir``: they go
     with the run under --overwrite. Results of checkpoints from elsewhere (``test_<folder>-<name>_...``)
     stay."""
-    return _files_matching(out_dir, r"test_(last|best|" + re.escape(name) + r"_\d+)_.*\.json$")
+    return _files_matching(out_dir, r"test_(last|best|" + re.escape(name) + r"_\d+)_.*\.(json|npz)$")
 
 
 def run_files(out_dir, model_name):

@@ -15,6 +15,10 @@ from utils.seed import set_seed
 from utils.versions import torch_version
 
 
+# --save-features without a path: the features go next to the result file, into OUTPUT_DIR.
+FEATURES_NEXT_TO_RESULT = "<next to the result>"
+
+
 def parse_args(description):
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config_file", default="", help="YAML config (see configs/)")
@@ -24,7 +28,9 @@ def parse_args(description):
     p.add_argument("--allow-change", action="append", default=[], metavar="KEY",
                    help="train.py --resume: continue with this config key changed against the checkpoint "
                         "(repeatable, or comma-separated; 'all' allows every change)")
-    p.add_argument("--save-features", default="", help="test.py: save query/gallery features to this .npz")
+    p.add_argument("--save-features", nargs="?", const=FEATURES_NEXT_TO_RESULT, default="", metavar="PATH",
+                   help="test.py: save query/gallery features; to PATH (.npz) when given, else next to the "
+                        "result file: OUTPUT_DIR/test_<...>.npz")
     p.add_argument("opts", nargs="*", help="KEY VALUE pairs overriding the config")
     return p.parse_intermixed_args()
 

@@ -60,7 +60,7 @@ def test_train_then_test_through_the_command_line(synth_root, tmp_path):
                        (["TEST.MISS", "nt", "TEST.IMS_PER_BATCH", "7"], "test_best_Synthetic_miss-nt")]:
         r = subprocess.run([sys.executable, os.path.join(ROOT, "test.py"), *TINY, "DATASETS.ROOT_DIR", synth_root,
                             "OUTPUT_DIR", out, "TEST.WEIGHT", os.path.join(out, "best.pth"), *extra,
-                            "--save-features", str(tmp_path / "f.npz")],
+                            "--save-features", *([str(tmp_path / "f.npz")] if extra else [])],
                            cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         metrics = json.load(open(result_file(out, tag)))
@@ -71,6 +71,9 @@ def test_train_then_test_through_the_command_line(synth_root, tmp_path):
     import numpy as np
     f = np.load(tmp_path / "f.npz")
     assert f["features"].shape[0] == len(f["pids"]) == len(f["paths"])
+    beside = result_file(out, "test_best_Synthetic")[:-len(".json")] + ".npz"  # the bare flag: next to the result
+    assert np.load(beside)["features"].shape == f["features"].shape
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".npz") and p != "f.npz"]
 
 
 def test_test_py_without_weight_fails_clearly(synth_root, tmp_path):

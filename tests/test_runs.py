@@ -349,6 +349,10 @@ def test_save_features_checks_its_folder_before_evaluating(synth_root, tmp_path,
              os.path.join(out, "best.pth"), "--save-features", str(tmp_path / "new" / "feats"), cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert os.path.isfile(tmp_path / "new" / "feats.npz")
+    from engine.setup import SetupError
+    from test import features_path
+    with pytest.raises(SetupError, match="--save-features TEST.WEIGHT: that is a config key"):
+        features_path("TEST.WEIGHT", None)                  # `--save-features TEST.WEIGHT x.pth` mistyped
 
 
 def test_test_results_are_named_by_checkpoint_and_never_overwrite_the_run(synth_root, tmp_path, monkeypatch):
