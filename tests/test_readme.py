@@ -38,3 +38,14 @@ def test_your_own_data_examples_load(tmp_path):
         cfg = load_config(str(path))
         assert cfg.DATASETS.NAMES == "Custom" and cfg.DATASETS.CUSTOM.FOLDER
     assert cfg.DATASETS.CUSTOM.TILE_ORDER == ["TI", "RGB", "NI"] and cfg.INPUT.SIZE_TRAIN == [128, 256]
+
+
+def test_python_api_from_another_folder_as_the_readme_says(tmp_path):
+    """The README's PYTHONPATH recipe works from a folder outside the repository."""
+    blocks = re.findall(r"```bash\n(.*?)```", readme_section("Python API"), re.S)
+    assert blocks, "no bash block in the README's Python API section"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    script = blocks[0].replace("/path/to/Signal-ReID", ROOT).replace("python ", f"{sys.executable} ")
+    r = subprocess.run(["bash", "-euc", script], cwd=str(tmp_path), capture_output=True, text=True, timeout=120,
+                       env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
