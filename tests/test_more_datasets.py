@@ -146,11 +146,43 @@ def test_custom_tiled_layout_with_id_folders_scenes_and_tile_order(tmp_path):
     (["DATASETS.CUSTOM.PATTERN", "^(?P<id>\\d+)_c(?P<camera>\\d)", "DATASETS.CUSTOM.PROTOCOL", "scene"],
      "PROTOCOL scene needs a named group"),
     (["DATASETS.CUSTOM.FOLDER", "missing"], "missing DATASETS.CUSTOM.FOLDER folder"),
+    (["DATASETS.CUSTOM.TILED", "yes"], "TILED yes expects image files directly in .*train.* set DATASETS.CUSTOM.TILED no"),
+    (["DATASETS.CUSTOM.ID_FOLDERS", "yes"], "ID_FOLDERS yes expects .* holds the modality folders images directly"),
+    (["DATASETS.CUSTOM.MODALITY_FOLDERS", "['RGB', 'NI', 'TI']"],
+     "holds the folders images but none of the modality folders .* set DATASETS.CUSTOM.ID_FOLDERS yes"),
+    (["DATASETS.CUSTOM.IGNORE_IDS", "['-1']"], r"IGNORE_IDS must list integer identities .*got \['-1'\]"),
+    (["DATASETS.CUSTOM.PATTERN", "(?P<id>\\d+)_c(?P<camera>\\d)"],
+     "-1_c1s1_000000_00.jpg: DATASETS.CUSTOM.PATTERN .* reads id '1' out of the middle of a number"),
+    (["DATASETS.CUSTOM.PATTERN", "^(?P<id>\\d{2})\\d*_c(?P<camera>\\d)"], "reads id '00' out of the middle"),
+    (["DATASETS.CUSTOM.IGNORE_IDS", "[1, 2, 3, 4, 5, 6, 7, -1, 0]"],
+     "empty split 'train': all 16 images .* were left out \\(DATASETS.CUSTOM.IGNORE_IDS"),
 ])
 def test_custom_config_errors_name_the_key(roots, tmp_path, opts, match):
     root = _custom_rgb_only(tmp_path, roots)
     with pytest.raises(DatasetError, match=match):
         build_dataset(_cfg(root, *RGB_ONLY, *opts))
+
+
+def test_custom_flat_images_without_tiled_name_the_key(roots, tmp_path):
+    root = _custom_rgb_only(tmp_path, roots)
+    train = os.path.join(root, "Market-RGB", "train")
+    for name in os.listdir(os.path.join(train, "images")):
+        shutil.move(os.path.join(train, "images", name), train)
+    os.rmdir(os.path.join(train, "images"))
+    with pytest.raises(DatasetError, match="holds 16 images directly and none of the modality folders .* set "
+                                           "DATASETS.CUSTOM.TILED yes"):
+        build_dataset(_cfg(root, *RGB_ONLY))
+
+
+def test_market1501_mm_query_of_junk_and_distractors_only_says_so(roots, tmp_path):
+    root = _copy(roots["Market1501-MM"], str(tmp_path / "m"))
+    query = os.path.join(root, "Market1501-MM", "query")
+    for m in ("RGB", "NI", "TI"):
+        for name in os.listdir(os.path.join(query, m)):
+            os.rename(os.path.join(query, m, name), os.path.join(query, m, "0000" + name[name.index("_"):]))
+    with pytest.raises(DatasetError, match="empty split 'query': all \\d+ images under .* were left out "
+                                           "\\(identity -1 is junk, identity 0 distractors"):
+        Market1501MM(root)
 
 
 def test_custom_config_shape_errors_at_load():

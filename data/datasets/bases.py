@@ -46,7 +46,10 @@ def require_file(path, what):
         raise DatasetError(f"missing {what} file: {path} (every sample needs RGB, NI and TI images)")
 
 
-def require_nonempty(samples, split, folder):
+def require_nonempty(samples, split, folder, left_out=0, why=""):
+    """An empty split is an error; ``left_out`` images were found but not kept, for the reason ``why``."""
+    if not samples and left_out:
+        raise DatasetError(f"empty split '{split}': all {left_out} images under {folder} were left out ({why})")
     if not samples:
         raise DatasetError(f"empty split '{split}': no images found under {folder}")
 

@@ -34,6 +34,10 @@ class CustomDataset(ReIDDataset):
         if not c.ID_FOLDERS and "id" not in self.rx.groupindex:
             raise DatasetError(f"DATASETS.CUSTOM.PATTERN {c.PATTERN!r} needs a named group (?P<id>...) unless "
                                f"DATASETS.CUSTOM.ID_FOLDERS is yes")
+        bad = [x for x in c.IGNORE_IDS if not isinstance(x, int) or isinstance(x, bool)]
+        if bad:
+            raise DatasetError(f"DATASETS.CUSTOM.IGNORE_IDS must list integer identities (as parsed from the names), "
+                               f"got {bad!r}: write them without quotes, e.g. [-1, 0]")
         if c.PROTOCOL == "scene" and "scene" not in self.rx.groupindex:
             raise DatasetError("DATASETS.CUSTOM.PROTOCOL scene needs a named group (?P<scene>...) in "
                                "DATASETS.CUSTOM.PATTERN")
@@ -54,6 +58,18 @@ class CustomDataset(ReIDDataset):
         if not m:
             raise DatasetError(f"cannot parse file name {path} with DATASETS.CUSTOM.PATTERN {self.c.PATTERN!r}")
         groups = m.groupdict()
+        name = os.path.basename(path)
+        for g in ("id", "camera"):  # a number cut out of a longer one ('-1_c1' read as id 1, 'c12' as camera 1)
+            if groups.get(g) is None:
+                continue
+            lo, hi = m.span(g)
+            before, after = name[lo - 1:lo] if lo > 0 else "", name[hi:hi + 1]
+            sign = before == "-" and (lo == 1 or not name[lo - 2].isdigit())  # '-1_c1', not the '-' of '3-1'
+            if before.isdigit() or (sign and not groups[g].startswith("-")) or after.isdigit():
+                raise DatasetError(f"{path}: DATASETS.CUSTOM.PATTERN {self.c.PATTERN!r} reads {g} {groups[g]!r} "
+                                   f"out of the middle of a number in the name (next to {before or after!r}); "
+                                   f"anchor the pattern (^...) and let the group take the whole number "
+                                   f"(and its sign: -?\\d+)")
         try:
             pid = int(groups["id"]) if groups.get("id") is not None else int(folder_id)
             cam = int(groups["camera"]) - self.c.CAMERA_BASE
@@ -65,6 +81,36 @@ class CustomDataset(ReIDDataset):
             raise DatasetError(f"{path}: camera {cam + self.c.CAMERA_BASE} is below DATASETS.CUSTOM.CAMERA_BASE "
                                f"{self.c.CAMERA_BASE}")
         return pid, cam, scene
+
+    def check_layout(self, folder, split):
+        """The split folder ``folder`` must look like the layout the keys describe: refuse, naming the key,
+        a TILED / ID_FOLDERS setting that contradicts what is on disk."""
+        c = self.c
+        subdirs = sorted(d for d in os.listdir(folder) if not is_hidden(d) and os.path.isdir(os.path.join(folder, d)))
+        images = list_images(folder)
+        modality_dirs = [d for d in subdirs if d in set(c.MODALITY_FOLDERS)]
+        if c.ID_FOLDERS:
+            if modality_dirs and not images:
+                raise DatasetError(f"DATASETS.CUSTOM.ID_FOLDERS yes expects <split>/<id>/<files>, but {folder} "
+                                   f"holds the modality folders {', '.join(modality_dirs)} directly: set "
+                                   f"DATASETS.CUSTOM.ID_FOLDERS no")
+            return
+        if self.tiled and not images and subdirs:
+            raise DatasetError(f"DATASETS.CUSTOM.TILED yes expects image files directly in {folder} (each holding "
+                               f"the modalities side by side), but it holds only folders ({', '.join(subdirs[:5])}"
+                               f"{', ...' if len(subdirs) > 5 else ''}): set DATASETS.CUSTOM.TILED no for one "
+                               f"folder per modality" + (", DATASETS.CUSTOM.ID_FOLDERS yes for one per identity"
+                                                        if not modality_dirs else ""))
+        if not self.tiled and not modality_dirs:
+            if images:
+                raise DatasetError(f"{folder} holds {len(images)} images directly and none of the modality folders "
+                                   f"{list(c.MODALITY_FOLDERS)} (DATASETS.CUSTOM.MODALITY_FOLDERS): set "
+                                   f"DATASETS.CUSTOM.TILED yes if each image holds the modalities side by side")
+            if subdirs:
+                raise DatasetError(f"{folder} holds the folders {', '.join(subdirs[:5])}"
+                                   f"{', ...' if len(subdirs) > 5 else ''} but none of the modality folders "
+                                   f"{list(c.MODALITY_FOLDERS)} (DATASETS.CUSTOM.MODALITY_FOLDERS): set "
+                                   f"DATASETS.CUSTOM.ID_FOLDERS yes if they are identity folders")
 
     def read_files(self, folder, folder_id=None):
         """(samples, files without partners) of one folder of files (a split, or an identity folder)."""
@@ -78,6 +124,7 @@ class CustomDataset(ReIDDataset):
 
     def read(self, folder, split):
         require_dir(folder, f"{split} split (DATASETS.CUSTOM.{split.upper()})")
+        self.check_layout(folder, split)
         if self.c.ID_FOLDERS:
             parts = [self.read_files(os.path.join(folder, sub), sub) for sub in sorted(os.listdir(folder))
                      if not is_hidden(sub) and os.path.isdir(os.path.join(folder, sub))]
@@ -87,6 +134,7 @@ class CustomDataset(ReIDDataset):
         unpaired = [x for _, lonely in parts for x in lonely]
         report_unpaired(unpaired, split, self.skip_unpaired)
         ignore = set(self.c.IGNORE_IDS)
+        found = len(samples)
         samples = [s for s in samples if s.pid not in ignore]
-        require_nonempty(samples, split, folder)
+        require_nonempty(samples, split, folder, found, f"DATASETS.CUSTOM.IGNORE_IDS {sorted(ignore)}")
         return samples

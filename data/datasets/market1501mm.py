@@ -37,7 +37,8 @@ def read_market_split(folder, split, skip_unpaired=False, keep_distractors=False
         if pid == -1 or (pid == 0 and not keep_distractors):
             continue
         samples.append(Sample(tuple(os.path.join(d, name) for d in dirs), pid, camid))
-    require_nonempty(samples, split, folder)
+    require_nonempty(samples, split, folder, len(names), "identity -1 is junk" + (
+        "" if keep_distractors else ", identity 0 distractors are kept only in the gallery"))
     return samples
 
 
