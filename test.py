@@ -84,7 +84,8 @@ def main():
         raise SetupError("test.py needs TEST.WEIGHT path/to/model.pth")
     if not os.path.isfile(cfg.TEST.WEIGHT):
         raise FileNotFoundError(f"TEST.WEIGHT: no checkpoint at {cfg.TEST.WEIGHT}")
-    feats_out = features_path(args.save_features, cfg) if args.save_features and comm.is_main_process() else ""
+    with comm.same_outcome():
+        feats_out = features_path(args.save_features, cfg) if args.save_features and comm.is_main_process() else ""
     test_loader, num_query, dataset = build_test_dataloader(cfg)
     # The model is sized from the checkpoint, not from the data: evaluation needs no training split, and a
     # model trained on one benchmark can be evaluated on another.

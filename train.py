@@ -52,7 +52,8 @@ def train(cfg, logger, device, run):
             check_batch_order(state, cfg)
         start_epoch, best, records, pending, partial = resume_from(state, model, optimizer, scheduler, scaler,
                                                                    os.path.join(cfg.OUTPUT_DIR, "last.pth"))
-        write_config(cfg)  # the checkpoint loaded into this config's model: the run continues with it
+        with comm.same_outcome():
+            write_config(cfg)  # the checkpoint loaded into this config's model: the run continues with it
         if "records" not in state:  # a checkpoint of an earlier version: keep metrics.jsonl's records
             records = read_metrics(cfg.OUTPUT_DIR, state["epoch"])
         if os.path.isfile(summary_path):

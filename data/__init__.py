@@ -100,9 +100,10 @@ def _verify(cfg, dataset, val=None, splits=("train", "query", "gallery")):
     check_queries(dataset.query, dataset.gallery, scenes, f"{dataset.name} test split")
     if val is not None:
         check_queries(val, val, scenes, "the validation split (DATASETS.VAL_IDS)")
-    if comm.is_main_process():
-        n = verify_images({k: getattr(dataset, k) for k in splits}, dataset.tiled)
-        logging.getLogger("signal.data").info("Checked %d image files: all readable", n)
+    with comm.same_outcome():  # rank 0 decodes every file; a bad one stops every rank with its message
+        if comm.is_main_process():
+            n = verify_images({k: getattr(dataset, k) for k in splits}, dataset.tiled)
+            logging.getLogger("signal.data").info("Checked %d image files: all readable", n)
 
 
 def build_test_dataloader(cfg, verify=True):

@@ -2,7 +2,6 @@
 import argparse
 import logging
 import os
-import re
 
 import torch
 
@@ -10,6 +9,7 @@ from config import load_config
 from utils import comm
 from utils.checkpoint import atomic_write_text
 from utils.cpu import keep_freed_memory
+from utils.errors import error_message
 from utils.logger import setup_logging
 from utils.seed import set_seed
 from utils.versions import torch_version
@@ -160,16 +160,18 @@ def default_setup(args, log_name, training=False):
     device = resolve_device(cfg, comm.local_rank(), training)
     comm.init_distributed(device)
     run = None
-    if training:
-        from .rundir import prepare_run_folder
-        run = prepare_run_folder(cfg, getattr(args, "resume", False), getattr(args, "overwrite", False),
-                                 getattr(args, "allow_change", ()), main_process=comm.is_main_process())
-    else:
-        try:
-            os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-        except OSError as e:
-            raise SetupError(f"cannot create OUTPUT_DIR {cfg.OUTPUT_DIR}: {e.strerror or e}") from None
-    logger = setup_logging(cfg.OUTPUT_DIR, log_name)
+    # Rank 0 alone checks and locks the run folder: every rank fails with its error, before any collective.
+    with comm.same_outcome():
+        if training:
+            from .rundir import prepare_run_folder
+            run = prepare_run_folder(cfg, getattr(args, "resume", False), getattr(args, "overwrite", False),
+                                     getattr(args, "allow_change", ()), main_process=comm.is_main_process())
+        else:
+            try:
+                os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+            except OSError as e:
+                raise SetupError(f"cannot create OUTPUT_DIR {cfg.OUTPUT_DIR}: {e.strerror or e}") from None
+        logger = setup_logging(cfg.OUTPUT_DIR, log_name)
     if training:
         logger.info("=" * 20 + (" resumed run " if run.state is not None else " new run ") + "=" * 20)
     logger.info("Config file: %s; overrides: %s", args.config_file or "(defaults)", args.opts)
@@ -182,23 +184,12 @@ def default_setup(args, log_name, training=False):
         for note in (run.state or {}).get("notes", []):
             logger.warning("%s", note)
         if run.state is None:  # a resumed run writes it once the resume worked
-            write_config(cfg)
+            with comm.same_outcome():
+                write_config(cfg)
     set_seed(cfg.SOLVER.SEED + comm.get_rank(), cfg.SOLVER.DETERMINISTIC)
     if device.type == "cpu" and cfg.SOLVER.CPU_KEEP_FREED_MEMORY:
         keep_freed_memory()
     return cfg, logger, device, run
-
-
-def error_message(e):
-    """One line (or the exception's own lines) for the user: a KeyError's key text without quotes, and an
-    error raised inside a DataLoader worker without the embedded worker traceback."""
-    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-    if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and e.strerror:
-        msg = f"{e.strerror}: {e.filename}" if e.filename else e.strerror
-    if "Original Traceback (most recent call last)" in msg:
-        last = [line for line in msg.splitlines() if line.strip()][-1]
-        msg = re.sub(r"^[\w.]+(Error|Exception|Interrupt)?: ", "", last.strip())
-    return msg
 
 
 def _to_log_file(level, msg, exc_info=None):
@@ -228,7 +219,7 @@ def run_cli(main):
         finally:
             comm.cleanup()
     except (DatasetError, WeightsError, SetupError, CheckpointError, OutputError, NonFiniteLossError, OSError,
-            KeyError, ValueError) as e:
+            KeyError, ValueError, comm.OtherRankError) as e:
         msg = error_message(e)
         _to_log_file(logging.ERROR, f"error: {msg}")
         print(f"error: {msg}", file=sys.stderr)

@@ -210,10 +210,11 @@ def do_train(cfg, model, train_loader, test_loader, num_query, optimizer, schedu
 
     def save_last(epoch, pending, progress=None):
         rngs = comm.all_gather_object(rng_state())  # every rank's random state, so each resumes its own
-        if main:
-            atomic_save(training_state(model, optimizer, scheduler, scaler, epoch, best, cfg, records, pending,
-                                       rngs, progress), os.path.join(out_dir, "last.pth"))
-            atomic_write_jsonl(records, os.path.join(out_dir, "metrics.jsonl"))
+        with comm.same_outcome():  # a failed write (disk full) stops every rank with its message
+            if main:
+                atomic_save(training_state(model, optimizer, scheduler, scaler, epoch, best, cfg, records, pending,
+                                           rngs, progress), os.path.join(out_dir, "last.pth"))
+                atomic_write_jsonl(records, os.path.join(out_dir, "metrics.jsonl"))
         SAVED.update(path=os.path.join(out_dir, "last.pth"), epoch=epoch,
                      iteration=progress["iterations"] if progress else 0)
 
@@ -225,14 +226,14 @@ def do_train(cfg, model, train_loader, test_loader, num_query, optimizer, schedu
         end_step = sum(r.get("iterations", 0) for r in records[:records.index(record) + 1])
         log_scalars(writer, "eval", {k: metrics[k] for k in METRIC_KEYS}, end_step)
         previous, best = best, better_epoch(best, epoch, metrics)
-        if best is not previous:
-            if main:
-                atomic_save({"model": unwrap(model).state_dict(), "epoch": epoch, "metrics": best,
-                             "config": cfg.dump()}, os.path.join(out_dir, "best.pth"))
         logger.info("Best so far (epoch %d): mAP %.1f%%, Rank-1 %.1f%%", best["epoch"], 100 * best["mAP"],
                     100 * best["Rank-1"])
-        if main:  # last.pth of this epoch is already written (settle_pending_eval reads this on resume)
-            atomic_write_jsonl(records, os.path.join(out_dir, "metrics.jsonl"))
+        with comm.same_outcome():
+            if main and best is not previous:
+                atomic_save({"model": unwrap(model).state_dict(), "epoch": epoch, "metrics": best,
+                             "config": cfg.dump()}, os.path.join(out_dir, "best.pth"))
+            if main:  # last.pth of this epoch is already written (settle_pending_eval reads this on resume)
+                atomic_write_jsonl(records, os.path.join(out_dir, "metrics.jsonl"))
 
     def stop_mid_epoch(epoch, n_iter, total, step, sums, skipped, seconds):
         """Save the state after ``n_iter`` iterations of ``epoch`` and raise Preempted (every rank)."""

@@ -120,3 +120,19 @@ def test_each_rank_evaluates_its_share_with_its_share_of_the_workers(monkeypatch
     shard = _shard(DataLoader(list(range(10)), batch_size=4, num_workers=2))
     assert list(shard.dataset) == [1, 3, 5, 7, 9] and shard.num_workers == 1
     assert _shard(DataLoader(list(range(10)), batch_size=4, num_workers=0)).num_workers == 0
+
+
+def test_an_error_on_rank_0_alone_stops_every_rank_with_the_same_line(tmp_path):
+    """Rank 0 alone checks the run folder: its error reaches every rank before any collective, so each rank
+    prints the same one line and no rank is left waiting in gloo (no hang, no connection tracebacks)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pth").write_bytes(b"x")                       # a run is already there, and no --resume
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), os.path.join(ROOT, "train.py"), *TINY, "OUTPUT_DIR", str(out)]
+    r = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=120)
+    lines = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert r.returncode != 0 and len(lines) == 2 and lines[0] == lines[1], r.stderr[-4000:]
+    assert "already holds a training run" in lines[0]
+    assert "gloo" not in r.stderr and "Connection closed" not in r.stderr, r.stderr[-4000:]

@@ -1,8 +1,11 @@
 """Distributed helpers; every function is a no-op (or trivial) at world size 1."""
+import contextlib
 import os
 
 import torch
 import torch.distributed as dist
+
+from .errors import error_message
 
 # The backend serving CUDA tensors (a test may stand gloo in for it: gloo registered for 'cuda' alone serves
 # CUDA tensors only, as NCCL does).
@@ -85,6 +88,34 @@ def all_gather_tensor(t):
     out = [torch.zeros_like(padded) for _ in sizes]
     dist.all_gather(out, padded)
     return torch.cat([o[: int(s.item())] for o, s in zip(out, sizes)], 0)
+
+
+class OtherRankError(RuntimeError):
+    """Another rank of a distributed run failed in a block every rank had to pass (``same_outcome``); the
+    message is that rank's error message."""
+
+
+@contextlib.contextmanager
+def same_outcome(describe=error_message):
+    """Every rank leaves the block the same way: when it raised an exception on any rank, it raises on every
+    rank, before any further collective (so no rank waits for a rank that is gone, and every rank reports
+    the same one line). A failing rank raises its own exception; the others an OtherRankError with the first
+    failing rank's ``describe(exception)``. For blocks one rank runs alone (checks, writes by rank 0) and
+    that hold no collective themselves. Costs one all-gather of a small object; nothing at world size 1."""
+    if not is_dist() or get_world_size() == 1:
+        yield
+        return
+    error = None
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - every exception must reach the other ranks
+        error = e
+    outcomes = all_gather_object(None if error is None else describe(error))
+    if error is not None:
+        raise error
+    failed = [o for o in outcomes if o is not None]
+    if failed:
+        raise OtherRankError(failed[0])
 
 
 def all_gather_object(obj):

@@ -37,9 +37,9 @@ def build_dataset(cfg, test_only=False):
         params = dict(num_train_ids=s.NUM_TRAIN_IDS, num_test_ids=s.NUM_TEST_IDS, images_per_id=s.IMAGES_PER_ID,
                       num_cameras=s.NUM_CAMERAS, size=tuple(s.SIZE), seed=s.SEED)
         folder = synthetic_root(root, params)
-        if comm.is_main_process():
-            write_synthetic(folder, "RGBNT201", **params)
-        comm.synchronize()
+        with comm.same_outcome():  # rank 0 writes; the others wait for it (and fail with it)
+            if comm.is_main_process():
+                write_synthetic(folder, "RGBNT201", **params)
         ds = RGBNT201(folder, test_only=test_only, skip_unpaired=skip)
         ds.name = "Synthetic"
         return ds
