@@ -214,24 +214,22 @@ def run_cli(main):
     from .preemption import PREEMPTED_EXIT_CODE, Preempted
     from .trainer import SAVED, NonFiniteLossError
     try:
-        try:
-            main()
-        finally:
-            comm.cleanup()
+        main()
+        comm.cleanup()
     except (DatasetError, WeightsError, SetupError, CheckpointError, OutputError, NonFiniteLossError, OSError,
             KeyError, ValueError, comm.OtherRankError) as e:
         msg = error_message(e)
         _to_log_file(logging.ERROR, f"error: {msg}")
-        print(f"error: {msg}", file=sys.stderr)
+        sys.stderr.write(f"error: {msg}\n")  # one write: the lines of torchrun's ranks do not interleave
         sys.exit(2)
     except Preempted as e:  # the loop saved and logged what it saved
-        print(e, file=sys.stderr)
+        sys.stderr.write(f"{e}\n")
         sys.exit(PREEMPTED_EXIT_CODE)
     except KeyboardInterrupt:
         saved = (f"{SAVED['path']} holds epoch {SAVED['epoch']}" + (f" and {SAVED['iteration']} iterations of the "
                  f"next" if SAVED["iteration"] else "") + "; continue with --resume") if SAVED else "no epoch saved yet"
         _to_log_file(logging.ERROR, f"interrupted (Ctrl-C): {saved}")
-        print(f"\ninterrupted (Ctrl-C): {saved}", file=sys.stderr)
+        sys.stderr.write(f"\ninterrupted (Ctrl-C): {saved}\n")
         sys.exit(130)
     except Exception as e:
         _to_log_file(logging.ERROR, f"fatal error: {type(e).__name__}: {e}", sys.exc_info())

@@ -134,5 +134,5 @@ def test_an_error_on_rank_0_alone_stops_every_rank_with_the_same_line(tmp_path):
     r = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=120)
     lines = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
     assert r.returncode != 0 and len(lines) == 2 and lines[0] == lines[1], r.stderr[-4000:]
-    assert "already holds a training run" in lines[0]
+    assert "already holds a training run" in lines[0] and lines[0].count("error: ") == 1
     assert "gloo" not in r.stderr and "Connection closed" not in r.stderr, r.stderr[-4000:]

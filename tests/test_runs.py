@@ -337,18 +337,24 @@ def test_cli_errors_are_one_line_and_reach_the_log(synth_root, tmp_path):
 
 
 def test_save_features_checks_its_folder_before_evaluating(synth_root, tmp_path, monkeypatch):
+    import test as test_script
+    from utils.checkpoint import OutputError
     out = str(tmp_path / "run")
     run_train_inprocess(opts(synth_root, out, "SOLVER.MAX_EPOCHS", "1"), monkeypatch)
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    r = _cli("test.py", *TINY, "DATASETS.ROOT_DIR", synth_root, "OUTPUT_DIR", out, "TEST.WEIGHT",
-             os.path.join(out, "best.pth"), "--save-features", str(blocker / "f.npz"), cwd=str(tmp_path))
-    assert r.returncode == 2 and "--save-features: cannot write to" in r.stderr
-    assert "mAP" not in r.stdout                             # refused before the evaluation ran
-    r = _cli("test.py", *TINY, "DATASETS.ROOT_DIR", synth_root, "OUTPUT_DIR", out, "TEST.WEIGHT",
-             os.path.join(out, "best.pth"), "--save-features", str(tmp_path / "new" / "feats"), cwd=str(tmp_path))
-    assert r.returncode == 0, r.stderr
-    assert os.path.isfile(tmp_path / "new" / "feats.npz")
+    argv = ["test.py", *TINY, "DATASETS.ROOT_DIR", synth_root, "OUTPUT_DIR", out, "TEST.WEIGHT",
+            os.path.join(out, "best.pth"), "LOG.PROGRESS_BARS", "no", "--save-features"]
+    evaluated = []
+    real = test_script.evaluate_model
+    monkeypatch.setattr(test_script, "evaluate_model", lambda *a, **k: evaluated.append(1) or real(*a, **k))
+    monkeypatch.setattr(sys, "argv", argv + [str(blocker / "f.npz")])
+    with pytest.raises(OutputError, match="--save-features: cannot write to"):
+        test_script.main()
+    assert not evaluated                                     # refused before the evaluation ran
+    monkeypatch.setattr(sys, "argv", argv + [str(tmp_path / "new" / "feats")])
+    test_script.main()
+    assert os.path.isfile(tmp_path / "new" / "feats.npz") and evaluated
     from engine.setup import SetupError
     from test import features_path
     with pytest.raises(SetupError, match="--save-features TEST.WEIGHT: that is a config key"):

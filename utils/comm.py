@@ -55,8 +55,12 @@ def init_distributed(device):
 
 
 def cleanup():
-    """Destroy the process group (at exit), so no rank leaves NCCL / gloo resources behind."""
+    """At the normal end of a run: meet every rank, then destroy the process group, so no rank leaves NCCL /
+    gloo resources behind. (A rank that destroys its group after another rank has exited can hang in gloo
+    on torch 2.1, hence the barrier first; after an error the group is left to the process exit.)"""
     if is_dist():
+        if get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 
