@@ -158,3 +158,29 @@ def test_equal_distances_between_true_matches_and_others():
     assert np.array_equal(cmc[:len(ref[0])], ref[0])          # the official curve stops at the kept length
     assert mAP == pytest.approx(ref[1], rel=1e-12) and mINP == pytest.approx(ref[2], rel=1e-12)
     assert mAP < 1.0                                             # the tie decided a rank
+
+
+def test_open_ties_keep_the_cmc_exact_and_map_within_the_tolerance(monkeypatch):
+    """Distances on a coarse grid tie everywhere: queries whose ties could change the CMC, or move mAP / mINP
+    beyond TIE_TOLERANCE in total, follow the official argsort; the rest take the middle of their range.
+    The CMC equals the official loop's and mAP / mINP are within the tolerance of it."""
+    import utils.metrics as metrics
+    rng = np.random.default_rng(0)
+    nq, ng = 60, 3000
+    dist = (np.round(rng.random((nq, ng)) * 4000) / 4000).astype(np.float32)
+    qp, gp = rng.integers(0, 40, nq), rng.integers(0, 40, ng)
+    qc, gc = rng.integers(0, 4, nq), rng.integers(0, 4, ng)
+    dist[:, :5] = dist[:, 5:10]                                  # ties at the top ranks too
+    redone = []
+    real = metrics._argsort_metrics
+    monkeypatch.setattr(metrics, "_argsort_metrics", lambda d, *a: redone.append(len(d)) or real(d, *a))
+    cmc, mAP, mINP, _ = evaluate_all(dist, qp, gp, qc, gc)
+    ref_cmc, ref_map, ref_inp = official.eval_func(dist, qp, gp, qc, gc)
+    assert np.array_equal(cmc, ref_cmc)
+    assert abs(mAP - ref_map) <= metrics.TIE_TOLERANCE and abs(mINP - ref_inp) <= metrics.TIE_TOLERANCE
+    assert 0 < sum(redone) < nq                                  # some ties resolved, some left open
+    monkeypatch.setattr(metrics, "TIE_TOLERANCE", 0.0)           # no tolerance: every tied query is redone
+    redone.clear()
+    cmc, mAP, mINP, _ = evaluate_all(dist, qp, gp, qc, gc)
+    assert np.array_equal(cmc, ref_cmc) and mAP == pytest.approx(ref_map, rel=1e-12)
+    assert sum(redone) > 0

@@ -261,3 +261,30 @@ def test_sweep_trains_the_grid_and_selects_on_validation(tiny_setup, tmp_path):
     for name in val:
         summary = json.load(open(tmp_path / "runs" / name / "summary.json"))
         assert {"best", "test_best_epoch"} <= set(summary)
+
+
+def test_benchmark_eval_times_the_authors_functions_at_every_regime(tmp_path):
+    """--official-repo: only euclidean_distance and eval_func are taken from the repository's
+    utils/metrics.py (its plotting imports are not run); every regime is timed against both official
+    sides, the results agree, and one table is printed."""
+    repo = tmp_path / "Signal"
+    (repo / "utils").mkdir(parents=True)
+    (repo / "utils" / "metrics.py").write_text(
+        "import seaborn_that_is_not_installed\n\n\n"
+        "def euclidean_distance(qf, gf):\n    from tests import official\n"
+        "    return official.euclidean_distance(qf, gf)\n\n\n"
+        "def eval_func(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):\n    from tests import official\n"
+        "    return official.eval_func(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)[:2]\n")
+    out = run([os.path.join(TOOLS, "benchmark_eval.py"), "--num-query", "40", "--num-gallery", "200", "--dim", "64",
+               "--ids", "8", "--repeat", "1", "--official-repo", str(repo)], tmp_path)
+    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    speedups = [r for r in records if r["figure"] == "evaluation_speedup_vs_official_authors_code"]
+    assert [r["regime"] for r in speedups] == ["trained", "weak", "untrained"]
+    assert all(r["identical_results"] and r["value"] > 0 for r in speedups)
+    assert speedups[0]["mAP"] > speedups[1]["mAP"] > speedups[2]["mAP"]      # three feature qualities
+    table = [line for line in out.splitlines() if line.startswith("| ")]
+    assert len(table) == 4 and all(line.count("|") == 7 and line.endswith("x |") for line in table[1:])
+    r = subprocess.run([sys.executable, os.path.join(TOOLS, "benchmark_eval.py"), "--official-repo",
+                        str(tmp_path / "nothing")], cwd=str(tmp_path), capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+    assert r.returncode != 0 and "--official-repo" in r.stderr and "Traceback" not in r.stderr

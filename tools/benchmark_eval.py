@@ -19,7 +19,7 @@ as the module itself imports plotting packages), and this project's transcriptio
 
 Results must agree: identical CMC, mAP (and mINP, which the official code does not compute; our
 transcription adds it) within 1e-6, else the tool stops with both values. Prints one JSON line per
-figure (best of --repeat runs, seconds), then one table, and the peak memory of the process.
+figure (best of --repeat runs, the sides in turn, seconds), then one table, and the peak memory of the process.
 """
 import argparse
 import ast
@@ -87,10 +87,15 @@ def official_functions(repo):
     return scope["euclidean_distance"], scope["eval_func"]
 
 
-def best_of(fn, repeat):
-    """(fastest of ``repeat`` runs of ``fn`` in seconds, its result)."""
-    times, out = timed(fn, repeat, torch.device("cpu"))
-    return min(times), out
+def interleaved(fns, repeat):
+    """{name: (fastest of ``repeat`` runs in seconds, result)} of ``fns`` ({name: callable}), run in turn
+    within each repetition, so a change of machine speed during the benchmark reaches every side alike."""
+    times, results = {name: [] for name in fns}, {}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t, results[name] = timed(fn, 1, torch.device("cpu"))
+            times[name] += t
+    return {name: (min(times[name]), results[name]) for name in fns}
 
 
 def agree(ours, theirs, name):
@@ -109,22 +114,22 @@ def agree(ours, theirs, name):
 def compare(qf, gf, qp, gp, qc, gc, repeat, official=True, own=None):
     """Time ours, and unless ``official`` is False the transcription of the official path and, with ``own``
     (``official_functions``), the authors' own functions, each best of ``repeat``, on the same features.
-    -> dict of seconds (``ours``, ``official``, ``official_own``), ``identical`` and the metrics."""
-    def ours():
-        return evaluate_all(None, qp, gp, qc, gc, q_feats=qf, g_feats=gf)
-
-    t_ours, (cmc, mAP, mINP, _) = best_of(ours, repeat)
-    out = {"ours": t_ours, "mAP": mAP, "Rank-1": float(cmc[0]), "mINP": mINP, "identical": True}
+    -> dict of seconds (``ours``, ``official``, ``official_own``), ``identical`` and the metrics. The sides
+    run in turn within each repetition (``interleaved``)."""
+    fns = {"ours": lambda: evaluate_all(None, qp, gp, qc, gc, q_feats=qf, g_feats=gf)}
     if official:
-        sys.path.insert(0, ROOT)
         from tests import official as ref
-        t_off, theirs = best_of(lambda: ref.eval_func(ref.euclidean_distance(qf, gf), qp, gp, qc, gc), repeat)
-        out.update(official=t_off, identical=agree((cmc, mAP, mINP), theirs, "the official transcription"))
+        fns["official"] = lambda: ref.eval_func(ref.euclidean_distance(qf, gf), qp, gp, qc, gc)
     if own is not None:
         distance, eval_func = own
-        t_own, theirs = best_of(lambda: eval_func(distance(qf, gf), qp, gp, qc, gc), repeat)
-        out.update(official_own=t_own, identical=out["identical"] and agree((cmc, mAP, mINP), theirs,
-                                                                             "the authors' eval_func"))
+        fns["official_own"] = lambda: eval_func(distance(qf, gf), qp, gp, qc, gc)
+    runs = interleaved(fns, repeat)
+    t_ours, (cmc, mAP, mINP, _) = runs.pop("ours")
+    out = {"ours": t_ours, "mAP": mAP, "Rank-1": float(cmc[0]), "mINP": mINP, "identical": True}
+    names = {"official": "the official transcription", "official_own": "the authors' eval_func"}
+    for key, (seconds, theirs) in runs.items():
+        out[key] = seconds
+        out["identical"] = out["identical"] and agree((cmc, mAP, mINP), theirs, names[key])
     return out
 
 
@@ -149,7 +154,7 @@ def main():
     p.add_argument("--regime", default=",".join(REGIMES),
                    help=f"comma-separated feature regimes: {', '.join(REGIMES)} (default: all)")
     p.add_argument("--noise", type=float, default=None, help="one custom regime: this noise (x 1/sqrt(d))")
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--official-repo", default="", metavar="PATH",
                    help="the authors' repository (checkout or git directory): time their own functions too")
     p.add_argument("--skip-official", action="store_true", help="time ours only (large sizes)")
@@ -182,7 +187,7 @@ def main():
           f"{a.num_query} x {a.num_gallery}, {a.dim}-d, best of {a.repeat}\n")
     own_col = own is not None
     print("| features | mAP | official" + (" (authors' code) | official (transcription)" if own_col else "")
-          + " | ours | speed-up |\n|---|---|---" + ("|---|---" if own_col else "") + "|---|---|")
+          + " | ours | speed-up |\n|---|---|---" + ("|---" if own_col else "") + "|---|---|")
     for name, r in rows:
         ref = r.get("official_own", r.get("official"))
         cells = [name, f"{r['mAP']:.2f}"]

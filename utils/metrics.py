@@ -5,6 +5,7 @@ Protocol (per query): gallery samples of the same identity seen by the same came
 ignored instead. Queries without any remaining true match are skipped.
 """
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -25,14 +26,6 @@ def pairwise_distance(qf, gf):
     return d.addmm_(qf, gf.t(), beta=1, alpha=-2)
 
 
-def _sorted_row_ranks(d, hits, removed):
-    """Ranks (1-based, among the kept samples) of the true matches of one query, from NumPy's default
-    argsort of its distances: the official ranking, ties included."""
-    order = np.argsort(d)
-    kept_rank = np.cumsum(~removed[order])
-    return kept_rank[hits[order]]
-
-
 def _same_identity(q_pids, g_pids):
     """(rows, cols) of every (query, gallery sample) pair of one identity, row-major."""
     g_order = np.argsort(g_pids, kind="stable")
@@ -43,70 +36,157 @@ def _same_identity(q_pids, g_pids):
     return rows, g_order[np.repeat(lo, hi - lo) + within]
 
 
-def _block_metrics(d, q_pids, g_pids, q_keys, g_keys):
-    """Per-query (first hit rank, AP, mINP term, valid) for a block of distances ``d`` [b, ng] (a CPU tensor
-    this function may modify).
+# A tie between a true match and a sample of another identity leaves that true match's rank open by one
+# place per tied sample. The evaluation follows NumPy's argsort (the official order) for the queries whose
+# ties could change the CMC, and for as many others as it takes to keep mAP and mINP within this much of
+# the official values (``_within_budget``).
+TIE_TOLERANCE = 1e-7
 
-    The ranking is never sorted: the rank of a true match among the kept samples is one plus the number of
-    kept samples closer than it. Only samples no farther than the query's farthest true match can count,
-    so only those are located among the query's sorted true-match distances. A query where a sample of
-    another identity is exactly as far as a true match (a tie whose order decides a rank), or with a
-    non-finite distance, is ranked by NumPy's default argsort instead, as the official evaluation does;
-    ties among true matches or with removed samples change no metric."""
+
+def _sort_rows(x, arg=False):
+    """``np.sort(x, axis=1)`` (``np.argsort`` with ``arg``: NumPy's default kind, the official ranking) on the
+    threads torch uses (NumPy releases the GIL while sorting)."""
+    fn = np.argsort if arg else np.sort
+    n = min(torch.get_num_threads(), len(x))
+    if n <= 1:
+        return fn(x, axis=1)
+    out = np.empty(x.shape, dtype=np.int64 if arg else x.dtype)
+    bounds = np.linspace(0, len(x), n + 1).astype(int)
+
+    def part(i):
+        out[bounds[i]:bounds[i + 1]] = fn(x[bounds[i]:bounds[i + 1]], axis=1)
+
+    with ThreadPoolExecutor(n) as pool:
+        list(pool.map(part, range(n)))
+    return out
+
+
+def _sorted_up_to(x, limit):
+    """Each row of ``x`` [b, n] sorted, keeping only its values ``<= limit`` (per row; a row of a [b, W]
+    array padded with +inf): the ranks of true matches need no farther sample. When most values are kept
+    (weak features) whole rows are sorted instead (``_sort_rows``), which is then faster."""
+    keep = x <= limit[:, None]
+    count = keep.sum(1)
+    if count.sum() > x.size // 2:
+        return _sort_rows(x)
+    out = np.full((len(x), max(int(count.max()), 1)), np.inf, dtype=x.dtype)
+    n = min(torch.get_num_threads(), len(x))
+    bounds = np.linspace(0, len(x), n + 1).astype(int)
+
+    def part(i):
+        for r in range(bounds[i], bounds[i + 1]):
+            v = x[r][keep[r]]
+            v.sort()
+            out[r, :len(v)] = v
+
+    if n <= 1:
+        part(0)
+    else:
+        with ThreadPoolExecutor(n) as pool:
+            list(pool.map(part, range(n)))
+    return out
+
+
+def _padded_sorted(d, rows, cols, b):
+    """Each query's values ``d[rows, cols]`` sorted ascending in a row of a [b, W] tensor padded with +inf
+    (W: the largest count, at least 1), and the count per query."""
+    count = np.bincount(rows, minlength=b)
+    width = max(int(count.max()) if len(rows) else 0, 1)
+    out = torch.full((b, width), float("inf"), dtype=d.dtype)
+    if len(rows):
+        within = torch.from_numpy(np.arange(len(rows)) - (np.cumsum(count) - count)[rows])
+        r, c = torch.from_numpy(rows), torch.from_numpy(cols)
+        out[r, within] = d[r, c]
+        out = out.sort(1).values
+    return out.contiguous(), count
+
+
+def _block_metrics(d, q_pids, g_pids, q_keys, g_keys, max_rank=50):
+    """Per-query (first hit rank, AP, mINP term, valid) for a block of distances ``d`` [b, ng] (a CPU tensor).
+
+    Each row is sorted by value only (no indices; NumPy's vectorised sort, on every thread), and the rank of
+    a query's k-th true match among the kept samples is ``1 + k +`` the number of samples of other
+    identities strictly closer, counted by searching the true match's distance in the sorted row and in the
+    query's sorted true-match and removed distances. The cost is one sort per row whatever the feature
+    quality. A sample of another identity exactly as far as a true match (a tie whose order decides a rank)
+    is resolved with NumPy's default argsort of the row, as the official evaluation does, unless the tie
+    cannot change the CMC and the block's open ties move mAP and mINP by at most ``TIE_TOLERANCE`` (the
+    middle of each query's possible range is then taken, ``_within_budget``); ties among true matches or
+    with removed samples change no metric. A block with a non-finite distance is ranked the official way."""
     b, ng = d.shape
     rows, cols = _same_identity(q_pids, g_pids)
     drop = g_keys[cols] == q_keys[rows]                          # removed by the protocol
     hit_rows, hit_cols = rows[~drop], cols[~drop]
-    num_rel = np.bincount(hit_rows, minlength=b)
+    pos, num_rel = _padded_sorted(d, hit_rows, hit_cols, b)
     valid = num_rel > 0
     width = int(num_rel.max()) if b else 0
-    ranks = np.ones((b, max(width, 1)))
     if not width:
-        return ranks[:, 0], np.zeros(b), np.zeros(b), valid
-    finite = bool(torch.isfinite(d.sum()))
-    start = np.cumsum(num_rel) - num_rel
-    # true matches by query (hit_rows is sorted), then distance: each query's row of a padded matrix, sorted
-    within = torch.from_numpy(np.arange(len(hit_rows)) - start[hit_rows])
-    padded = torch.full((b, width), float("inf"), dtype=d.dtype)
-    padded[torch.from_numpy(hit_rows), within] = d[torch.from_numpy(hit_rows), torch.from_numpy(hit_cols)]
-    pos_rows = hit_rows
-    pos_vals = padded.sort(1).values[torch.from_numpy(hit_rows), within].numpy().astype(np.float64)
-    farthest = np.full(b, -np.inf)
-    farthest[valid] = pos_vals[start[valid] + num_rel[valid] - 1]
-    same_r, same_c = torch.from_numpy(rows), torch.from_numpy(cols)
-    saved = d[same_r, same_c].clone()
-    d[same_r, same_c] = float("inf")                              # count other identities only
-    if finite:
-        flat = torch.nonzero((d <= torch.from_numpy(farthest).to(d.dtype)[:, None]).reshape(-1))[:, 0]
-        sel_rows = (flat // ng).numpy()
-        sel_vals = d.reshape(-1)[flat].numpy().astype(np.float64)
-        # one sorted key per true match and per candidate: query index * span + distance (exact in float64)
-        both = np.concatenate([pos_vals, sel_vals])
-        span = float(both.max()) - float(both.min()) + 1.0
-        pos_keys = pos_rows * span + (pos_vals - both.min())
-        sel_keys = sel_rows * span + (sel_vals - both.min())
-        at = np.searchsorted(pos_keys, sel_keys, side="right")    # true matches (of all queries) before
-        right = at - start[sel_rows]
-        equal = (right > 0) & (pos_keys[np.maximum(at - 1, 0)] == sel_keys)
-        tie = np.bincount(sel_rows, weights=equal, minlength=b) > 0
-        # rank of the k-th true match: k earlier true matches + the other identities closer than it + 1
-        hist = np.bincount(sel_rows * (width + 1) + right, minlength=b * (width + 1)).reshape(b, width + 1)
-        ranks = np.cumsum(hist, axis=1)[:, :width] + np.arange(1, width + 1)[None]
+        return np.ones(b), np.zeros(b), np.zeros(b), valid
+    pos = pos[:, :width].contiguous()
+    k = np.arange(width)[None]
+    inside = k < num_rel[:, None]
+    position = (k + 1).astype(np.float64)
+    if bool(torch.isfinite(d.sum())):
+        removed, _ = _padded_sorted(d, rows[drop], cols[drop], b)
+        farthest = pos.gather(1, torch.from_numpy(np.maximum(num_rel - 1, 0))[:, None])[:, 0].numpy()
+        ranked = torch.from_numpy(_sorted_up_to(d.numpy(), np.where(valid, farthest, -np.inf).astype(np.float32)))
+
+        def before(seq):  # (strictly smaller, smaller or equal) counts of each true-match distance in seq
+            return (torch.searchsorted(seq, pos).numpy().astype(np.int64),
+                    torch.searchsorted(seq, pos, right=True).numpy().astype(np.int64))
+
+        (all_lt, all_le), (pos_lt, pos_le), (rem_lt, rem_le) = before(ranked), before(pos), before(removed)
+        low = (1 + k + all_lt - pos_lt - rem_lt).astype(np.float64)          # tied others after it
+        high = low + np.where(inside, (all_le - all_lt) - (pos_le - pos_lt) - (rem_le - rem_lt), 0)  # before it
+        ap_hi = np.where(inside, position / low, 0.0).sum(1) / np.maximum(num_rel, 1)
+        ap_lo = np.where(inside, position / high, 0.0).sum(1) / np.maximum(num_rel, 1)
+        last = np.maximum(num_rel - 1, 0)
+        inp_hi, inp_lo = num_rel / low[np.arange(b), last], num_rel / high[np.arange(b), last]
+        first_open = (high[:, 0] > low[:, 0]) & (low[:, 0] <= max_rank)
+        exact = _within_budget(ap_hi - ap_lo, inp_hi - inp_lo, valid, first_open)
+        first, ap, inp = low[:, 0], (ap_hi + ap_lo) / 2, (inp_hi + inp_lo) / 2
     else:                                                         # NaN or inf distances: the official way
-        tie = np.ones(b, dtype=bool)
-    redo = np.flatnonzero(tie & valid)
-    if len(redo):
-        d[same_r, same_c] = saved                                # the original distances
-        for r in redo:
-            hits_r, removed_r = np.zeros(ng, dtype=bool), np.zeros(ng, dtype=bool)
-            hits_r[hit_cols[hit_rows == r]] = True
-            removed_r[cols[(rows == r) & drop]] = True
-            rr = _sorted_row_ranks(d[r].numpy(), hits_r, removed_r)
-            ranks[r, :len(rr)] = rr
-    position = np.arange(1, width + 1, dtype=np.float64)[None]
-    ap = np.where(position <= num_rel[:, None], position / ranks, 0.0).sum(1) / np.maximum(num_rel, 1)
-    last = ranks[np.arange(b), np.maximum(num_rel - 1, 0)]
-    return ranks[:, 0], ap, num_rel / last, valid
+        exact = np.zeros(b, dtype=bool)
+        first, ap, inp = np.ones(b), np.zeros(b), np.zeros(b)
+    redo = np.flatnonzero(~exact & valid)                        # the official order decides
+    for lo in range(0, len(redo), max(1, _BLOCK_ELEMENTS // 8 // ng)):
+        part = redo[lo:lo + max(1, _BLOCK_ELEMENTS // 8 // ng)]
+        first[part], ap[part], inp[part] = _argsort_metrics(d[torch.from_numpy(part)].numpy(), q_pids[part],
+                                                            g_pids, q_keys[part], g_keys)
+    return first, ap, inp, valid
+
+
+def _within_budget(ap_width, inp_width, valid, first_open):
+    """Queries whose open ties may stay open: the middle of each AP (INP) range is off by at most half its
+    width, so open ties are accepted, smallest first, while their half-widths sum to at most TIE_TOLERANCE
+    per valid query of the block for AP and for INP (mAP and mINP then move by at most TIE_TOLERANCE). A
+    tie that can change the CMC (the first true match's rank within max_rank) is never accepted."""
+    ok = (ap_width == 0) & (inp_width == 0) & ~first_open
+    open_ = np.flatnonzero(~ok & ~first_open & valid)
+    if len(open_):
+        budget = 2 * TIE_TOLERANCE * int(valid.sum())
+        order = open_[np.argsort(ap_width[open_] + inp_width[open_], kind="stable")]
+        fits = (np.cumsum(ap_width[order]) <= budget) & (np.cumsum(inp_width[order]) <= budget)
+        ok[order[:int(np.argmin(fits)) if not fits.all() else len(order)]] = True
+    return ok | ~valid
+
+
+def _argsort_metrics(d, q_pids, g_pids, q_keys, g_keys):
+    """(first hit rank, AP, mINP term) of queries with a true match, ranked as the official loop does: NumPy's
+    default argsort of each row of ``d`` [m, ng] (on every thread), same-identity samples of the query's
+    camera (scene) removed."""
+    order = _sort_rows(d, arg=True)
+    same = g_pids[order] == q_pids[:, None]
+    removed = same & (g_keys[order] == q_keys[:, None])
+    hit = same & ~removed
+    kept_rank = np.cumsum(~removed, axis=1)
+    num_rel = hit.sum(1)
+    rows = np.arange(len(d))
+    first = kept_rank[rows, hit.argmax(1)].astype(np.float64)
+    last = kept_rank[rows, d.shape[1] - 1 - hit[:, ::-1].argmax(1)].astype(np.float64)
+    precision = np.divide(np.cumsum(hit, axis=1), kept_rank, out=np.zeros(hit.shape), where=hit)
+    ap = precision.sum(1) / num_rel
+    return first, ap, num_rel / last
 
 
 def _distance_blocks(distmat, qf, gf, block):
@@ -146,7 +226,7 @@ def evaluate_all(distmat, q_pids, g_pids, q_camids, g_camids, q_sceneids=None, g
     firsts, aps, inps, valids = [], [], [], []
     for start, d in _distance_blocks(distmat, q_feats, g_feats, block):
         sl = slice(start, start + len(d))
-        f, a, i, v = _block_metrics(d, q_pids[sl], g_pids, q_keys[sl], g_keys)
+        f, a, i, v = _block_metrics(d, q_pids[sl], g_pids, q_keys[sl], g_keys, max_rank)
         firsts.append(f), aps.append(a), inps.append(i), valids.append(v)
     valid = np.concatenate(valids)
     if not valid.any():
