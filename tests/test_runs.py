@@ -205,11 +205,9 @@ def test_resume_with_dataloader_workers_is_bit_exact_after_a_stop_or_a_sigterm_m
     """The augmentation is seeded per sample position, so 2 workers (persistent, resumed) reproduce the
     uninterrupted run, and that run equals one without workers. SIGTERM mid-epoch saves the state after the
     iteration; --resume continues from it with the same weights, records and random stream (drop path and
-    random erasing are on)."""
+    random erasing are on). Resuming at an epoch boundary is covered by the other resume tests."""
     two = ["DATALOADER.NUM_WORKERS", "2"]
     run_train_inprocess(opts(synth_root, str(tmp_path / "full"), *two), monkeypatch)
-    run_interrupted_at_epoch_2(opts(synth_root, str(tmp_path / "cut"), *two), monkeypatch)
-    run_train_inprocess(["--resume"] + opts(synth_root, str(tmp_path / "cut"), *two), monkeypatch)
     run_train_inprocess(opts(synth_root, str(tmp_path / "zero")), monkeypatch)
     term = str(tmp_path / "term")
     message = sigterm_mid_epoch_2(opts(synth_root, term, *two), monkeypatch)
@@ -220,14 +218,13 @@ def test_resume_with_dataloader_workers_is_bit_exact_after_a_stop_or_a_sigterm_m
     assert "Stopped by SIGTERM" in open(os.path.join(term, "train_log.txt")).read()
     run_train_inprocess(["--resume"] + opts(synth_root, term, *two), monkeypatch)
     full = torch.load(tmp_path / "full" / "last.pth", weights_only=False)
-    for run in ("cut", "zero", "term"):
+    for run in ("zero", "term"):
         other = torch.load(tmp_path / run / "last.pth", weights_only=False)
         for k in full["model"]:
             assert torch.equal(full["model"][k], other["model"][k]), (run, k)
         if run != "zero":
             for a, b in zip(full["optimizer"]["state"].values(), other["optimizer"]["state"].values()):
                 assert all(torch.equal(a[n], b[n]) for n in a), run
-    assert _epochs(tmp_path / "cut") == [1, 2]
     strip = lambda r: {k: v for k, v in r.items() if k not in ("seconds", "samples_per_s")}  # noqa: E731
     records = lambda run: [strip(json.loads(line)) for line in open(tmp_path / run / "metrics.jsonl")]  # noqa: E731
     assert records("term") == records("full")                     # epoch 2's loss means included

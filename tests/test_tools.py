@@ -10,8 +10,14 @@ import torch
 from PIL import Image
 
 from modeling import build_model
+from utils.versions import torch_version
 
 from .conftest import ROOT
+
+# Benchmarks and sweeps run many models end to end; their code is the same on every torch, so they run on
+# the newest supported stack only (the library code they call is tested on every stack).
+newest_stack_only = pytest.mark.skipif(torch_version() < (2, 3), reason="tool benchmark: checked on the newest "
+                                                                         "torch stack")
 
 TOOLS = os.path.join(ROOT, "tools")
 
@@ -143,6 +149,7 @@ def test_benchmarks_run(tiny_setup):
     assert "re_ranking_seconds_best" in text
 
 
+@newest_stack_only
 def test_benchmark_side_by_side_with_the_official_code(tiny_setup):
     """--official: both sides start from the same weights and batch (the tool stops if their first losses
     differ), every figure is printed for both, and the evaluations are identical."""
@@ -236,6 +243,7 @@ def test_export_onnx_on_a_timm_backbone(dinov3_setup):
     assert "largest |onnxruntime - pytorch|" in text and os.path.isfile(d / "out" / "export_onnx.onnx")
 
 
+@newest_stack_only
 def test_sweep_trains_the_grid_and_selects_on_validation(tiny_setup, tmp_path):
     """--sweep: one run per value, chosen by the held-out validation identities; the table also reports the
     test figures of each run's validation-selected epoch."""
@@ -263,6 +271,7 @@ def test_sweep_trains_the_grid_and_selects_on_validation(tiny_setup, tmp_path):
         assert {"best", "test_best_epoch"} <= set(summary)
 
 
+@newest_stack_only
 def test_benchmark_eval_times_the_authors_functions_at_every_regime(tmp_path):
     """--official-repo: only euclidean_distance and eval_func are taken from the repository's
     utils/metrics.py (its plotting imports are not run); every regime is timed against both official
