@@ -1,5 +1,7 @@
 """Helpers shared by the test files."""
+import contextlib
 import glob
+import logging
 import os
 import re
 
@@ -11,3 +13,16 @@ def result_file(out, prefix):
     found = [p for p in glob.glob(os.path.join(out, prefix + "_*.json")) if pattern.search(os.path.basename(p))]
     assert len(found) == 1, f"expected one {prefix}_<hash>.json in {out}, found {sorted(os.listdir(out))}"
     return found[0]
+
+
+@contextlib.contextmanager
+def log_records(name):
+    """The list of records logged to logger ``name`` inside the block (the logger's own level applies)."""
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger(name).addHandler(handler)
+    try:
+        yield records
+    finally:
+        logging.getLogger(name).removeHandler(handler)

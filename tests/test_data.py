@@ -9,6 +9,8 @@ from data import DatasetError, IdentitySampler, MultiModalImageDataset, build_da
 from data.datasets import MSVR310, RGBNT100, RGBNT201, write_synthetic
 from data.transforms import MultiModalTransform
 
+from .helpers import log_records
+
 KW = dict(num_train_ids=4, num_test_ids=3, images_per_id=4, num_cameras=2, size=(32, 16))
 
 
@@ -66,7 +68,6 @@ def _copy(src, dst):
 def test_samples_are_paired_across_every_modality_folder(layouts, tmp_path, layout, folder, mods):
     """A file missing from any modality folder, the first one included, is an error naming every lone file;
     DATASETS.SKIP_UNPAIRED leaves those samples out with a warning."""
-    import logging
     root = _copy(layouts[layout], str(tmp_path / layout))
     cls = {"RGBNT201": RGBNT201, "MSVR310": MSVR310}[layout]
     base = os.path.join(root, folder)
@@ -80,14 +81,8 @@ def test_samples_are_paired_across_every_modality_folder(layouts, tmp_path, layo
     assert "split 'train': 6 files have no partner" in msg and "DATASETS.SKIP_UNPAIRED" in msg
     assert f"{os.path.join(base, mods[1], names[0])} (no file of that name in: {mods[0]})" in msg
     assert f"{os.path.join(base, mods[0], names[2])} (no file of that name in: {mods[2]})" in msg
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logging.getLogger("signal.data").addHandler(handler)
-    try:
+    with log_records("signal.data") as records:
         ds = cls(root, skip_unpaired=True)
-    finally:
-        logging.getLogger("signal.data").removeHandler(handler)
     assert len(ds.train) == 13 and "leaving out 6 files" in records[0].getMessage()
     assert all(len({os.path.basename(p) for p in s.paths}) == 1 for s in ds.train)
 

@@ -15,6 +15,7 @@ from data import build_dataloaders, build_test_dataloader
 from data.datasets import DatasetError, Market1501MM, WMVeID863, build_dataset, write_synthetic
 
 from .conftest import TINY
+from .helpers import log_records
 
 KW = dict(num_train_ids=4, num_test_ids=3, images_per_id=4, num_cameras=2, size=(32, 16))
 
@@ -62,15 +63,8 @@ def test_wmveid863_pairs_by_name_and_reports_every_partnerless_file(roots, tmp_p
     assert "split 'train': 3 files have no partner" in msg and "DATASETS.SKIP_UNPAIRED" in msg
     assert f"{os.path.join(vdir, 'vis', 'v1_n1_s1_0001.jpg')} (no file of that name in: th)" in msg
     assert f"{extra} (no file of that name in: vis, th)" in msg
-    import logging
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logging.getLogger("signal.data").addHandler(handler)
-    try:
+    with log_records("signal.data") as records:
         ds = WMVeID863(root, skip_unpaired=True)
-    finally:
-        logging.getLogger("signal.data").removeHandler(handler)
     assert len(ds.train) == 15 and "v0_n0_s0_0099.jpg" in records[0].getMessage()
     # every kept sample holds three files of one name, whatever the directory listing order
     assert all(len({os.path.basename(p) for p in s.paths}) == 1 for s in ds.train)

@@ -14,8 +14,9 @@ from utils.versions import torch_version
 
 from .conftest import ROOT
 
-# Benchmarks and sweeps run many models end to end; their code is the same on every torch, so they run on
-# the newest supported stack only (the library code they call is tested on every stack).
+# Benchmarks, ablations and the timm-backbone runs of the visual tools train or build many models end to end;
+# the tools' own code is the same on every torch, so they run on the newest supported stack only (the library
+# code they call, and each tool on the small model, are tested on every stack).
 newest_stack_only = pytest.mark.skipif(torch_version() < (2, 3), reason="tool benchmark: checked on the newest "
                                                                          "torch stack")
 
@@ -93,6 +94,7 @@ def test_model_cost_prints_the_table(tiny_setup):
     assert "| total |" in text and "| inference (eval feature) |" in text and "| SIM |" in text
 
 
+@newest_stack_only
 def test_ablate_writes_table_and_curves(tiny_setup, tmp_path):
     d, cfg, _ = tiny_setup
     text = run([os.path.join(TOOLS, "ablate.py"), "--configs", cfg, "--output", str(tmp_path / "abl"),
@@ -137,6 +139,7 @@ def test_export_onnx_matches_pytorch(tiny_setup):
     assert "largest |onnxruntime - pytorch|" in text and os.path.isfile(d / "m.onnx")
 
 
+@newest_stack_only
 def test_benchmarks_run(tiny_setup):
     d, cfg, _ = tiny_setup
     text = run([os.path.join(TOOLS, "benchmark.py"), "--config_file", cfg, "--batch", "4", "--steps", "1",
@@ -228,6 +231,7 @@ def dinov3_setup(tmp_path_factory, synth_root):
     return d, str(d / "dinov3.yml"), str(d / "model.pth")
 
 
+@newest_stack_only
 @pytest.mark.parametrize("tool", ["vis_tokens.py", "vis_offsets.py", "vis_cam.py"])
 def test_visual_tools_on_a_timm_backbone(dinov3_setup, tool):
     d, cfg, weight = dinov3_setup

@@ -22,7 +22,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -268,17 +267,6 @@ def side_figures(args, side, keep_freed):
     return {rec["figure"]: rec for rec in records}
 
 
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def side_by_side(cfg, args, rate):
     """Every figure, official and ours, then the table."""
     if cfg.MODEL.TRANSFORMER_TYPE not in OFFICIAL_BACKBONES:
@@ -320,7 +308,7 @@ def side_by_side(cfg, args, rate):
         ("peak memory (max RSS), training + inference", f"{off['peak_memory']['value'] / 1024:.2f} GiB",
          f"{ours['peak_memory']['value'] / 1024:.2f} GiB", off["peak_memory"]["value"] / ours["peak_memory"]["value"]),
     ]
-    print(f"\n{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}; fp32 matmul "
+    print(f"\n{benchmark_eval.cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}; fp32 matmul "
           f"{rate / 1e9:.1f} GFLOP/s; ours with SOLVER.CPU_KEEP_FREED_MEMORY "
           f"{'yes' if cfg.SOLVER.CPU_KEEP_FREED_MEMORY else 'no'} unless stated; first-step loss official "
           f"{loss_off:.6f}, ours {loss_ours:.6f}\n")
