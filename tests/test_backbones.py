@@ -8,6 +8,7 @@ from config import load_config
 from modeling import build_model
 from modeling.backbone import ViTBackbone, create_vit
 from modeling.weights import load_pretrained_backbone
+from utils.versions import torch_version
 
 from .conftest import TINY
 from .helpers import result_file
@@ -95,7 +96,9 @@ def test_the_camera_embedding_reaches_the_class_token(name, size):
 
 @pytest.mark.parametrize("name,size", [("vit_small_patch16_dinov3", "[128,64]"), ("vit_small_patch14_dinov2", "[112,56]"),
                                        ("vit_small_patch14_reg4_dinov2", "[112,56]"),
-                                       ("eva02_base_patch16_clip_224", "[128,64]")])
+                                       pytest.param("eva02_base_patch16_clip_224", "[128,64]", marks=pytest.mark.skipif(
+                                           torch_version() < (2, 3), reason="a base-size model end to end: checked "
+                                           "on the newest stack; EVA-02 loading is tested on every stack"))])
 def test_signal_trains_and_evaluates_from_yaml_on_a_timm_backbone(synth_root, tmp_path, monkeypatch, name, size):
     """train.py from a YAML file on each backbone family (one epoch on the synthetic benchmark), then the
     checkpoint loads back through test.py."""

@@ -49,19 +49,34 @@ def run(args, cwd):
     return r.stdout
 
 
+def run_inprocess(args, cwd, monkeypatch):
+    """A tool's ``main()`` in this process, as ``run`` would start it (no interpreter start-up): the tool
+    file is loaded afresh, with its command line and working directory."""
+    import importlib.util
+    path = args[0]
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3] + "_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", [path, *args[1:]])
+    monkeypatch.syspath_prepend(TOOLS)
+    spec.loader.exec_module(module)
+    module.main()
+
+
 @pytest.mark.parametrize("tool", ["vis_ranklist.py", "vis_tokens.py", "vis_offsets.py", "vis_cam.py"])
-def test_visual_tools_write_images(tiny_setup, tool):
+def test_visual_tools_write_images(tiny_setup, tool, monkeypatch):
     d, cfg, weight = tiny_setup
     out = d / (tool + ".png")
-    run([os.path.join(TOOLS, tool), "--config_file", cfg, "--weight", weight, "--output", str(out),
-         "--num-" + ("query" if tool == "vis_ranklist.py" else "samples"), "2"], d)
+    run_inprocess([os.path.join(TOOLS, tool), "--config_file", cfg, "--weight", weight, "--output", str(out),
+                   "--num-" + ("query" if tool == "vis_ranklist.py" else "samples"), "2"], d, monkeypatch)
     img = Image.open(out)
     assert img.width > 100 and img.height > 100
 
 
-def test_tools_write_to_output_dir_by_default(tiny_setup):
+def test_tools_write_to_output_dir_by_default(tiny_setup, monkeypatch):
     d, cfg, weight = tiny_setup
-    run([os.path.join(TOOLS, "vis_cam.py"), "--config_file", cfg, "--weight", weight, "--num-samples", "1"], d)
+    run_inprocess([os.path.join(TOOLS, "vis_cam.py"), "--config_file", cfg, "--weight", weight, "--num-samples", "1"],
+                  d, monkeypatch)
     assert Image.open(d / "out" / "vis_cam.png").width > 100
 
 
@@ -95,7 +110,7 @@ def test_model_cost_prints_the_table(tiny_setup):
 
 
 @newest_stack_only
-def test_ablate_writes_table_and_curves(tiny_setup, tmp_path):
+def test_ablate_writes_table_and_curves(tiny_setup, tmp_path, monkeypatch):
     d, cfg, _ = tiny_setup
     text = run([os.path.join(TOOLS, "ablate.py"), "--configs", cfg, "--output", str(tmp_path / "abl"),
                 "--runs-dir", str(tmp_path / "runs"), "SOLVER.MAX_EPOCHS", "2"], d)
@@ -128,6 +143,13 @@ def test_ablate_writes_table_and_curves(tiny_setup, tmp_path):
     # --resume keeps the finished run and reports the same table
     assert run(base[1:] + ["--resume", "SOLVER.MAX_EPOCHS", "2"], d).count("| tiny |") == 1
     assert (tmp_path / "abl" / "ablation.md").read_text() == table
+    # --allow-change goes to train.py with --resume (and only with it); a run stopped by a signal says so
+    assert "only applies with --resume" in refused("--allow-change", "SOLVER.BASE_LR", "SOLVER.MAX_EPOCHS", "2")
+    launched = []
+    monkeypatch.setattr(ablate.subprocess, "run", lambda cmd: launched.append(cmd) or subprocess.CompletedProcess(
+        cmd, ablate.PREEMPTED_EXIT_CODE))
+    assert "stopped by a signal" in refused("--resume", "--allow-change", "SOLVER.BASE_LR", "SOLVER.MAX_EPOCHS", "2")
+    assert launched[0][launched[0].index("--resume"):][:3] == ["--resume", "--allow-change", "SOLVER.BASE_LR"]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnxscript") is None,
@@ -233,9 +255,10 @@ def dinov3_setup(tmp_path_factory, synth_root):
 
 @newest_stack_only
 @pytest.mark.parametrize("tool", ["vis_tokens.py", "vis_offsets.py", "vis_cam.py"])
-def test_visual_tools_on_a_timm_backbone(dinov3_setup, tool):
+def test_visual_tools_on_a_timm_backbone(dinov3_setup, tool, monkeypatch):
     d, cfg, weight = dinov3_setup
-    run([os.path.join(TOOLS, tool), "--config_file", cfg, "--weight", weight, "--num-samples", "1"], d)
+    run_inprocess([os.path.join(TOOLS, tool), "--config_file", cfg, "--weight", weight, "--num-samples", "1"], d,
+                  monkeypatch)
     assert Image.open(d / "out" / tool.replace(".py", ".png")).width > 50
 
 

@@ -33,6 +33,7 @@ from plotting import line_chart, stack  # noqa: E402
 
 from config import load_config  # noqa: E402
 from engine.rundir import FREE_KEYS, config_changes, read_metrics, run_files  # noqa: E402
+from engine.preemption import PREEMPTED_EXIT_CODE  # noqa: E402
 from engine.setup import run_cli  # noqa: E402
 
 METRICS = ("mAP", "Rank-1", "Rank-5", "Rank-10", "mINP")
@@ -121,6 +122,9 @@ def main():
     p.add_argument("--skip-training", action="store_true", help="only collect finished runs")
     p.add_argument("--resume", action="store_true", help="continue unfinished runs; finished runs are kept")
     p.add_argument("--overwrite", action="store_true", help="train every run again, deleting the old ones")
+    p.add_argument("--allow-change", action="append", default=[], metavar="KEY",
+                   help="with --resume: passed to train.py (continue with this config key changed against a "
+                        "run's checkpoint; repeatable or comma-separated, 'all' for every key)")
     p.add_argument("--sweep", nargs=2, action="append", default=[], metavar=("KEY", "VALUES"),
                    help="train one run per value (comma-separated) of the config KEY; repeatable (a grid); "
                         "selects by the validation split (DATASETS.VAL_IDS)")
@@ -130,6 +134,8 @@ def main():
     sweep = sweep_grid(args.sweep)
     if sum((args.skip_training, args.resume, args.overwrite)) > 1:
         raise SystemExit("--skip-training, --resume and --overwrite exclude each other")
+    if args.allow_change and not args.resume:
+        raise SystemExit("--allow-change only applies with --resume (train.py continues each run with it)")
     runs = []
     for cfg_path in args.configs:
         for combo in sweep:
@@ -157,11 +163,14 @@ def main():
             if args.overwrite:
                 flag = ["--overwrite"]
             elif args.resume and os.path.isfile(os.path.join(out_dir, "last.pth")):
-                flag = ["--resume"]
+                flag = ["--resume"] + [x for key in args.allow_change for x in ("--allow-change", key)]
             cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config_file", cfg_path, *flag, *opts,
                    "OUTPUT_DIR", out_dir]
             print("running:", " ".join(cmd), flush=True)
             code = subprocess.run(cmd).returncode
+            if code == PREEMPTED_EXIT_CODE:
+                raise SystemExit(f"training {name} was stopped by a signal and saved its state (exit code {code}); "
+                                 f"run the same ablate.py command with --resume to continue")
             if code:
                 raise SystemExit(f"training {name} failed (exit code {code}); see {out_dir}/train_log.txt")
         records = check_finished(name, out_dir, cfg)
