@@ -2,10 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+from utils import official
 from utils.metrics import Evaluator, evaluate, evaluate_all, pairwise_distance
 from utils.reranking import re_ranking
-
-from . import official
 
 
 def test_cmc_and_map_known_answer_camera_protocol():

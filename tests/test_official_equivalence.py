@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from modeling import build_model, load_weights
+from utils import official
+from utils.official import official_state_dict
 
-from . import official
-from .official import official_state_dict
 from .test_weights import CUSTOM, HEADS, OUT
 
 

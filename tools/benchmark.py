@@ -11,7 +11,7 @@ loader size of the config's benchmark (features + distances + metrics on random 
     python tools/benchmark.py --config_file configs/RGBNT201/Signal.yml --batch 8 --official
 
 With --official (CPU), every figure is measured side by side against the official code as transcribed in
-tests/official.py, each side as it runs (the official model called once per modality, its optimizer with one
+utils/official.py, each side as it runs (the official model called once per modality, its optimizer with one
 Adam group per tensor; ours with and without SOLVER.CPU_KEEP_FREED_MEMORY), from the same weights and batch,
 each training side in a fresh process so that its peak memory is its own: training step (median),
 inference, peak RSS, evaluation at RGBNT100 size (1,715 x 8,575, 3,072-d) and k-reciprocal re-ranking at the
@@ -196,7 +196,7 @@ def bench_eval(cfg, device):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Side by side with the official code (tests/official.py)
+# Side by side with the official code (utils/official.py)
 # ----------------------------------------------------------------------------------------------------
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OFFICIAL_BACKBONES = ("ViT-B-16", "vit_custom")
@@ -215,7 +215,7 @@ def pk_batch(cfg, b, num_classes, num_cameras):
 
 def run_side(cfg, args):
     """One side of the comparison in this process: training steps, inference, peak RSS (JSON lines)."""
-    from tests.official import OfficialTraining
+    from utils.official import OfficialTraining
     num_classes, num_cameras = 171, 4
     torch.manual_seed(0)
     model = build_model(cfg, num_classes, num_cameras, pretrained=False).train()
@@ -334,7 +334,7 @@ def main():
     p.add_argument("--data-root", default="./datasets")
     p.add_argument("--skip", default="", help="comma list of parts to skip: model,data,eval")
     p.add_argument("--official", action="store_true",
-                   help="every figure side by side with the official code (tests/official.py), CPU")
+                   help="every figure side by side with the official code (utils/official.py), CPU")
     p.add_argument("--eval-size", type=int, nargs=2, default=[1715, 8575], metavar=("QUERY", "GALLERY"),
                    help="--official: evaluation and re-ranking size (default RGBNT100's)")
     p.add_argument("--eval-repeat", type=int, default=3, help="--official: evaluation runs (best of)")

@@ -1,5 +1,5 @@
 """A transcription of the official Signal code (authors' repository) in plain tensor operations, used as
-the reference the tests compare against: the checkpoint naming, the training forward and losses, the
+the reference the tests and the side-by-side benchmarks (tools/benchmark*.py) compare against: the checkpoint naming, the training forward and losses, the
 optimizer's parameter rules and the LR schedules. Written from the official code's behaviour; it shares
 no code with the package under test."""
 import bisect
