@@ -9,7 +9,7 @@ from engine import amp_mode, do_train, evaluate_model, format_metrics, make_grad
 from engine.preemption import stop_signals
 from engine.rundir import read_metrics
 from engine.trainer import settle_pending_eval
-from engine.setup import SetupError, default_setup, parse_args, run_cli, write_config
+from engine.setup import default_setup, parse_args, run_cli, write_config
 from layers import build_loss
 from modeling import build_model, load_weights
 from solver import build_optimizer, build_scheduler
@@ -48,8 +48,6 @@ def train(cfg, logger, device, run):
     start_epoch, best, records, pending, partial, summary = 1, None, [], False, None, {}
     summary_path = os.path.join(cfg.OUTPUT_DIR, "summary.json")
     if state is not None:
-        if state.get("partial"):
-            check_batch_order(state, cfg)
         start_epoch, best, records, pending, partial = resume_from(state, model, optimizer, scheduler, scaler,
                                                                    os.path.join(cfg.OUTPUT_DIR, "last.pth"))
         with comm.same_outcome():
@@ -100,25 +98,6 @@ def train(cfg, logger, device, run):
             logger.info("Best epoch (%d): %s", best["epoch"], format_metrics(best))
             summary["best"] = best
         atomic_write_json(summary, summary_path)
-
-
-# Keys that fix the order of an epoch's batches: a checkpoint written mid-epoch continues that order.
-BATCH_ORDER_KEYS = ("SOLVER.IMS_PER_BATCH", "DATALOADER.NUM_INSTANCE", "SOLVER.SEED", "DATASETS.")
-
-
-def check_batch_order(state, cfg):
-    """A checkpoint saved mid-epoch leaves out the batches already trained: refuse a resume whose config
-    draws another batch order for that epoch (naming the keys)."""
-    import yaml
-
-    from config.setup import flatten
-    saved, now = flatten(yaml.safe_load(state.get("config") or "") or {}), flatten(cfg)
-    changed = [k for k in sorted(now) if k.startswith(BATCH_ORDER_KEYS) and k in saved and saved[k] != now[k]]
-    if changed:
-        p = state["partial"]
-        raise SetupError(f"last.pth was saved mid-epoch (epoch {p['epoch']}, after iteration {p['iterations']}) "
-                         f"and {', '.join(changed)} changed, which changes that epoch's batches: resume with the "
-                         f"run's values to finish the epoch, then change them on a later --resume")
 
 
 if __name__ == "__main__":

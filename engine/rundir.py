@@ -144,6 +144,21 @@ def config_changes(saved_yaml, cfg):
     return [(k, old[k], new[k]) for k in sorted(new) if k in old and old[k] != new[k]]
 
 
+# Keys that fix the order of an epoch's batches: a checkpoint written mid-epoch continues that order.
+BATCH_ORDER_KEYS = ("SOLVER.IMS_PER_BATCH", "DATALOADER.NUM_INSTANCE", "SOLVER.SEED", "DATASETS.")
+
+
+def check_mid_epoch_changes(state, changes):
+    """A checkpoint saved mid-epoch (``state["partial"]``) leaves out the batches already trained: refuse
+    ``changes`` (``check_resume_config``'s) that draw another batch order for that epoch, naming the keys."""
+    changed = [k for k, _, _ in changes if k.startswith(BATCH_ORDER_KEYS)]
+    if state.get("partial") and changed:
+        p = state["partial"]
+        raise RunFolderError(f"last.pth was saved mid-epoch (epoch {p['epoch']}, after iteration {p['iterations']}) "
+                             f"and {', '.join(changed)} changed, which changes that epoch's batches: resume with "
+                             f"the run's values to finish the epoch, then change them on a later --resume")
+
+
 def check_resume_config(saved_yaml, cfg, allowed, path, notes=None):
     """Refuse config changes against the checkpoint at ``path`` that change the run, unless each key is in
     ``allowed`` (or ``allowed`` holds 'all'); keys that change the model's tensors are refused in any case.
@@ -222,6 +237,7 @@ def prepare_run_folder(cfg, resume=False, overwrite=False, allow_changes=(), mai
             state["notes"] = []
             if state.get("config"):
                 state["changes"] = check_resume_config(state["config"], cfg, allow_changes, path, state["notes"])
+                check_mid_epoch_changes(state, state["changes"])
             else:
                 state["changes"] = []
                 state["notes"].append(f"--resume: {path} stores no config, so the current one cannot be checked "

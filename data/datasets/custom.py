@@ -82,7 +82,7 @@ class CustomDataset(ReIDDataset):
                                f"{self.c.CAMERA_BASE}")
         return pid, cam, scene
 
-    def check_layout(self, folder, split):
+    def check_layout(self, folder):
         """The split folder ``folder`` must look like the layout the keys describe: refuse, naming the key,
         a TILED / ID_FOLDERS setting that contradicts what is on disk."""
         c = self.c
@@ -124,7 +124,7 @@ class CustomDataset(ReIDDataset):
 
     def read(self, folder, split):
         require_dir(folder, f"{split} split (DATASETS.CUSTOM.{split.upper()})")
-        self.check_layout(folder, split)
+        self.check_layout(folder)
         if self.c.ID_FOLDERS:
             parts = [self.read_files(os.path.join(folder, sub), sub) for sub in sorted(os.listdir(folder))
                      if not is_hidden(sub) and os.path.isdir(os.path.join(folder, sub))]
