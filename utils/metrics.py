@@ -43,21 +43,28 @@ def _same_identity(q_pids, g_pids):
 TIE_TOLERANCE = 1e-7
 
 
-def _sort_rows(x, arg=False):
-    """``np.sort(x, axis=1)`` (``np.argsort`` with ``arg``: NumPy's default kind, the official ranking) on the
-    threads torch uses (NumPy releases the GIL while sorting)."""
-    fn = np.argsort if arg else np.sort
-    n = min(torch.get_num_threads(), len(x))
-    if n <= 1:
-        return fn(x, axis=1)
-    out = np.empty(x.shape, dtype=np.int64 if arg else x.dtype)
-    bounds = np.linspace(0, len(x), n + 1).astype(int)
-
-    def part(i):
-        out[bounds[i]:bounds[i + 1]] = fn(x[bounds[i]:bounds[i + 1]], axis=1)
-
+def _over_rows(num_rows, work):
+    """Call ``work(lo, hi)`` on consecutive ranges of ``num_rows`` rows, one range per thread torch uses
+    (NumPy releases the GIL while it sorts)."""
+    n = max(1, min(torch.get_num_threads(), num_rows))
+    bounds = np.linspace(0, num_rows, n + 1).astype(int)
+    if n == 1:
+        work(0, num_rows)
+        return
     with ThreadPoolExecutor(n) as pool:
-        list(pool.map(part, range(n)))
+        list(pool.map(lambda i: work(bounds[i], bounds[i + 1]), range(n)))
+
+
+def _sort_rows(x, arg=False):
+    """``np.sort(x, axis=1)`` (``np.argsort`` with ``arg``: NumPy's default kind, the official ranking), over
+    the rows in parallel (``_over_rows``)."""
+    fn = np.argsort if arg else np.sort
+    out = np.empty(x.shape, dtype=np.int64 if arg else x.dtype)
+
+    def work(lo, hi):
+        out[lo:hi] = fn(x[lo:hi], axis=1)
+
+    _over_rows(len(x), work)
     return out
 
 
@@ -70,20 +77,14 @@ def _sorted_up_to(x, limit):
     if count.sum() > x.size // 2:
         return _sort_rows(x)
     out = np.full((len(x), max(int(count.max()), 1)), np.inf, dtype=x.dtype)
-    n = min(torch.get_num_threads(), len(x))
-    bounds = np.linspace(0, len(x), n + 1).astype(int)
 
-    def part(i):
-        for r in range(bounds[i], bounds[i + 1]):
+    def work(lo, hi):
+        for r in range(lo, hi):
             v = x[r][keep[r]]
             v.sort()
             out[r, :len(v)] = v
 
-    if n <= 1:
-        part(0)
-    else:
-        with ThreadPoolExecutor(n) as pool:
-            list(pool.map(part, range(n)))
+    _over_rows(len(x), work)
     return out
 
 
@@ -122,7 +123,6 @@ def _block_metrics(d, q_pids, g_pids, q_keys, g_keys, max_rank=50):
     width = int(num_rel.max()) if b else 0
     if not width:
         return np.ones(b), np.zeros(b), np.zeros(b), valid
-    pos = pos[:, :width].contiguous()
     k = np.arange(width)[None]
     inside = k < num_rel[:, None]
     position = (k + 1).astype(np.float64)
