@@ -14,8 +14,6 @@ _FALSE = {"no", "false", "off", "0", "none", ""}
 _CHOICES = {
     "MODEL.DIRECT": (0, 1),
     "MODEL.LAM_OFFSET_CHANNELS": (1, 2),
-    "DATASETS.NAMES": ("RGBNT201", "RGBNT100", "MSVR310", "WMVeID863", "MSVWild863", "Market1501-MM", "Synthetic",
-                       "Custom"),
     "DATASETS.CUSTOM.PROTOCOL": ("camera", "scene"),
     "DATASETS.CUSTOM.CAMERA_BASE": (0, 1),
     "TEST.CAMERA_EMBEDDING": ("index", "mean"),
@@ -235,6 +233,8 @@ def validate(cfg):
         value = _get(cfg, key)
         if value not in choices:
             raise ValueError(f"config: {key} must be one of {list(choices)}, got {value!r}")
+    from data.datasets import get_dataset
+    get_dataset(cfg.DATASETS.NAMES)  # a registered name or alias, else an error listing them
     check_backbone(cfg.MODEL.TRANSFORMER_TYPE)
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.MODEL.DEVICE):
         raise ValueError(f"config: MODEL.DEVICE must be auto, cpu, cuda or cuda:N (an NVIDIA GPU), got "

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from utils import comm
 
 from .checks import check_queries, read_image, verify_images
-from .datasets import MODALITIES, DatasetError, build_dataset, uses_scenes
+from .datasets import MODALITIES, DatasetError, build_dataset
 from .datasets.bases import relabel
 from .samplers import IdentitySampler
 from .transforms import build_transforms
@@ -96,7 +96,7 @@ def build_test_loader(cfg, query, gallery, gallery_is_query, tiled, tile_order=M
 
 
 def _verify(cfg, dataset, val=None, splits=("train", "query", "gallery")):
-    scenes = uses_scenes(cfg)
+    scenes = dataset.uses_scenes
     check_queries(dataset.query, dataset.gallery, scenes, f"{dataset.name} test split")
     if val is not None:
         check_queries(val, val, scenes, "the validation split (DATASETS.VAL_IDS)")

@@ -88,9 +88,11 @@ def count_valid_queries(query, gallery, use_scenes=False):
     identity and camera (or scene, ``use_scenes``)."""
     g_pid = np.array([s.pid for s in gallery])
     g_key = np.array([s.sceneid if use_scenes else s.camid for s in gallery])
+    from utils.metrics import removed_by_protocol
     valid = 0
     for q in query:
-        valid += bool(np.any((g_pid == q.pid) & (g_key != (q.sceneid if use_scenes else q.camid))))
+        q_key = q.sceneid if use_scenes else q.camid
+        valid += bool(np.any((g_pid == q.pid) & ~removed_by_protocol(q.pid, q_key, g_pid, g_key)))
     return valid
 
 

@@ -7,10 +7,10 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from data.datasets import uses_scenes
+from data.datasets import dataset_of
 from modeling import MODALITIES
 from utils import comm
-from utils.metrics import Evaluator
+from utils.metrics import METRIC_NAMES, Evaluator
 
 from .amp import amp_mode, autocast_context
 
@@ -51,7 +51,7 @@ def extract(model, loader, device, miss="", amp="none", evaluator=None, progress
 def build_evaluator(cfg, num_query):
     t = cfg.TEST
     rerank = (t.RE_RANKING_K1, t.RE_RANKING_K2, t.RE_RANKING_LAMBDA) if t.RE_RANKING else None
-    return Evaluator(num_query, use_scenes=uses_scenes(cfg), rerank=rerank)
+    return Evaluator(num_query, use_scenes=dataset_of(cfg).protocol_for(cfg) == "scene", rerank=rerank)
 
 
 def _shard(loader):
@@ -127,7 +127,7 @@ def missing_table(results, digits=1):
     cols = list(MISS_SETTINGS) + ["average"]
     lines = ["| metric | " + " | ".join(MISS_NAMES.get(c, "Average (6 missing)") for c in cols) + " |",
              "|---|" + "---:|" * len(cols)]
-    for k in ("mAP", "Rank-1", "Rank-5", "Rank-10", "mINP"):
+    for k in METRIC_NAMES:
         lines.append(f"| {k} | " + " | ".join(f"{100 * results[c][k]:.{digits}f}" for c in cols) + " |")
     return "\n".join(lines)
 

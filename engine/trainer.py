@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from modeling import MODALITIES
 from utils import comm
+from utils.metrics import METRIC_NAMES
 from utils.checkpoint import (CheckpointError, atomic_save, atomic_write_jsonl, load_checkpoint, rng_state,
                               set_rng_state)
 
@@ -18,7 +19,7 @@ from .inference import evaluate_model, format_metrics
 
 logger = logging.getLogger("signal.train")
 
-METRIC_KEYS = ("mAP", "Rank-1", "Rank-5", "Rank-10", "mINP")
+METRIC_KEYS = METRIC_NAMES
 # A GradScaler scale below this is logged as a warning at the end of the epoch.
 LOW_LOSS_SCALE = 2 ** 8
 

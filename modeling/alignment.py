@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 from layers.gram import gram_volume
 from utils import comm
+from utils.modalities import MODALITIES
 
 
 class GlobalAlignment(nn.Module):
@@ -95,7 +96,7 @@ class DeformableSampler(nn.Module):
 class LocalAlignment(nn.Module):
     """LAM: one deformable sampler per modality; loss = mean of MSE(N, R), MSE(T, R), MSE(T, N)."""
 
-    def __init__(self, dim: int, grid, modalities=("RGB", "NI", "TI"), kernel_size: int = 4, stride: int = 4,
+    def __init__(self, dim: int, grid, modalities=MODALITIES, kernel_size: int = 4, stride: int = 4,
                  offset_range: float = 2.0, offset_channels: int = 1):
         super().__init__()
         H, W = grid

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-MODALITIES = ("RGB", "NI", "TI")
+from utils.modalities import MODALITIES
 
 
 def bn_neck(dim):

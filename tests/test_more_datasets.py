@@ -71,9 +71,9 @@ def test_wmveid863_pairs_by_name_and_reports_every_partnerless_file(roots, tmp_p
 
 
 def test_wmveid863_evaluates_with_the_camera_rule(roots):
-    from data.datasets import uses_scenes
+    from data.datasets import dataset_of
     cfg = _cfg(roots["WMVeID863"], "DATASETS.NAMES", "WMVeID863")
-    assert not uses_scenes(cfg)
+    assert dataset_of(cfg).protocol_for(cfg) == "camera"
     _, loader, nq, _, _ = build_dataloaders(cfg)
     assert nq == 6 and len(loader.dataset) == 12
 

@@ -35,8 +35,9 @@ from config import load_config  # noqa: E402
 from engine.rundir import FREE_KEYS, config_changes, read_metrics, run_files  # noqa: E402
 from engine.preemption import PREEMPTED_EXIT_CODE  # noqa: E402
 from engine.setup import run_cli  # noqa: E402
+from utils.metrics import METRIC_NAMES  # noqa: E402
 
-METRICS = ("mAP", "Rank-1", "Rank-5", "Rank-10", "mINP")
+METRICS = METRIC_NAMES
 
 
 def run_name(path):

@@ -37,14 +37,13 @@ from engine import amp_mode, make_grad_scaler  # noqa: E402
 from engine import train_step as engine_train_step  # noqa: E402
 from engine.amp import autocast_context  # noqa: E402
 from layers import build_loss  # noqa: E402
+from data.datasets import dataset_of, reference_sizes  # noqa: E402
 from modeling import MODALITIES, build_model  # noqa: E402
 from solver import build_optimizer  # noqa: E402
 from utils.cpu import keep_freed_memory  # noqa: E402
 from utils.metrics import Evaluator  # noqa: E402
 from engine.setup import run_cli  # noqa: E402
 
-_EVAL_SIZES = {"RGBNT201": (836, 836), "RGBNT100": (1715, 8575), "MSVR310": (591, 1055), "Market1501-MM": (3368, 15913),
-               "Synthetic": (192, 192)}
 
 
 def emit(figure, value, unit, **extra):
@@ -100,8 +99,9 @@ def step_times(fn, warmup, steps, device):
 
 
 def bench_model(cfg, args, device):
-    num_classes = 171
-    model = build_model(cfg, num_classes, 4, pretrained=False).to(device)
+    sizes, _ = reference_sizes(cfg)
+    num_classes = sizes.train_ids
+    model = build_model(cfg, num_classes, sizes.cameras, pretrained=False).to(device)
     if args.compile:
         model = torch.compile(model)
     opt = build_optimizer(cfg, model)
@@ -169,7 +169,8 @@ def bench_data(cfg, args):
     per_sample = getattr(args, "train_flops_per_sample", 0)
     if not per_sample:  # the model was skipped: count a 2-sample step
         from model_cost import flops
-        per_sample = flops(cfg, build_model(cfg, 171, 4, pretrained=False), 171)[1]
+        sizes, _ = reference_sizes(cfg)
+        per_sample = flops(cfg, build_model(cfg, sizes.train_ids, sizes.cameras, pretrained=False), sizes.train_ids)[1]
     for gpu, tflops in GPU_FP16_TFLOPS.items():
         if per_sample:  # an estimate: the step rate the GPU's dense fp16 rate implies at 40% utilisation
             need = tflops * 1e12 * GPU_UTILISATION / per_sample
@@ -179,20 +180,22 @@ def bench_data(cfg, args):
 
 
 def bench_eval(cfg, device):
-    nq, ng = _EVAL_SIZES.get(cfg.DATASETS.NAMES, _EVAL_SIZES["RGBNT100"])
+    sizes, name = reference_sizes(cfg)
+    nq, ng = sizes.query, sizes.gallery
     dim = 3072 if cfg.MODEL.USE_SIM else 1536
     g = torch.Generator().manual_seed(0)
     pids = torch.randint(0, 50, (nq + ng,), generator=g).numpy()
     cams = torch.randint(0, 4, (nq + ng,), generator=g).numpy()
     feats = torch.nn.functional.normalize(torch.randn(nq + ng, dim, generator=g), dim=1)
-    ev = Evaluator(nq, use_scenes=cfg.DATASETS.NAMES == "MSVR310")
-    same = cfg.DATASETS.NAMES in ("RGBNT201", "Synthetic")
+    spec = dataset_of(cfg)
+    ev = Evaluator(nq, use_scenes=spec.protocol_for(cfg) == "scene")
+    same = spec.gallery_is_query
     ev.process(feats[:nq] if same else feats, pids[:nq] if same else pids, cams[:nq] if same else cams,
                np.zeros(nq if same else nq + ng))
     t = time.perf_counter()
     ev.evaluate()
     emit("evaluation_seconds", round(time.perf_counter() - t, 3), "s", num_query=nq,
-         num_gallery=nq if same else ng, note="distances + CMC/mAP/mINP on precomputed features")
+         num_gallery=nq if same else ng, sizes_of=name, note="distances + CMC/mAP/mINP on precomputed features")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -216,7 +219,8 @@ def pk_batch(cfg, b, num_classes, num_cameras):
 def run_side(cfg, args):
     """One side of the comparison in this process: training steps, inference, peak RSS (JSON lines)."""
     from utils.official import OfficialTraining
-    num_classes, num_cameras = 171, 4
+    sizes, _ = reference_sizes(cfg)
+    num_classes, num_cameras = sizes.train_ids, sizes.cameras
     torch.manual_seed(0)
     model = build_model(cfg, num_classes, num_cameras, pretrained=False).train()
     batch = pk_batch(cfg, args.batch, num_classes, num_cameras)

@@ -13,7 +13,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from config import load_config  # noqa: E402
 from data.checks import count_valid_queries, verify_images  # noqa: E402
-from data.datasets import DatasetError, build_dataset, uses_scenes  # noqa: E402
+from data.datasets import DatasetError, build_dataset  # noqa: E402
 from engine.setup import run_cli  # noqa: E402
 from utils.logger import setup_logging  # noqa: E402
 
@@ -31,7 +31,7 @@ def main():
     print(dataset.summary())
     n = verify_images({"train": dataset.train, "query": dataset.query, "gallery": dataset.gallery}, dataset.tiled)
     decoded = time.perf_counter()
-    valid = count_valid_queries(dataset.query, dataset.gallery, uses_scenes(cfg))
+    valid = count_valid_queries(dataset.query, dataset.gallery, dataset.uses_scenes)
     print(f"parsed the file names in {parsed - start:.2f} s; decoded {n} image files in {decoded - parsed:.2f} s "
           f"({n / max(decoded - parsed, 1e-9):.0f} files/s, {os.cpu_count()} CPUs)")
     print(f"{valid} of {len(dataset.query)} queries have a true match under the protocol")

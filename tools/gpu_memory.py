@@ -34,6 +34,7 @@ from torch.utils._pytree import tree_flatten
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from config import load_config  # noqa: E402
+from data.datasets import reference_sizes  # noqa: E402
 from engine.setup import SetupError, run_cli  # noqa: E402
 from layers import build_loss  # noqa: E402
 from modeling import MODALITIES, build_model  # noqa: E402
@@ -231,7 +232,8 @@ def main():
     p.add_argument("--amp", choices=sorted(_AMP), default="", help="default SOLVER.AMP")
     p.add_argument("--gpu-mem", type=float, default=0.0, help="GiB of the GPU: print the largest batch that fits")
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    p.add_argument("--num-classes", type=int, default=171, help="training identities (classifier size)")
+    p.add_argument("--num-classes", type=int, default=0,
+                   help="training identities (classifier size); default: those of the config's benchmark")
     p.add_argument("--table", action="store_true", help="a Markdown table instead: fp16, bf16 and fp32, with and "
                                                         "without MODEL.GRAD_CHECKPOINT, and the GPUs each fits")
     p.add_argument("opts", nargs="*", help="KEY VALUE config overrides")
@@ -240,6 +242,7 @@ def main():
         raise SetupError(f"tools/gpu_memory.py needs torch >= 2.3 (fake CUDA tensors); this is torch "
                          f"{torch.__version__}")
     cfg = load_config(args.config_file, args.opts)
+    args.num_classes = args.num_classes or reference_sizes(cfg)[0].train_ids
     amp = args.amp or cfg.SOLVER.AMP
     batch = args.batch or cfg.SOLVER.IMS_PER_BATCH
     if args.table:

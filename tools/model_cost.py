@@ -17,11 +17,7 @@ from config import load_config  # noqa: E402
 from layers import build_loss  # noqa: E402
 from modeling import MODALITIES, build_model  # noqa: E402
 from engine.setup import run_cli  # noqa: E402
-
-
-# (training identities, cameras) of each benchmark.
-_BENCHMARK_SIZES = {"RGBNT201": (171, 4), "RGBNT100": (50, 8), "MSVR310": (155, 8), "Market1501-MM": (751, 6),
-                    "Synthetic": (48, 3)}
+from data.datasets import dataset_of  # noqa: E402
 
 
 def parameter_rows(model):
@@ -66,7 +62,8 @@ def main():
     p.add_argument("opts", nargs="*")
     args = p.parse_intermixed_args()
     cfg = load_config(args.config_file, args.opts + ["MODEL.PRETRAIN_PATH", ""])
-    classes, cameras = _BENCHMARK_SIZES.get(cfg.DATASETS.NAMES, (0, 0))
+    sizes = dataset_of(cfg).sizes  # the released benchmark's; None where none are published
+    classes, cameras = (sizes.train_ids, sizes.cameras) if sizes else (0, 0)
     args.num_classes, args.num_cameras = args.num_classes or classes, args.num_cameras or cameras
     if not args.num_classes or not args.num_cameras:
         raise SystemExit(f"model_cost.py: pass --num-classes and --num-cameras for DATASETS.NAMES "

@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 
 from common import compose, encode_samples, label, load_everything, sample_images, samples_parser, save
 from engine.setup import run_cli  # noqa: E402
+from utils.modalities import MODALITIES  # noqa: E402
 
 
 def to_pixels(yx, grid, size):
@@ -42,7 +43,7 @@ def main():
     rows = []
     for r, i in enumerate(idx):
         tiles = []
-        for m, (img, name) in enumerate(zip(sample_images(loader, i), ("RGB", "NI", "TI"))):
+        for m, (img, name) in enumerate(zip(sample_images(loader, i), MODALITIES)):
             img = img.resize((img.width * args.scale, img.height * args.scale), Image.NEAREST)
             img = Image.blend(img, Image.new("RGB", img.size, "white"), 0.35)
             d = ImageDraw.Draw(img)

@@ -8,8 +8,8 @@ import numpy as np
 from common import compose, frame, label, load_everything, sample_images, save, stack_modalities, tool_parser
 from engine.setup import run_cli  # noqa: E402
 from engine import evaluate_model
-from data.datasets import uses_scenes
-from utils.metrics import pairwise_distance
+from data.datasets import dataset_of
+from utils.metrics import pairwise_distance, removed_by_protocol
 
 
 def main():
@@ -24,14 +24,14 @@ def main():
     feats, pids, camids, scenes = ev.arrays()
     g0 = 0 if len(feats) == nq else nq
     dist = pairwise_distance(feats[:nq], feats[g0:]).numpy()
-    use_scenes = uses_scenes(cfg)
+    use_scenes = dataset_of(cfg).protocol_for(cfg) == "scene"
     rows = []
     queries = np.random.default_rng(args.seed).choice(nq, size=min(args.num_query, nq), replace=False)
     for q in sorted(queries):
         order = np.argsort(dist[q], kind="stable")
         g_p, g_c, g_s = pids[g0:][order], camids[g0:][order], scenes[g0:][order]
-        same = g_s == scenes[q] if use_scenes else g_c == camids[q]
-        keep = order[~((g_p == pids[q]) & same)][: args.topk]
+        q_key, g_key = (scenes[q], g_s) if use_scenes else (camids[q], g_c)
+        keep = order[~removed_by_protocol(pids[q], q_key, g_p, g_key)][: args.topk]
         tiles = [label(frame(stack_modalities(sample_images(loader, q), args.scale), "black"),
                        f"query id {pids[q]} cam {camids[q]}")]
         for rank, g in enumerate(keep, 1):

@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw
 
 from common import compose, encode_samples, label, load_everything, sample_images, samples_parser, save
 from engine.setup import run_cli  # noqa: E402
+from utils.modalities import MODALITIES  # noqa: E402
 
 COLORS = {"intra": (40, 90, 255), "inter": (255, 140, 0), "both": (230, 0, 200)}
 
@@ -48,7 +49,7 @@ def main():
         intra, inter = model.sim.selection(patches, cls)
     grid = model.backbone.grid
     rows = [[label(overlay(img, intra[r, m].view(grid).cpu(), inter[r, m].view(grid).cpu(), grid, args.scale), name)
-             for m, (img, name) in enumerate(zip(sample_images(loader, i), ("RGB", "NI", "TI")))]
+             for m, (img, name) in enumerate(zip(sample_images(loader, i), MODALITIES))]
             for r, i in enumerate(idx)]
     legend = Image.new("RGB", (300, 16), "white")
     d = ImageDraw.Draw(legend)
@@ -58,7 +59,7 @@ def main():
     out = compose(rows, header=legend)
     print(f"top-k {cfg.MODEL.TOPK}: kept per modality (mean) "
           + ", ".join(f"{m} {(intra | inter)[:, k].sum(-1).float().mean():.1f}/{intra.shape[-1]}"
-                      for k, m in enumerate(("RGB", "NI", "TI"))))
+                      for k, m in enumerate(MODALITIES)))
     save(out, args.output)
 
 

@@ -171,13 +171,23 @@ def _within_budget(ap_width, inp_width, valid, first_open):
     return ok | ~valid
 
 
+# The figures an evaluation reports, in the order of every table and log line.
+METRIC_NAMES = ("mAP", "Rank-1", "Rank-5", "Rank-10", "mINP")
+
+
+def removed_by_protocol(q_pid, q_key, g_pids, g_keys):
+    """The evaluation protocol in one place: gallery samples of the query's identity with the query's key
+    (its camera, or its scene under the scene protocol) are removed before ranking. Broadcasts."""
+    return (g_pids == q_pid) & (g_keys == q_key)
+
+
 def _argsort_metrics(d, q_pids, g_pids, q_keys, g_keys):
     """(first hit rank, AP, mINP term) of queries with a true match, ranked as the official loop does: NumPy's
     default argsort of each row of ``d`` [m, ng] (on every thread), same-identity samples of the query's
     camera (scene) removed."""
     order = _sort_rows(d, arg=True)
     same = g_pids[order] == q_pids[:, None]
-    removed = same & (g_keys[order] == q_keys[:, None])
+    removed = removed_by_protocol(q_pids[:, None], q_keys[:, None], g_pids[order], g_keys[order])
     hit = same & ~removed
     kept_rank = np.cumsum(~removed, axis=1)
     num_rel = hit.sum(1)

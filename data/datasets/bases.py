@@ -6,9 +6,9 @@ with ``tiled=True`` on the dataset.
 """
 import os
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
-MODALITIES = ("RGB", "NI", "TI")
+from utils.modalities import MODALITIES  # noqa: F401 (re-exported)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 
 
@@ -18,6 +18,15 @@ class Sample:
     pid: int
     camid: int
     sceneid: int = 0
+
+
+@dataclass(frozen=True)
+class BenchmarkSizes:
+    """Sizes of a released benchmark (the tools size their figures with them)."""
+    train_ids: int
+    cameras: int
+    query: int
+    gallery: int
 
 
 class DatasetError(RuntimeError):
@@ -62,26 +71,56 @@ def relabel(samples: List[Sample]) -> List[Sample]:
 
 
 class ReIDDataset:
-    """Train / query / gallery sample lists of one benchmark.
+    """Train / query / gallery sample lists of one benchmark; the class also carries the benchmark's facts
+    (its spec, read through ``data.datasets.registry``).
 
     Attributes:
         train, query, gallery: lists of ``Sample``; train identities are relabelled to 0..N-1.
+        name, aliases: the names DATASETS.NAMES accepts for it.
+        folders: folder names under DATASETS.ROOT_DIR it is released under (default: its name).
+        protocol: which gallery samples of the query's identity the evaluation removes: same 'camera' or
+            same 'scene' (MSVR310).
         gallery_is_query: the benchmark evaluates with query = gallery (RGBNT201).
         tiled: each file holds the three modalities side by side (RGBNT100), in ``tile_order``.
-        protocol: 'camera' or 'scene' (MSVR310), see ``protocol`` below.
+        sizes: ``BenchmarkSizes`` of the released benchmark, None where not published.
+        max_cameras: the most cameras its file names can hold (None: no limit).
+        synthetic_specials: its synthetic copy adds a junk (-1) and a distractor (0) gallery image.
     """
 
     name = "base"
+    aliases: Tuple[str, ...] = ()
+    folders: Optional[Tuple[str, ...]] = None
+    protocol = "camera"
+    gallery_is_query = False
     tiled = False
     tile_order = MODALITIES
-    gallery_is_query = False
-    # Which gallery samples of the query's identity the evaluation removes: same 'camera' or same 'scene'.
-    protocol = "camera"
+    sizes: Optional[BenchmarkSizes] = None
+    max_cameras: Optional[int] = None
+    synthetic_specials = False
+    # Writer of one sample of the synthetic copy (a classmethod in datasets that have one):
+    # write_synthetic_sample(base, split, sample_id, camid, index, images) with split 'train', 'query' or
+    # 'gallery', the on-disk identity ``sample_id``, and ``images`` the (RGB, NI, TI) uint8 arrays.
+    write_synthetic_sample = None
 
     def __init__(self, train, query, gallery):
         self.train = relabel(train)
         self.query = query
         self.gallery = gallery
+
+    @classmethod
+    def from_config(cls, cfg, test_only=False):
+        """Parse the dataset under DATASETS.ROOT_DIR; ``test_only`` skips the training split."""
+        return cls(cfg.DATASETS.ROOT_DIR, test_only=test_only, skip_unpaired=cfg.DATASETS.SKIP_UNPAIRED)
+
+    @classmethod
+    def protocol_for(cls, cfg):
+        """'camera' or 'scene': the evaluation protocol of this dataset under ``cfg``."""
+        return cls.protocol
+
+    @classmethod
+    def folder(cls, root):
+        """The dataset's folder under ``root``: the first of ``folders`` present."""
+        return find_dataset_folder(root, cls.folders or (cls.name,), cls.name)
 
     @property
     def num_train_pids(self):
@@ -110,9 +149,19 @@ def find_dataset_folder(root, candidates, name):
     for c in candidates:
         if os.path.isdir(os.path.join(root, c)):
             return os.path.join(root, c)
+    if len(candidates) == 1:
+        raise DatasetError(f"dataset {name} not found: expected the folder {os.path.join(root, candidates[0])} "
+                           f"(set DATASETS.ROOT_DIR to the folder that contains {candidates[0]}/)")
     raise DatasetError(f"dataset {name} not found: expected one of the folders "
                        f"{', '.join(os.path.join(root, c) for c in candidates)} (set DATASETS.ROOT_DIR to the "
                        f"folder that contains it)")
+
+
+def save_image(arr, path):
+    """Write a uint8 [H, W, 3] array as an image file (JPEG at quality 95 for .jpg), creating its folder."""
+    from PIL import Image
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(arr).save(path, quality=95)
 
 
 def pair_by_name(folders, labels, what="modality"):

@@ -13,6 +13,7 @@ import re
 
 from .bases import (DatasetError, ReIDDataset, Sample, is_hidden, list_images, pair_by_name,
                     report_unpaired, require_dir, require_nonempty)
+from .registry import register_dataset
 
 
 def compile_pattern(pattern):
@@ -25,8 +26,17 @@ def compile_pattern(pattern):
     return rx
 
 
+@register_dataset
 class CustomDataset(ReIDDataset):
     name = "Custom"
+
+    @classmethod
+    def from_config(cls, cfg, test_only=False):
+        return cls(cfg.DATASETS.ROOT_DIR, cfg.DATASETS.CUSTOM, cfg.DATASETS.SKIP_UNPAIRED, test_only)
+
+    @classmethod
+    def protocol_for(cls, cfg):
+        return cfg.DATASETS.CUSTOM.PROTOCOL
 
     def __init__(self, root, c, skip_unpaired=False, test_only=False):
         self.c = c

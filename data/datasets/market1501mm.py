@@ -10,11 +10,12 @@ removed.
 import os
 import re
 
-from .bases import (DatasetError, ReIDDataset, Sample, find_dataset_folder, pair_by_name, report_unpaired,
-                    require_dir, require_nonempty)
+from .bases import (BenchmarkSizes, DatasetError, ReIDDataset, Sample, pair_by_name, report_unpaired, require_dir,
+                    require_nonempty, save_image)
+from .registry import register_dataset
 
-FOLDERS = ("Market1501-MM", "Market-1501-RGBNT", "market1501_to_RGBNT201_dark")
 _SUBDIRS = ("RGB", "NI", "TI")
+_SPLITS = {"train": "train", "query": "query", "gallery": "gallery"}
 _NAME = re.compile(r"^(-?\d+)_c(\d)s(\d+)_")
 
 
@@ -42,12 +43,23 @@ def read_market_split(folder, split, skip_unpaired=False, keep_distractors=False
     return samples
 
 
+@register_dataset
 class Market1501MM(ReIDDataset):
     name = "Market1501-MM"
+    folders = ("Market1501-MM", "Market-1501-RGBNT", "market1501_to_RGBNT201_dark")
+    sizes = BenchmarkSizes(train_ids=751, cameras=6, query=3368, gallery=15913)
+    max_cameras = 6
+    synthetic_specials = True
 
-    def __init__(self, root, skip_unpaired=False, test_only=False):
-        base = find_dataset_folder(root, FOLDERS, self.name)
-        train = [] if test_only else read_market_split(os.path.join(base, "train"), "train", skip_unpaired)
-        super().__init__(train, read_market_split(os.path.join(base, "query"), "query", skip_unpaired),
-                         read_market_split(os.path.join(base, "gallery"), "gallery", skip_unpaired,
-                                           keep_distractors=True))
+    def __init__(self, root, test_only=False, skip_unpaired=False):
+        base = self.folder(root)
+        read = lambda split: read_market_split(os.path.join(base, _SPLITS[split]), split, skip_unpaired,  # noqa: E731
+                                               keep_distractors=split == "gallery")
+        super().__init__([] if test_only else read("train"), read("query"), read("gallery"))
+
+    @classmethod
+    def write_synthetic_sample(cls, base, split, sample_id, camid, index, images):
+        pid = f"{sample_id:04d}" if sample_id >= 0 else str(sample_id)  # junk images are named '-1_...'
+        name = f"{pid}_c{camid + 1}s1_{25 * index:06d}_00.jpg"
+        for sub, arr in zip(_SUBDIRS, images):
+            save_image(arr, os.path.join(base, _SPLITS[split], sub, name))

@@ -7,11 +7,13 @@ gallery samples of the same id and the same scene.
 import os
 import re
 
-from .bases import (DatasetError, ReIDDataset, Sample, is_hidden, pair_by_name, report_unpaired, require_dir,
-                    require_nonempty)
+from .bases import (BenchmarkSizes, DatasetError, ReIDDataset, Sample, is_hidden, pair_by_name, report_unpaired,
+                    require_dir, require_nonempty, save_image)
+from .registry import register_dataset
 
 _NAME = re.compile(r"^\d{4}_s\d{3}_v[0-7]")
 _SUBDIRS = ("vis", "ni", "th")
+_SPLITS = {"train": "bounding_box_train", "query": "query3", "gallery": "bounding_box_test"}
 
 
 def parse_msvr310_name(path):
@@ -41,12 +43,20 @@ def read_vehicle_folders(folder, split, skip_unpaired=False):
     return samples
 
 
+@register_dataset
 class MSVR310(ReIDDataset):
     name = "MSVR310"
     protocol = "scene"
+    sizes = BenchmarkSizes(train_ids=155, cameras=8, query=591, gallery=1055)
+    max_cameras = 8
 
     def __init__(self, root, test_only=False, skip_unpaired=False):
-        base = os.path.join(root, "MSVR310")
-        read = lambda split, what: read_vehicle_folders(os.path.join(base, split), what, skip_unpaired)  # noqa: E731
-        super().__init__([] if test_only else read("bounding_box_train", "train"), read("query3", "query"),
-                         read("bounding_box_test", "gallery"))
+        base = self.folder(root)
+        read = lambda split: read_vehicle_folders(os.path.join(base, _SPLITS[split]), split, skip_unpaired)  # noqa: E731
+        super().__init__([] if test_only else read("train"), read("query"), read("gallery"))
+
+    @classmethod
+    def write_synthetic_sample(cls, base, split, sample_id, camid, index, images):
+        name = f"{sample_id:04d}_s{index % 2:03d}_v{camid}_{index:03d}.jpg"
+        for sub, arr in zip(_SUBDIRS, images):
+            save_image(arr, os.path.join(base, _SPLITS[split], f"{sample_id:04d}", sub, name))

@@ -6,9 +6,13 @@ the regex ``(\\d+)_c(\\d+)`` (cameras 1..8 in the name, 0-based in the code).
 import os
 import re
 
-from .bases import DatasetError, ReIDDataset, Sample, list_images, require_nonempty
+import numpy as np
+
+from .bases import BenchmarkSizes, DatasetError, ReIDDataset, Sample, list_images, require_nonempty, save_image
+from .registry import register_dataset
 
 _NAME = re.compile(r"(\d+)_c(\d+)")
+_SPLITS = {"train": "rgbir/bounding_box_train", "query": "rgbir/query", "gallery": "rgbir/bounding_box_test"}
 
 
 def parse_rgbnt100_name(path):
@@ -28,12 +32,20 @@ def read_tiled_folder(folder, split):
     return samples
 
 
+@register_dataset
 class RGBNT100(ReIDDataset):
     name = "RGBNT100"
     tiled = True
+    sizes = BenchmarkSizes(train_ids=50, cameras=8, query=1715, gallery=8575)
+    max_cameras = 8
 
-    def __init__(self, root, test_only=False):
-        base = os.path.join(root, "RGBNT100", "rgbir")
-        super().__init__([] if test_only else read_tiled_folder(os.path.join(base, "bounding_box_train"), "train"),
-                         read_tiled_folder(os.path.join(base, "query"), "query"),
-                         read_tiled_folder(os.path.join(base, "bounding_box_test"), "gallery"))
+    def __init__(self, root, test_only=False, skip_unpaired=False):
+        """``skip_unpaired`` has nothing to do here: one file holds the three modalities."""
+        base = self.folder(root)
+        read = lambda split: read_tiled_folder(os.path.join(base, _SPLITS[split]), split)  # noqa: E731
+        super().__init__([] if test_only else read("train"), read("query"), read("gallery"))
+
+    @classmethod
+    def write_synthetic_sample(cls, base, split, sample_id, camid, index, images):
+        save_image(np.concatenate(images, axis=1),
+                   os.path.join(base, _SPLITS[split], f"{sample_id:04d}_c{camid + 1:03d}_{index:02d}.jpg"))

@@ -8,9 +8,12 @@ Evaluation uses query = gallery = the test folder.
 import os
 import re
 
-from .bases import MODALITIES, DatasetError, ReIDDataset, Sample, pair_by_name, report_unpaired, require_nonempty
+from .bases import (MODALITIES, BenchmarkSizes, DatasetError, ReIDDataset, Sample, pair_by_name, report_unpaired,
+                    require_nonempty, save_image)
+from .registry import register_dataset
 
 _NAME = re.compile(r"^(\d{6})_cam(\d+)")
+_SPLITS = {"train": "train_171", "query": "test", "gallery": "test"}
 
 
 def parse_rgbnt201_name(path):
@@ -36,12 +39,21 @@ def read_modality_folders(folder, split, skip_unpaired=False):
     return samples
 
 
+@register_dataset
 class RGBNT201(ReIDDataset):
     name = "RGBNT201"
     gallery_is_query = True
+    sizes = BenchmarkSizes(train_ids=171, cameras=4, query=836, gallery=836)
 
     def __init__(self, root, test_only=False, skip_unpaired=False):
-        base = os.path.join(root, "RGBNT201")
-        train = [] if test_only else read_modality_folders(os.path.join(base, "train_171"), "train", skip_unpaired)
-        test = read_modality_folders(os.path.join(base, "test"), "test", skip_unpaired)
+        base = self.folder(root)
+        train = [] if test_only else read_modality_folders(os.path.join(base, _SPLITS["train"]), "train",
+                                                           skip_unpaired)
+        test = read_modality_folders(os.path.join(base, _SPLITS["query"]), "test", skip_unpaired)
         super().__init__(train, test, test)
+
+    @classmethod
+    def write_synthetic_sample(cls, base, split, sample_id, camid, index, images):
+        name = f"{sample_id:06d}_cam{camid + 1}_{index:02d}.jpg"
+        for m, arr in zip(MODALITIES, images):
+            save_image(arr, os.path.join(base, _SPLITS[split], m, name))

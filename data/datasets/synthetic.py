@@ -10,9 +10,8 @@ identifies it:
 Every sample adds what makes real multi-modal ReID hard: background clutter drawn independently in each
 modality, a small spatial misalignment between the three modalities, a random body position, and a
 camera-dependent appearance (a colour cast in RGB, gain and offset in NI/TI). Images are written as JPEG
-files in the RGBNT201 layout (default), the RGBNT100 tiled layout, the MSVR310 layout, the WMVeID863
-layout or the Market1501-MM layout (with a junk image, id -1, and a distractor, id 0, in the gallery), so
-the real parsers read them.
+files by the writer each dataset keeps next to its parser (RGBNT201 by default; Market1501-MM adds a junk
+image, id -1, and a distractor, id 0, to the gallery), so the real parsers read them.
 """
 import hashlib
 import json
@@ -21,11 +20,13 @@ import shutil
 import tempfile
 
 import numpy as np
-from PIL import Image
+
+from .bases import BenchmarkSizes
+from .registry import register_dataset
+from .rgbnt201 import RGBNT201
 
 _PALETTE = np.array([[220, 40, 40], [40, 170, 60], [40, 80, 220], [230, 210, 40],
                      [200, 60, 200], [40, 200, 210], [245, 140, 30], [120, 120, 120]], dtype=np.float32)
-_LAYOUTS = ("RGBNT201", "RGBNT100", "MSVR310", "WMVeID863", "Market1501-MM")
 
 
 def _identity_codes(num_ids, rng):
@@ -117,69 +118,28 @@ def _camera_params(num_cameras, rng):
             for _ in range(num_cameras)]
 
 
-def _save(arr, path):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(arr).save(path, quality=95)
-
-
-_FOLDERS = {"RGBNT201": {"train": "train_171", "test": "test"},
-            "RGBNT100": {"train": "rgbir/bounding_box_train", "query": "rgbir/query",
-                         "gallery": "rgbir/bounding_box_test"},
-            "MSVR310": {"train": "bounding_box_train", "query": "query3", "gallery": "bounding_box_test"},
-            "WMVeID863": {"train": "train", "query": "query", "gallery": "test"},
-            "Market1501-MM": {"train": "train", "query": "query", "gallery": "gallery"}}
-
-
-def _write_market_extras(base, codes, size, rng, cam_params):
-    """Market-1501's special identities in the gallery: a junk image (id -1, skipped by the parser) and a
-    distractor (id 0, kept)."""
-    for name, code in (("-1_c1s1_000000_00.jpg", codes[0]), ("0000_c2s1_000025_00.jpg", codes[-1])):
-        for m, arr in zip(("RGB", "NI", "TI"), render_sample(code, 1, size, rng, cam_params)):
-            _save(arr, os.path.join(base, "gallery", m, name))
-
-
-def _write_split(base, layout, split, pids, codes, images_per_id, num_cameras, size, rng, cam_params):
-    root = os.path.join(base, _FOLDERS[layout][split])
-    for pid in pids:
-        for k in range(images_per_id):
-            camid = k % num_cameras
-            rgb, ni, ti = render_sample(codes[pid], camid, size, rng, cam_params)
-            if layout == "RGBNT201":
-                name = f"{pid + 1:06d}_cam{camid + 1}_{k:02d}.jpg"
-                for m, arr in zip(("RGB", "NI", "TI"), (rgb, ni, ti)):
-                    _save(arr, os.path.join(root, m, name))
-            elif layout == "RGBNT100":
-                _save(np.concatenate([rgb, ni, ti], axis=1), os.path.join(root, f"{pid + 1:04d}_c{camid + 1:03d}_{k:02d}.jpg"))
-            elif layout == "WMVeID863":
-                scene = 999 if split != "train" else k % 3
-                name = f"v{camid}_n{k % 2}_s{scene}_{k:04d}.jpg"
-                for m, arr in zip(("vis", "ni", "th"), (rgb, ni, ti)):
-                    _save(arr, os.path.join(root, f"{pid + 1:04d}", m, name))
-            elif layout == "Market1501-MM":
-                name = f"{pid + 1:04d}_c{camid + 1}s1_{25 * k:06d}_00.jpg"
-                for m, arr in zip(("RGB", "NI", "TI"), (rgb, ni, ti)):
-                    _save(arr, os.path.join(root, m, name))
-            else:
-                scene = k % 2
-                name = f"{pid + 1:04d}_s{scene:03d}_v{camid}_{k:03d}.jpg"
-                for m, arr in zip(("vis", "ni", "th"), (rgb, ni, ti)):
-                    _save(arr, os.path.join(root, f"{pid + 1:04d}", m, name))
+def synthetic_layouts():
+    """Names of the registered datasets that can write a synthetic copy of themselves."""
+    from .registry import dataset_names, get_dataset
+    return tuple(n for n in dataset_names(aliases=False) if get_dataset(n).write_synthetic_sample is not None)
 
 
 def write_synthetic(root, layout="RGBNT201", num_train_ids=48, num_test_ids=24, images_per_id=8,
                     num_cameras=3, size=(64, 32), seed=0):
     """Write the benchmark under ``root/<layout>`` (atomically) unless it is already complete there.
 
-    Returns ``root``. The dataset parser for ``layout`` then reads ``root``.
+    ``layout`` is a registered dataset with a synthetic writer (``synthetic_layouts()``); its parser then
+    reads ``root``. The first two images of each test identity are the query, the rest the gallery (the
+    whole test set for a dataset that evaluates with gallery = query). Returns ``root``.
     """
-    if layout not in _LAYOUTS:
-        raise ValueError(f"unknown synthetic layout {layout!r}; expected one of {_LAYOUTS}")
+    from .registry import get_dataset
+    cls = get_dataset(layout) if layout in synthetic_layouts() else None
+    if cls is None:
+        raise ValueError(f"unknown synthetic layout {layout!r}; expected one of {synthetic_layouts()}")
     if num_train_ids < 2 or num_test_ids < 2 or images_per_id < 2 or num_cameras < 1:
         raise ValueError("synthetic benchmark needs >= 2 train and test ids and >= 2 images per id")
-    if layout in ("RGBNT100", "MSVR310", "WMVeID863") and num_cameras > 8:
-        raise ValueError(f"the {layout} layout supports at most 8 cameras")
-    if layout == "Market1501-MM" and num_cameras > 6:
-        raise ValueError("the Market1501-MM layout supports at most 6 cameras")
+    if cls.max_cameras is not None and num_cameras > cls.max_cameras:
+        raise ValueError(f"the {layout} layout supports at most {cls.max_cameras} cameras")
     params = dict(layout=layout, num_train_ids=num_train_ids, num_test_ids=num_test_ids,
                   images_per_id=images_per_id, num_cameras=num_cameras, size=list(size), seed=seed)
     target = os.path.join(root, layout)
@@ -196,20 +156,20 @@ def write_synthetic(root, layout="RGBNT201", num_train_ids=48, num_test_ids=24, 
     rng = np.random.default_rng(seed)
     codes = _identity_codes(num_train_ids + num_test_ids, rng)
     cam_params = _camera_params(num_cameras, rng)
-    train_ids = list(range(num_train_ids))
-    test_ids = list(range(num_train_ids, num_train_ids + num_test_ids))
+    size = tuple(size)
     tmp = tempfile.mkdtemp(prefix=".synthetic-", dir=root)
     try:
-        args = (codes, images_per_id, num_cameras, tuple(size), rng, cam_params)
-        _write_split(tmp, layout, "train", train_ids, *args)
-        if layout == "RGBNT201":
-            _write_split(tmp, layout, "test", test_ids, *args)
-        else:
-            # Query: the first two images of each test id; gallery: the rest.
-            _write_split(tmp, layout, "gallery", test_ids, *args)
-            _move_query(tmp, layout)
-            if layout == "Market1501-MM":
-                _write_market_extras(tmp, codes, tuple(size), rng, cam_params)
+        for pid in range(num_train_ids + num_test_ids):
+            for k in range(images_per_id):
+                split = "train" if pid < num_train_ids else "query" if cls.gallery_is_query or k < 2 else "gallery"
+                images = render_sample(codes[pid], k % num_cameras, size, rng, cam_params)
+                cls.write_synthetic_sample(tmp, split, pid + 1, k % num_cameras, k, images)
+        if cls.synthetic_specials:
+            # Market-1501's special identities in the gallery: a junk image (id -1, which the parser skips)
+            # and a distractor (id 0, kept)
+            for sample_id, camid, k, code in ((-1, 0, 0, codes[0]), (0, 1, 1, codes[-1])):
+                cls.write_synthetic_sample(tmp, "gallery", sample_id, camid, k,
+                                           render_sample(code, 1, size, rng, cam_params))
         with open(os.path.join(tmp, ".synthetic.json"), "w") as f:
             json.dump(params, f)
         try:
@@ -224,35 +184,30 @@ def write_synthetic(root, layout="RGBNT201", num_train_ids=48, num_test_ids=24, 
     return root
 
 
-def _move_query(base, layout):
-    """Move each test identity's images with index < 2 from the gallery to the query folder."""
-    if layout == "RGBNT100":
-        gdir, qdir = os.path.join(base, "rgbir/bounding_box_test"), os.path.join(base, "rgbir/query")
-        os.makedirs(qdir)
-        for name in sorted(os.listdir(gdir)):
-            if int(name.rsplit("_", 1)[1].split(".")[0]) < 2:
-                os.replace(os.path.join(gdir, name), os.path.join(qdir, name))
-        return
-    if layout == "Market1501-MM":
-        for m in ("RGB", "NI", "TI"):
-            gdir, qdir = os.path.join(base, "gallery", m), os.path.join(base, "query", m)
-            os.makedirs(qdir)
-            for name in sorted(os.listdir(gdir)):
-                if int(name.split("_")[2]) < 50:        # frames 0 and 25: the first two images
-                    os.replace(os.path.join(gdir, name), os.path.join(qdir, name))
-        return
-    gdir, qdir = (os.path.join(base, _FOLDERS[layout]["gallery"]), os.path.join(base, _FOLDERS[layout]["query"]))
-    for vid in sorted(os.listdir(gdir)):
-        for m in ("vis", "ni", "th"):
-            src = os.path.join(gdir, vid, m)
-            for name in sorted(os.listdir(src)):
-                if int(name.rsplit("_", 1)[1].split(".")[0]) < 2:
-                    os.makedirs(os.path.join(qdir, vid, m), exist_ok=True)
-                    os.replace(os.path.join(src, name), os.path.join(qdir, vid, m, name))
-
-
 def synthetic_root(base_dir, cfg_synth):
     """Folder for a synthetic benchmark made with these parameters (parameters hashed into the name)."""
     key = json.dumps({k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in sorted(cfg_synth.items())},
                      sort_keys=True)
     return os.path.join(base_dir, "Synthetic-" + hashlib.sha1(key.encode()).hexdigest()[:8])
+
+
+@register_dataset
+class Synthetic(RGBNT201):
+    """``DATASETS.NAMES Synthetic``: the generated benchmark in the RGBNT201 layout, written on first use
+    under DATASETS.ROOT_DIR in a folder named by a hash of ``DATASETS.SYNTHETIC``."""
+    name = "Synthetic"
+    folders = ("RGBNT201",)
+    sizes = BenchmarkSizes(train_ids=48, cameras=3, query=192, gallery=192)  # the DATASETS.SYNTHETIC defaults
+    write_synthetic_sample = None
+
+    @classmethod
+    def from_config(cls, cfg, test_only=False):
+        from utils import comm
+        s = cfg.DATASETS.SYNTHETIC
+        params = dict(num_train_ids=s.NUM_TRAIN_IDS, num_test_ids=s.NUM_TEST_IDS, images_per_id=s.IMAGES_PER_ID,
+                      num_cameras=s.NUM_CAMERAS, size=tuple(s.SIZE), seed=s.SEED)
+        folder = synthetic_root(cfg.DATASETS.ROOT_DIR, params)
+        with comm.same_outcome():  # rank 0 writes; the others wait for it (and fail with it)
+            if comm.is_main_process():
+                write_synthetic(folder, RGBNT201.name, **params)
+        return cls(folder, test_only=test_only, skip_unpaired=cfg.DATASETS.SKIP_UNPAIRED)

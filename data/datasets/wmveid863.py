@@ -12,11 +12,12 @@ scene 999, so the scene rule of MSVR310 does not apply).
 import os
 import re
 
-from .bases import (DatasetError, ReIDDataset, Sample, find_dataset_folder, is_hidden, pair_by_name, report_unpaired,
-                    require_dir, require_nonempty)
+from .bases import (DatasetError, ReIDDataset, Sample, is_hidden, pair_by_name, report_unpaired, require_dir,
+                    require_nonempty, save_image)
+from .registry import register_dataset
 
-FOLDERS = ("WMVEID863", "WMVeID863", "MSVWild863")
 _SUBDIRS = ("vis", "ni", "th")
+_SPLITS = {"train": "train", "query": "query", "gallery": "test"}
 _NAME = re.compile(r"^v(\d)_n(\d+)_s(\d+)_(\d+)")
 
 
@@ -48,10 +49,22 @@ def read_wmveid863_split(folder, split, skip_unpaired=False):
     return samples
 
 
+@register_dataset
 class WMVeID863(ReIDDataset):
     name = "WMVeID863"
+    aliases = ("MSVWild863",)
+    folders = ("WMVEID863", "WMVeID863", "MSVWild863")
+    max_cameras = 8
+    # sizes: no split sizes published in a source checked here; tools ask for them
 
-    def __init__(self, root, skip_unpaired=False, test_only=False):
-        base = find_dataset_folder(root, FOLDERS, self.name)
-        read = lambda split, what: read_wmveid863_split(os.path.join(base, split), what, skip_unpaired)  # noqa: E731
-        super().__init__([] if test_only else read("train", "train"), read("query", "query"), read("test", "gallery"))
+    def __init__(self, root, test_only=False, skip_unpaired=False):
+        base = self.folder(root)
+        read = lambda split: read_wmveid863_split(os.path.join(base, _SPLITS[split]), split, skip_unpaired)  # noqa: E731
+        super().__init__([] if test_only else read("train"), read("query"), read("gallery"))
+
+    @classmethod
+    def write_synthetic_sample(cls, base, split, sample_id, camid, index, images):
+        scene = index % 3 if split == "train" else 999  # test images have scene 999, as in the release
+        name = f"v{camid}_n{index % 2}_s{scene}_{index:04d}.jpg"
+        for sub, arr in zip(_SUBDIRS, images):
+            save_image(arr, os.path.join(base, _SPLITS[split], f"{sample_id:04d}", sub, name))
