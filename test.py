@@ -8,7 +8,7 @@ import yaml
 
 from data import build_test_dataloader
 from engine import evaluate_missing, evaluate_model, format_metrics, missing_table
-from engine.setup import FEATURES_NEXT_TO_RESULT, SetupError, default_setup, parse_args, run_cli
+from engine.setup import SetupError, argument_parser, default_setup, run_cli
 from modeling import load_eval_model
 from utils import comm
 from utils.checkpoint import OutputError, atomic_write, atomic_write_json
@@ -57,6 +57,18 @@ def result_name(cfg):
     return re.sub(r"[^\w.+-]", "_", tag)
 
 
+# --save-features without a path: the features go next to the result file, into OUTPUT_DIR.
+FEATURES_NEXT_TO_RESULT = "<next to the result>"
+
+
+def parse_args(argv=None):
+    p = argument_parser("Evaluate Signal on a multi-modal ReID benchmark")
+    p.add_argument("--save-features", nargs="?", const=FEATURES_NEXT_TO_RESULT, default="", metavar="PATH",
+                   help="save query/gallery features; to PATH (.npz) when given, else next to the result file: "
+                        "OUTPUT_DIR/test_<...>.npz")
+    return p.parse_intermixed_args(argv)
+
+
 def features_path(path, cfg):
     """The --save-features file (``.npz`` added when missing; without a path, the result file's name in
     OUTPUT_DIR), checked writable before any work."""
@@ -78,7 +90,7 @@ def features_path(path, cfg):
 
 
 def main():
-    args = parse_args("Evaluate Signal on a multi-modal ReID benchmark")
+    args = parse_args()
     cfg, logger, device, _ = default_setup(args, "test_log.txt")
     if not cfg.TEST.WEIGHT:
         raise SetupError("test.py needs TEST.WEIGHT path/to/model.pth")

@@ -9,7 +9,7 @@ from engine import amp_mode, do_train, evaluate_model, format_metrics, make_grad
 from engine.preemption import stop_signals
 from engine.rundir import read_metrics
 from engine.trainer import settle_pending_eval
-from engine.setup import default_setup, parse_args, run_cli, write_config
+from engine.setup import argument_parser, default_setup, run_cli, write_config
 from layers import build_loss
 from modeling import build_model, load_weights
 from solver import build_optimizer, build_scheduler
@@ -17,8 +17,23 @@ from utils import comm
 from utils.checkpoint import atomic_write_json
 
 
+def parse_args(argv=None):
+    p = argument_parser("Train Signal for multi-modal object ReID")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in OUTPUT_DIR/last.pth")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the training run already in OUTPUT_DIR and start a fresh one")
+    p.add_argument("--allow-change", action="append", default=[], metavar="KEY",
+                   help="with --resume: continue with this config key changed against the checkpoint "
+                        "(repeatable, or comma-separated; 'all' allows every change)")
+    args = p.parse_intermixed_args(argv)
+    if args.allow_change and not args.resume:
+        p.error("--allow-change only applies with --resume (it allows config changes against the checkpoint "
+                "being continued)")
+    return args
+
+
 def main():
-    args = parse_args("Train Signal for multi-modal object ReID")
+    args = parse_args()
     cfg, logger, device, run = default_setup(args, "train_log.txt", training=True)
     try:
         train(cfg, logger, device, run)

@@ -1,4 +1,3 @@
-from .defaults import get_cfg
-from .setup import load_config
+from .setup import get_cfg, load_config
 
 __all__ = ["get_cfg", "load_config"]

@@ -1,8 +1,8 @@
 """Every configuration key of the project, with its default and meaning.
 
 YAML files under ``configs/`` override these values and ``KEY VALUE`` pairs on the command line override
-both. ``get_cfg()`` returns a fresh, mutable clone of this tree whose ``merge_from_file`` /
-``merge_from_list`` follow the command line's rules.
+both. ``config.get_cfg()`` (config/setup.py) returns a fresh, mutable clone of this tree whose
+``merge_from_file`` / ``merge_from_list`` follow the command line's rules.
 """
 from yacs.config import CfgNode as CN
 
@@ -271,12 +271,3 @@ _C.LOG.PROGRESS_BARS = True
 
 _C.OUTPUT_DIR = "./output"
 
-
-def get_cfg():
-    """Return a fresh, mutable copy of the default configuration.
-
-    Its ``merge_from_file(path)`` and ``merge_from_list([KEY, VALUE, ...])`` work as on the command line
-    (``_BASE_`` inheritance, yes/no booleans, errors naming unknown keys and ill-typed values, the same
-    checks)."""
-    from .setup import SignalConfig
-    return SignalConfig(_C.clone())

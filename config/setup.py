@@ -6,7 +6,7 @@ import re
 import yaml
 from yacs.config import CfgNode as CN
 
-from .defaults import get_cfg
+from .defaults import _C
 
 _TRUE = {"yes", "true", "on", "1"}
 _FALSE = {"no", "false", "off", "0", "none", ""}
@@ -302,7 +302,9 @@ def validate(cfg):
 class SignalConfig(CN):
     """A yacs ``CfgNode`` whose ``merge_from_file`` and ``merge_from_list`` follow the command line's rules:
     ``_BASE_`` inheritance, yes/no booleans, unknown keys and ill-typed values reported with the file (or
-    "command line") and key, and the config checks run after each merge."""
+    "command line") and key. The checks between keys (``validate``) run once the config is complete, when it
+    is frozen: merges may pass through combinations that are invalid on the way (SOLVER.IMS_PER_BATCH
+    before DATALOADER.NUM_INSTANCE)."""
 
     def _check_mutable(self):
         if self.is_frozen():
@@ -311,12 +313,25 @@ class SignalConfig(CN):
     def merge_from_file(self, cfg_filename):
         self._check_mutable()
         merge_file(self, cfg_filename)
-        validate(self)
 
     def merge_from_list(self, cfg_list):
         self._check_mutable()
         merge_opts(self, list(cfg_list))
-        validate(self)
+
+    def freeze(self):
+        """Check the whole config (``validate``, for the root node), then make it immutable."""
+        if all(section in self for section in ("MODEL", "INPUT", "DATASETS", "SOLVER", "TEST")):
+            validate(self)
+        super().freeze()
+
+
+def get_cfg():
+    """Return a fresh, mutable copy of the default configuration (config/defaults.py).
+
+    Its ``merge_from_file(path)`` and ``merge_from_list([KEY, VALUE, ...])`` work as on the command line
+    (``_BASE_`` inheritance, yes/no booleans, errors naming unknown keys and ill-typed values); ``freeze()``
+    runs the config checks."""
+    return SignalConfig(_C.clone())
 
 
 def flatten(node, prefix=""):
@@ -336,7 +351,8 @@ def load_config(config_file="", opts=(), freeze=True):
     if config_file:
         merge_file(cfg, config_file)
     merge_opts(cfg, list(opts))
-    validate(cfg)
     if freeze:
         cfg.freeze()
+    else:
+        validate(cfg)
     return cfg

@@ -18,7 +18,7 @@ import yaml
 from config.setup import flatten
 from utils.checkpoint import load_checkpoint
 
-from .setup import SetupError
+from utils.errors import SetupError
 
 logger = logging.getLogger("signal.run")
 

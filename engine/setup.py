@@ -9,38 +9,19 @@ from config import load_config
 from utils import comm
 from utils.checkpoint import atomic_write_text
 from utils.cpu import keep_freed_memory
-from utils.errors import error_message
+from utils.errors import DeviceError, SetupError, SignalError, UsageError, error_message  # noqa: F401 (re-exported)
 from utils.logger import setup_logging
 from utils.seed import set_seed
 from utils.versions import torch_version
 
 
-# --save-features without a path: the features go next to the result file, into OUTPUT_DIR.
-FEATURES_NEXT_TO_RESULT = "<next to the result>"
-
-
-def parse_args(description):
+def argument_parser(description):
+    """The arguments train.py and test.py share: ``--config_file`` and the ``KEY VALUE`` overrides. Each
+    program adds its own flags, so a flag of the other one is refused by name (argparse, exit code 2)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config_file", default="", help="YAML config (see configs/)")
-    p.add_argument("--resume", action="store_true", help="train.py: continue the run saved in OUTPUT_DIR/last.pth")
-    p.add_argument("--overwrite", action="store_true",
-                   help="train.py: delete the training run already in OUTPUT_DIR and start a fresh one")
-    p.add_argument("--allow-change", action="append", default=[], metavar="KEY",
-                   help="train.py --resume: continue with this config key changed against the checkpoint "
-                        "(repeatable, or comma-separated; 'all' allows every change)")
-    p.add_argument("--save-features", nargs="?", const=FEATURES_NEXT_TO_RESULT, default="", metavar="PATH",
-                   help="test.py: save query/gallery features; to PATH (.npz) when given, else next to the "
-                        "result file: OUTPUT_DIR/test_<...>.npz")
     p.add_argument("opts", nargs="*", help="KEY VALUE pairs overriding the config")
-    return p.parse_intermixed_args()
-
-
-class SetupError(RuntimeError):
-    """The environment cannot run what was asked (installed packages, device)."""
-
-
-class DeviceError(SetupError):
-    """MODEL.DEVICE cannot be honoured, or 'auto' would silently train a full-size model on the CPU."""
+    return p
 
 
 def check_packages():
@@ -127,20 +108,6 @@ def check_amp(cfg, device):
                           f"newer torch")
 
 
-def check_flags(args, training):
-    """Refuse flags that do not apply to the program (they would be ignored silently)."""
-    given = lambda name: bool(getattr(args, name, None))  # noqa: E731
-    if training and given("save_features"):
-        raise SetupError("--save-features is a test.py option: train.py saves no features")
-    if not training:
-        wrong = [f"--{n.replace('_', '-')}" for n in ("resume", "overwrite", "allow_change") if given(n)]
-        if wrong:
-            raise SetupError(f"{', '.join(wrong)}: train.py options; test.py writes only its result files")
-    elif given("allow_change") and not given("resume"):
-        raise SetupError("--allow-change only applies with --resume (it allows config changes against the "
-                         "checkpoint being continued)")
-
-
 def write_config(cfg):
     """The resolved config to OUTPUT_DIR/config.yaml (main process)."""
     if comm.is_main_process():
@@ -155,7 +122,6 @@ def default_setup(args, log_name, training=False):
     the resolved config is written to OUTPUT_DIR/config.yaml (by train.py once a resume has worked);
     ``run`` is None otherwise."""
     check_packages()
-    check_flags(args, training)
     cfg = load_config(args.config_file, args.opts)
     device = resolve_device(cfg, comm.local_rank(), training)
     comm.init_distributed(device)
@@ -207,17 +173,12 @@ def run_cli(main):
     also written to the log file when one is open."""
     import sys
 
-    from data.datasets import DatasetError
-    from modeling.weights import WeightsError
-    from utils.checkpoint import CheckpointError, OutputError
-
     from .preemption import PREEMPTED_EXIT_CODE, Preempted
-    from .trainer import SAVED, NonFiniteLossError
+    from .trainer import SAVED
     try:
         main()
         comm.cleanup()
-    except (DatasetError, WeightsError, SetupError, CheckpointError, OutputError, NonFiniteLossError, OSError,
-            KeyError, ValueError, comm.OtherRankError) as e:
+    except (SignalError, OSError, KeyError, ValueError) as e:
         msg = error_message(e)
         _to_log_file(logging.ERROR, f"error: {msg}")
         sys.stderr.write(f"error: {msg}\n")  # one write: the lines of torchrun's ranks do not interleave

@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from modeling import MODALITIES
 from utils import comm
+from utils.errors import SignalError
 from utils.metrics import METRIC_NAMES
 from utils.checkpoint import (CheckpointError, atomic_save, atomic_write_jsonl, load_checkpoint, rng_state,
                               set_rng_state)
@@ -24,7 +25,7 @@ METRIC_KEYS = METRIC_NAMES
 LOW_LOSS_SCALE = 2 ** 8
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(SignalError):
     pass
 
 

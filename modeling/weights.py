@@ -12,11 +12,13 @@ import torch
 from timm.models.eva import Eva
 from timm.models.vision_transformer import checkpoint_filter_fn
 
+from utils.errors import SignalError
+
 logger = logging.getLogger("signal.weights")
 
 
-class WeightsError(RuntimeError):
-    pass
+class WeightsError(SignalError):
+    """Weights that cannot be read or do not fit the model; the message names the file and the keys."""
 
 
 def _is_safetensors(path):

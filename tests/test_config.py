@@ -110,8 +110,11 @@ def test_get_cfg_merges_like_the_command_line(tmp_path):
         cfg.merge_from_list(["MODEL.NOPE", "1"])
     with pytest.raises(ValueError, match="TEST.RE_RANKING expects yes/no"):
         cfg.merge_from_list(["TEST.RE_RANKING", "maybe"])
+    cfg.merge_from_list(["MODEL.TOPK", "0"])  # checked with the whole config, when it is frozen
     with pytest.raises(ValueError, match="MODEL.TOPK must be an integer >= 1"):
-        cfg.merge_from_list(["MODEL.TOPK", "0"])
+        cfg.freeze()
+    assert not cfg.is_frozen()
+    cfg.merge_from_list(["MODEL.TOPK", "80"])
     bad = tmp_path / "bad.yml"
     bad.write_text("SOLVER:\n  BASE_LRR: 1.0\n")
     with pytest.raises(KeyError, match=str(bad)):
@@ -120,6 +123,21 @@ def test_get_cfg_merges_like_the_command_line(tmp_path):
     with pytest.raises(AttributeError, match="defrost"):
         cfg.merge_from_list(["MODEL.TOPK", "3"])
     assert type(cfg.clone()) is type(cfg)
+
+
+def test_keys_that_depend_on_each_other_may_change_in_separate_merges():
+    """The checks between keys run on the complete config (at freeze), not after each merge."""
+    cfg = get_cfg()
+    cfg.merge_from_list(["SOLVER.IMS_PER_BATCH", "12"])  # not a multiple of the default NUM_INSTANCE 8 ...
+    cfg.merge_from_list(["DATALOADER.NUM_INSTANCE", "3"])  # ... until this merge
+    cfg.freeze()
+    assert cfg.SOLVER.IMS_PER_BATCH == 12 and cfg.DATALOADER.NUM_INSTANCE == 3
+    cfg = get_cfg()
+    cfg.merge_from_list(["SOLVER.IMS_PER_BATCH", "12"])
+    with pytest.raises(ValueError, match=r"SOLVER.IMS_PER_BATCH \(12\) must be a multiple of DATALOADER.NUM_INSTANCE"):
+        cfg.freeze()
+    with pytest.raises(ValueError, match=r"SOLVER.IMS_PER_BATCH \(12\) must be a multiple"):
+        load_config("", ["SOLVER.IMS_PER_BATCH", "12"])
 
 
 def test_official_recipe_defaults():

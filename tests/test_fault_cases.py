@@ -1,12 +1,11 @@
 """Inputs that used to be dropped, ignored or reported deep inside a library: each is refused or named."""
-import argparse
 import os
 
 import pytest
 
 from config import load_config
 
-from .conftest import TINY
+from .conftest import ROOT, TINY
 
 
 def test_a_section_given_twice_in_a_yaml_is_refused_naming_file_and_key(tmp_path):
@@ -59,24 +58,24 @@ def test_overwrite_deletes_the_old_runs_test_results_but_not_other_models(tiny_c
     assert set(mine) <= set(run.removed) and sorted(os.listdir(out)) == [".lock", other]
 
 
-@pytest.mark.parametrize("argv, training, message", [
-    (["--save-features", "f.npz"], True, "--save-features is a test.py option"),
-    (["--resume"], False, "--resume: train.py options"),
-    (["--overwrite", "--allow-change", "X"], False, "--overwrite, --allow-change: train.py options"),
-    (["--allow-change", "SOLVER.MAX_EPOCHS"], True, "--allow-change only applies with --resume"),
+@pytest.mark.parametrize("argv, program, message", [
+    (["--save-features", "f.npz"], "train.py", "unrecognized arguments: --save-features"),
+    (["--resume"], "test.py", "unrecognized arguments: --resume"),
+    (["--overwrite", "--allow-change", "X"], "test.py", "unrecognized arguments: --overwrite --allow-change"),
+    (["--allow-change", "SOLVER.MAX_EPOCHS"], "train.py", "--allow-change only applies with --resume"),
 ])
-def test_flags_that_do_not_apply_are_refused(argv, training, message):
-    from engine.setup import SetupError, check_flags, parse_args
-    import sys
-    old = sys.argv
-    sys.argv = ["prog", *argv]
-    try:
-        args = parse_args("x")
-    finally:
-        sys.argv = old
-    with pytest.raises(SetupError, match=message):
-        check_flags(args, training)
-    check_flags(argparse.Namespace(resume=True, allow_change=["A"], overwrite=False, save_features=""), True)
+def test_flags_of_the_other_program_are_refused(argv, program, message, capsys):
+    """train.py and test.py parse their own flags: one of the other program's is an error naming it."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("entry_" + program[:-3], os.path.join(ROOT, program))
+    entry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(entry)
+    with pytest.raises(SystemExit) as e:
+        entry.parse_args(["--config_file", "x.yml", *argv, "SOLVER.SEED", "1"])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    args = entry.parse_args(["--config_file", "x.yml", "SOLVER.SEED", "1"] + (
+        ["--resume", "--allow-change", "A"] if program == "train.py" else ["--save-features"]))
+    assert args.opts == ["SOLVER.SEED", "1"]
 
 
 def test_one_validation_identity_is_refused_and_one_test_identity_warned(tiny_cfg, caplog):

@@ -131,3 +131,24 @@ def test_amp_on_cpu_fp16_needs_torch_2_3(monkeypatch):
     with pytest.raises(DeviceError, match="torch >= 2.3"):
         resolve_device(cfg, training=True)
     assert resolve_device(load_config("", TINY + ["SOLVER.AMP_ON_CPU", "yes", "SOLVER.AMP", "bf16"])).type == "cpu"
+
+
+def test_every_user_error_has_one_base_and_a_tool_exits_with_code_2(tmp_path):
+    """One hierarchy: each error about the user's input derives from SignalError, which run_cli (train.py,
+    test.py and every tool) prints as one line with exit code 2."""
+    from data.datasets import DatasetError
+    from engine.rundir import RunFolderError
+    from engine.trainer import NonFiniteLossError
+    from modeling.weights import WeightsError
+    from utils.checkpoint import CheckpointError, OutputError
+    from utils.comm import OtherRankError
+    from utils.errors import SetupError, SignalError, UsageError
+    for cls in (DatasetError, RunFolderError, NonFiniteLossError, WeightsError, CheckpointError, OutputError,
+                OtherRankError, SetupError, DeviceError, UsageError):
+        assert issubclass(cls, SignalError), cls
+    # a benchmark without published sizes: model_cost.py asks for them (a usage error, not a traceback)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "model_cost.py"), "--config_file",
+                        os.path.join(ROOT, "configs", "WMVeID863", "Signal.yml")], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2 and r.stderr.startswith("error: model_cost.py: pass --num-classes and --num-cameras "
+                                                      "for DATASETS.NAMES WMVeID863"), r.stderr[-2000:]

@@ -34,7 +34,7 @@ from plotting import line_chart, stack  # noqa: E402
 from config import load_config  # noqa: E402
 from engine.rundir import FREE_KEYS, config_changes, read_metrics, run_files  # noqa: E402
 from engine.preemption import PREEMPTED_EXIT_CODE  # noqa: E402
-from engine.setup import run_cli  # noqa: E402
+from engine.setup import UsageError, run_cli  # noqa: E402
 from utils.metrics import METRIC_NAMES  # noqa: E402
 
 METRICS = METRIC_NAMES
@@ -47,7 +47,7 @@ def run_name(path):
 def read_records(out_dir):
     path = os.path.join(out_dir, "metrics.jsonl")
     if not os.path.isfile(path):
-        raise SystemExit(f"{path} not found: the run did not finish")
+        raise UsageError(f"{path} not found: the run did not finish")
     return read_metrics(out_dir)
 
 
@@ -55,16 +55,16 @@ def check_finished(name, out_dir, cfg):
     """The run in ``out_dir`` is finished and was trained with ``cfg`` (paths and speed settings aside)."""
     saved = os.path.join(out_dir, "config.yaml")
     if not os.path.isfile(saved):
-        raise SystemExit(f"{name}: no run in {out_dir} (config.yaml missing)")
+        raise UsageError(f"{name}: no run in {out_dir} (config.yaml missing)")
     with open(saved) as f:
         changes = [c for c in config_changes(f.read(), cfg) if c[0] not in FREE_KEYS]
     if changes:
-        raise SystemExit(f"{name}: the run in {out_dir} was trained with another config:\n"
+        raise UsageError(f"{name}: the run in {out_dir} was trained with another config:\n"
                          + "\n".join(f"  {k}: run {old!r}, asked {new!r}" for k, old, new in changes))
     records = read_records(out_dir)
     if not records or records[-1]["epoch"] != cfg.SOLVER.MAX_EPOCHS:
         done = records[-1]["epoch"] if records else 0
-        raise SystemExit(f"{name}: the run in {out_dir} is not finished ({done} of {cfg.SOLVER.MAX_EPOCHS} "
+        raise UsageError(f"{name}: the run in {out_dir} is not finished ({done} of {cfg.SOLVER.MAX_EPOCHS} "
                          f"epochs); continue it with --resume")
     return records
 
@@ -85,7 +85,7 @@ def sweep_grid(items):
     for key, values in items:
         vals = [v.strip() for v in values.split(",") if v.strip()]
         if not vals:
-            raise SystemExit(f"--sweep {key}: no values (expected a comma-separated list, e.g. 5e-6,2e-5)")
+            raise UsageError(f"--sweep {key}: no values (expected a comma-separated list, e.g. 5e-6,2e-5)")
         axes.append([(key, v) for v in vals])
     return [list(c) for c in itertools.product(*axes)]
 
@@ -99,7 +99,7 @@ def write_sweep_table(rows, output):
         with open(os.path.join(out_dir, "summary.json")) as f:
             test = json.load(f).get("test_best_epoch")
         if test is None:
-            raise SystemExit(f"{name}: {out_dir}/summary.json has no test figures of the selected epoch")
+            raise UsageError(f"{name}: {out_dir}/summary.json has no test figures of the selected epoch")
         table.append((name, best, test))
     chosen = max(range(len(table)), key=lambda i: table[i][1]["mAP"])
     lines = ["| run | val mAP | val Rank-1 | epoch | test mAP | test Rank-1 | test mINP | selected |",
@@ -134,9 +134,9 @@ def main():
     args.output = args.output or args.runs_dir
     sweep = sweep_grid(args.sweep)
     if sum((args.skip_training, args.resume, args.overwrite)) > 1:
-        raise SystemExit("--skip-training, --resume and --overwrite exclude each other")
+        raise UsageError("--skip-training, --resume and --overwrite exclude each other")
     if args.allow_change and not args.resume:
-        raise SystemExit("--allow-change only applies with --resume (train.py continues each run with it)")
+        raise UsageError("--allow-change only applies with --resume (train.py continues each run with it)")
     runs = []
     for cfg_path in args.configs:
         for combo in sweep:
@@ -145,15 +145,15 @@ def main():
             opts = args.opts + [x for kv in combo for x in kv]
             cfg = load_config(cfg_path, opts + ["OUTPUT_DIR", out_dir])
             if len(sweep) > 1 and cfg.DATASETS.VAL_IDS <= 0:
-                raise SystemExit("--sweep selects a run on the validation split: set DATASETS.VAL_IDS (a count or "
+                raise UsageError("--sweep selects a run on the validation split: set DATASETS.VAL_IDS (a count or "
                                  "a fraction of the training identities), so the test set never chooses")
             runs.append((name, cfg_path, out_dir, cfg, opts))
     if len({name for name, *_ in runs}) < len(runs):
-        raise SystemExit("two configs share a file name; their runs would share a folder under --runs-dir")
+        raise UsageError("two configs share a file name; their runs would share a folder under --runs-dir")
     if not (args.skip_training or args.resume or args.overwrite):
         taken = [out_dir for _, _, out_dir, cfg, _ in runs if run_files(out_dir, cfg.MODEL.NAME)]
         if taken:
-            raise SystemExit("these run folders already hold runs: " + ", ".join(taken) + "\nPass --resume to "
+            raise UsageError("these run folders already hold runs: " + ", ".join(taken) + "\nPass --resume to "
                              "continue them, --overwrite to train them again, --skip-training to only collect "
                              "them, or another --runs-dir.")
     os.makedirs(args.output, exist_ok=True)

@@ -42,7 +42,7 @@ from modeling import MODALITIES, build_model  # noqa: E402
 from solver import build_optimizer  # noqa: E402
 from utils.cpu import keep_freed_memory  # noqa: E402
 from utils.metrics import Evaluator  # noqa: E402
-from engine.setup import run_cli  # noqa: E402
+from engine.setup import UsageError, run_cli  # noqa: E402
 
 
 
@@ -244,7 +244,7 @@ def run_side(cfg, args):
         with FlopCounterMode(display=False) as fc:
             first = float(step())
     except ZeroDivisionError:
-        raise SystemExit("the official LAM divides by (sampling grid size - 1): it needs a sampling grid of at least "
+        raise UsageError("the official LAM divides by (sampling grid size - 1): it needs a sampling grid of at least "
                          "2 x 2; use a larger INPUT.SIZE_TRAIN / INPUT.SIZE_TEST") from None
     cpu = torch.device("cpu")
     times = step_times(step, args.warmup, args.steps, cpu)
@@ -274,7 +274,7 @@ def side_figures(args, side, keep_freed):
 def side_by_side(cfg, args, rate):
     """Every figure, official and ours, then the table."""
     if cfg.MODEL.TRANSFORMER_TYPE not in OFFICIAL_BACKBONES:
-        raise SystemExit(f"--official: the official code has the CLIP backbone only; MODEL.TRANSFORMER_TYPE is "
+        raise UsageError(f"--official: the official code has the CLIP backbone only; MODEL.TRANSFORMER_TYPE is "
                          f"{cfg.MODEL.TRANSFORMER_TYPE!r}, expected one of {', '.join(OFFICIAL_BACKBONES)}")
     sys.path.insert(0, os.path.join(ROOT, "tools"))
     import benchmark_eval
@@ -348,7 +348,7 @@ def main():
     cfg = load_config(args.config_file, args.opts + ["MODEL.PRETRAIN_PATH", ""])
     device = torch.device(args.device)
     if args.official and device.type != "cpu":
-        raise SystemExit("--official compares on the CPU (the official transcription runs there); add --device cpu")
+        raise UsageError("--official compares on the CPU (the official transcription runs there); add --device cpu")
     if device.type == "cpu" and cfg.SOLVER.CPU_KEEP_FREED_MEMORY:
         keep_freed_memory()
     if args.run_side:

@@ -35,7 +35,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from engine.setup import run_cli  # noqa: E402
+from engine.setup import UsageError, run_cli  # noqa: E402
 from utils.metrics import evaluate_all  # noqa: E402
 from benchmark_reranking import timed  # noqa: E402
 
@@ -74,14 +74,14 @@ def official_functions(repo):
         r = subprocess.run(["git", "--git-dir" if not os.path.isdir(os.path.join(repo, ".git")) else "-C", repo,
                             "show", "HEAD:utils/metrics.py"], capture_output=True, text=True)
         if r.returncode:
-            raise SystemExit(f"--official-repo {repo}: no utils/metrics.py there (nor in its git HEAD): "
+            raise UsageError(f"--official-repo {repo}: no utils/metrics.py there (nor in its git HEAD): "
                              f"{r.stderr.strip()}")
         source = r.stdout
     wanted = ("euclidean_distance", "eval_func")
     defs = [n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name in wanted]
     missing = set(wanted) - {n.name for n in defs}
     if missing:
-        raise SystemExit(f"--official-repo {repo}: utils/metrics.py defines no {', '.join(sorted(missing))}")
+        raise UsageError(f"--official-repo {repo}: utils/metrics.py defines no {', '.join(sorted(missing))}")
     scope = {"np": np, "torch": torch}
     exec(compile(ast.Module(body=defs, type_ignores=[]), os.path.join(repo, "utils", "metrics.py"), "exec"), scope)
     return scope["euclidean_distance"], scope["eval_func"]
@@ -164,7 +164,7 @@ def main():
     else:
         unknown = [r for r in a.regime.split(",") if r not in REGIMES]
         if unknown:
-            raise SystemExit(f"--regime: unknown {', '.join(unknown)}; choose from {', '.join(REGIMES)}")
+            raise UsageError(f"--regime: unknown {', '.join(unknown)}; choose from {', '.join(REGIMES)}")
         regimes = [(r, REGIMES[r]) for r in a.regime.split(",")]
     own = official_functions(a.official_repo) if a.official_repo and not a.skip_official else None
     base = {"num_query": a.num_query, "num_gallery": a.num_gallery, "dim": a.dim, "threads": torch.get_num_threads()}

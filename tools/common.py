@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from config import load_config  # noqa: E402
 from data import build_test_dataloader  # noqa: E402
-from engine.setup import resolve_device  # noqa: E402
+from engine.setup import UsageError, resolve_device  # noqa: E402
 from modeling import MODALITIES, build_model, load_eval_model  # noqa: E402
 
 
@@ -53,7 +53,7 @@ def load_everything(args, need_weights=True):
     if weight:
         model, _ = load_eval_model(cfg, weight)
     elif need_weights:
-        raise SystemExit("no checkpoint: pass --weight path.pth or TEST.WEIGHT path.pth")
+        raise UsageError("no checkpoint: pass --weight path.pth or TEST.WEIGHT path.pth")
     else:
         model = build_model(cfg, 1, dataset.num_cameras, pretrained=False)
         model.backbone.camera_mode = cfg.TEST.CAMERA_EMBEDDING

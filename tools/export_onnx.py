@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from common import load_everything, tool_parser
-from engine.setup import run_cli  # noqa: E402
+from engine.setup import UsageError, run_cli  # noqa: E402
 from modeling import MODALITIES
 
 
@@ -36,7 +36,7 @@ def main():
     try:
         import onnxruntime as ort
     except ImportError:
-        raise SystemExit("onnxruntime is not installed: pip install -r requirements-export.txt") from None
+        raise UsageError("onnxruntime is not installed: pip install -r requirements-export.txt") from None
     cfg, model, loader, nq, device = load_everything(args, need_weights=False)
     model = model.cpu().eval()
     wrapper = ExportWrapper(model).eval()

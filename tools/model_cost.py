@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from config import load_config  # noqa: E402
 from layers import build_loss  # noqa: E402
 from modeling import MODALITIES, build_model  # noqa: E402
-from engine.setup import run_cli  # noqa: E402
+from engine.setup import UsageError, run_cli  # noqa: E402
 from data.datasets import dataset_of  # noqa: E402
 
 
@@ -66,7 +66,7 @@ def main():
     classes, cameras = (sizes.train_ids, sizes.cameras) if sizes else (0, 0)
     args.num_classes, args.num_cameras = args.num_classes or classes, args.num_cameras or cameras
     if not args.num_classes or not args.num_cameras:
-        raise SystemExit(f"model_cost.py: pass --num-classes and --num-cameras for DATASETS.NAMES "
+        raise UsageError(f"model_cost.py: pass --num-classes and --num-cameras for DATASETS.NAMES "
                          f"{cfg.DATASETS.NAMES} (training identities and cameras)")
     model = build_model(cfg, args.num_classes, args.num_cameras, pretrained=False)
     infer, train = flops(cfg, model, args.num_classes)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from common import compose, encode_samples, label, load_everything, sample_images, samples_parser, save
-from engine.setup import run_cli  # noqa: E402
+from engine.setup import UsageError, run_cli  # noqa: E402
 from utils.modalities import MODALITIES  # noqa: E402
 
 
@@ -35,7 +35,7 @@ def main():
     args = samples_parser(__doc__, scale=5).parse_intermixed_args()
     cfg, model, loader, nq, device = load_everything(args)
     if model.lam is None:
-        raise SystemExit("this config has no LAM (MODEL.USE_LAM no)")
+        raise UsageError("this config has no LAM (MODEL.USE_LAM no)")
     idx, _, patches = encode_samples(model, loader, device, args.num_samples)
     with torch.no_grad():
         points = [s.sampling_points(x) for s, x in zip(model.lam.samplers.values(), model.lam.to_maps(patches))]

@@ -9,7 +9,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from common import compose, encode_samples, label, load_everything, sample_images, samples_parser, save
-from engine.setup import run_cli  # noqa: E402
+from engine.setup import UsageError, run_cli  # noqa: E402
 from utils.modalities import MODALITIES  # noqa: E402
 
 COLORS = {"intra": (40, 90, 255), "inter": (255, 140, 0), "both": (230, 0, 200)}
@@ -43,7 +43,7 @@ def main():
     args = samples_parser(__doc__, scale=4).parse_intermixed_args()
     cfg, model, loader, nq, device = load_everything(args)
     if model.sim is None:
-        raise SystemExit("this config has no SIM (MODEL.USE_SIM no)")
+        raise UsageError("this config has no SIM (MODEL.USE_SIM no)")
     idx, cls, patches = encode_samples(model, loader, device, args.num_samples)
     with torch.no_grad():
         intra, inter = model.sim.selection(patches, cls)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from common import batch_of, load_everything, save, to_numpy, tool_parser
-from engine.setup import run_cli  # noqa: E402
+from engine.setup import UsageError, run_cli  # noqa: E402
 from plotting import distinct_colors, scatter
 
 from modeling import MODALITIES
@@ -29,7 +29,7 @@ def tsne(x, seed, perplexity):
     try:
         from sklearn.manifold import TSNE
     except ImportError:
-        raise SystemExit("vis_tsne.py needs scikit-learn: pip install -r requirements-extras.txt") from None
+        raise UsageError("vis_tsne.py needs scikit-learn: pip install -r requirements-extras.txt") from None
     perplexity = min(perplexity, (len(x) - 1) / 3)
     return TSNE(n_components=2, init="pca", random_state=seed, perplexity=perplexity).fit_transform(x)
 

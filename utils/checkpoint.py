@@ -14,12 +14,14 @@ import tempfile
 import numpy as np
 import torch
 
+from utils.errors import SignalError
 
-class OutputError(RuntimeError):
+
+class OutputError(SignalError):
     """A file could not be written (read-only folder, full disk, ...); the message names the file."""
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(SignalError):
     """A checkpoint could not be read (truncated, not a torch file, wrong content); names the file."""
 
 

@@ -5,7 +5,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from .errors import error_message
+from .errors import SignalError, error_message
 
 # The backend serving CUDA tensors (a test may stand gloo in for it: gloo registered for 'cuda' alone serves
 # CUDA tensors only, as NCCL does).
@@ -94,7 +94,7 @@ def all_gather_tensor(t):
     return torch.cat([o[: int(s.item())] for o, s in zip(out, sizes)], 0)
 
 
-class OtherRankError(RuntimeError):
+class OtherRankError(SignalError):
     """Another rank of a distributed run failed in a block every rank had to pass (``same_outcome``); the
     message is that rank's error message."""
 

@@ -12,3 +12,22 @@ def error_message(e):
         last = [line for line in msg.splitlines() if line.strip()][-1]
         msg = re.sub(r"^[\w.]+(Error|Exception|Interrupt)?: ", "", last.strip())
     return msg
+
+
+class SignalError(RuntimeError):
+    """Base of the errors about what the user gave: config, data, weights, checkpoints, output folder,
+    device, command line. The entry points (``engine.setup.run_cli``: train.py, test.py and every tool) print
+    its message as one ``error:`` line and exit with code 2; any other exception is a bug and keeps its
+    traceback."""
+
+
+class UsageError(SignalError):
+    """A tool's command line asks for something it cannot do (a flag combination, a missing input)."""
+
+
+class SetupError(SignalError):
+    """The environment cannot run what was asked (installed packages, device, output folder)."""
+
+
+class DeviceError(SetupError):
+    """MODEL.DEVICE cannot be honoured, or 'auto' would silently train a full-size model on the CPU."""

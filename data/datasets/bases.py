@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
+from utils.errors import SignalError
+
 from utils.modalities import MODALITIES  # noqa: F401 (re-exported)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -29,7 +31,7 @@ class BenchmarkSizes:
     gallery: int
 
 
-class DatasetError(RuntimeError):
+class DatasetError(SignalError):
     """Bad data on disk: a missing folder or file, a name that does not parse, an empty split."""
 
 

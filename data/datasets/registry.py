@@ -50,6 +50,6 @@ def reference_sizes(cfg):
     sizes (a custom dataset), those of the default benchmark (config/defaults.py), with whose they are."""
     cls = dataset_of(cfg)
     if cls.sizes is None:
-        from config import get_cfg
-        cls = dataset_of(get_cfg())
+        from config.defaults import _C
+        cls = get_dataset(_C.DATASETS.NAMES)
     return cls.sizes, cls.name
