@@ -214,17 +214,7 @@ def _get(cfg, key):
 def patch_size(cfg):
     """The backbone's patch size (pixels)."""
     from modeling.backbone import patch_size_of
-    return patch_size_of(cfg.MODEL.TRANSFORMER_TYPE, cfg.MODEL.CUSTOM_VIT.PATCH_SIZE)
-
-
-def check_backbone(name):
-    from modeling.backbone import TIMM_FAMILIES, timm_backbone_names
-    if name in ("ViT-B-16", "vit_base_patch16_224", "vit_custom"):
-        return
-    if not name.startswith(TIMM_FAMILIES) or name not in timm_backbone_names():
-        raise ValueError(f"config: MODEL.TRANSFORMER_TYPE must be ViT-B-16, vit_base_patch16_224, vit_custom or a "
-                         f"timm ViT / EVA02 model name (e.g. vit_base_patch16_dinov3, vit_base_patch14_dinov2, "
-                         f"eva02_base_patch16_clip_224), got {name!r}")
+    return patch_size_of(cfg)
 
 
 def validate(cfg):
@@ -235,14 +225,15 @@ def validate(cfg):
             raise ValueError(f"config: {key} must be one of {list(choices)}, got {value!r}")
     from data.datasets import get_dataset
     get_dataset(cfg.DATASETS.NAMES)  # a registered name or alias, else an error listing them
-    check_backbone(cfg.MODEL.TRANSFORMER_TYPE)
+    from modeling.backbone import backbone_spec
+    spec = backbone_spec(cfg.MODEL.TRANSFORMER_TYPE)  # registered, or a timm ViT / EVA02 name
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.MODEL.DEVICE):
         raise ValueError(f"config: MODEL.DEVICE must be auto, cpu, cuda or cuda:N (an NVIDIA GPU), got "
                          f"{cfg.MODEL.DEVICE!r}")
-    if cfg.SOLVER.BACKBONE_LR < 0 and cfg.MODEL.TRANSFORMER_TYPE not in ("ViT-B-16", "vit_base_patch16_224", "vit_custom"):
+    if cfg.SOLVER.BACKBONE_LR < 0 and spec.official_lr is None:
         raise ValueError(f"config: SOLVER.BACKBONE_LR must be set for the backbone {cfg.MODEL.TRANSFORMER_TYPE} "
                          f"(an LR, or 0 for BASE_LR x SOLVER.BACKBONE_LR_FACTOR); the official rule covers only "
-                         f"the CLIP and ImageNet ViT-B/16")
+                         f"the backbones of the official recipe")
     if cfg.SOLVER.BACKBONE_LR not in (-1.0, 0.0) and cfg.SOLVER.BACKBONE_LR < 0:
         raise ValueError(f"config: SOLVER.BACKBONE_LR must be > 0, 0 or -1, got {cfg.SOLVER.BACKBONE_LR}")
     for key, low, high, what in _RANGES:

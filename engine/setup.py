@@ -64,7 +64,8 @@ def resolve_device(cfg, local_rank=0, training=False):
             dev = "cuda"
         else:
             dev = "cpu"
-            if cfg.MODEL.TRANSFORMER_TYPE != "vit_custom":
+            from modeling.backbone import backbone_spec
+            if not backbone_spec(cfg.MODEL.TRANSFORMER_TYPE).small:
                 msg = (f"MODEL.DEVICE auto found no usable CUDA GPU: {_cuda_unavailable_reason()}. "
                        f"The {cfg.MODEL.TRANSFORMER_TYPE} recipe on the CPU takes days per run")
                 if training:

@@ -2,7 +2,7 @@
 import logging
 
 from .alignment import DeformableSampler, GlobalAlignment, LocalAlignment
-from .backbone import ViTBackbone, create_vit
+from .backbone import BackboneSpec, Encoder, ViTBackbone, backbone_spec, build_backbone, create_vit, register_backbone
 from .signal import MODALITIES, Signal
 from .sim import ModalInteraction, SelectiveInteraction, TokenSelection
 from .weights import (WeightsError, check_trained_config, load_finetune, load_pretrained_backbone, load_weights,
@@ -19,16 +19,12 @@ def build_model(cfg, num_classes, num_cameras, pretrained=True):
     (``weights.load_finetune``). ``pretrained=False`` skips MODEL.PRETRAIN_PATH (when a full checkpoint is
     loaded afterwards)."""
     m = cfg.MODEL
-    vit = create_vit(m.TRANSFORMER_TYPE, cfg.INPUT.SIZE_TRAIN, drop_path=m.DROP_PATH, drop=m.DROP_OUT,
-                     attn_drop=m.ATT_DROP_RATE, custom=dict(m.CUSTOM_VIT))
-    backbone = ViTBackbone(vit, num_cameras if m.SIE_CAMERA else 0, m.SIE_COE)
-    backbone.set_fused_attn(m.FUSED_ATTN)
-    backbone.grad_checkpointing = m.GRAD_CHECKPOINT
+    backbone = build_backbone(cfg, num_cameras)
     state = read_checkpoint(m.PRETRAIN_PATH) if pretrained and m.PRETRAIN_PATH else None
     whole = signal_model_state(state) if state is not None else None
     if state is not None and whole is None:
         load_pretrained_backbone(backbone, m.PRETRAIN_PATH, state)
-    elif pretrained and m.TRANSFORMER_TYPE != "vit_custom":
+    elif pretrained and not backbone_spec(m.TRANSFORMER_TYPE).small:
         logger.warning("!" * 80)
         logger.warning("MODEL.PRETRAIN_PATH is empty: the %s backbone starts from RANDOM weights. "
                        "Set MODEL.PRETRAIN_PATH to a local checkpoint to reproduce published results.",
@@ -61,5 +57,6 @@ def load_eval_model(cfg, path):
 
 
 __all__ = ["build_model", "load_eval_model", "load_weights", "load_pretrained_backbone", "Signal", "ViTBackbone", "create_vit",
+           "BackboneSpec", "Encoder", "backbone_spec", "build_backbone", "register_backbone",
            "SelectiveInteraction", "TokenSelection", "ModalInteraction", "GlobalAlignment", "LocalAlignment",
            "DeformableSampler", "WeightsError", "MODALITIES"]

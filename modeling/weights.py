@@ -71,9 +71,10 @@ def _check_and_load(module, state, path, what, ignore_missing=()):
     module.load_state_dict(state, strict=False)
 
 
-def convert_backbone_state(state, vit):
-    """OpenAI CLIP (``visual.*``) or timm ViT state dict -> the timm ``vit`` state dict (float32, position
-    embedding resized bilinearly, align_corners=False, no antialias)."""
+def convert_backbone_state(state, vit, bilinear=True):
+    """OpenAI CLIP (``visual.*``) or timm ViT / EVA state dict -> the timm ``vit`` state dict (float32). The
+    position embedding is resized bilinearly (align_corners=False, no antialias) as the official code does, or
+    with timm's own resampling (``bilinear=False``)."""
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     if isinstance(vit, Eva):
@@ -84,7 +85,7 @@ def convert_backbone_state(state, vit):
         return {k: v for k, v in eva_filter(state, vit).items() if k in own or not k.startswith("head")}
     if "visual.class_embedding" in state:
         state = {k: v for k, v in state.items() if k.startswith("visual.")}
-    if getattr(vit, "signal_bilinear_pos_embed", True):
+    if bilinear:
         out = checkpoint_filter_fn(state, vit, interpolation="bilinear", antialias=False)
     else:
         out = checkpoint_filter_fn(state, vit)
@@ -97,10 +98,25 @@ def convert_backbone_state(state, vit):
     return out
 
 
+def convert_official_vit_state(state, vit):
+    """A CLIP / timm ViT checkpoint as the official code loads it: position embedding resized bilinearly."""
+    return convert_backbone_state(state, vit, bilinear=True)
+
+
+def convert_timm_state(state, vit):
+    """A timm ViT / EVA checkpoint (or OpenCLIP / Meta naming) with timm's own conversion and resampling."""
+    return convert_backbone_state(state, vit, bilinear=False)
+
+
 def load_pretrained_backbone(backbone, path, state=None):
-    """Load pretrained weights (read from ``path`` unless ``state`` is given) into ``backbone.vit``; the
-    camera table stays randomly initialised."""
-    state = convert_backbone_state(read_checkpoint(path) if state is None else state, backbone.vit)
+    """Load pretrained weights (read from ``path`` unless ``state`` is given) into ``backbone.vit`` with its
+    backbone spec's conversion; the camera table stays randomly initialised."""
+    spec = getattr(backbone.vit, "signal_spec", None)
+    convert = spec.convert if spec is not None else convert_official_vit_state
+    if convert is None:
+        raise WeightsError(f"MODEL.PRETRAIN_PATH {path}: the backbone {spec.name} takes no pretrained checkpoint "
+                           f"(its spec has no converter)")
+    state = convert(read_checkpoint(path) if state is None else state, backbone.vit)
     _check_and_load(backbone.vit, state, path, "backbone")
     logger.info("Loaded pretrained backbone weights from %s (%d tensors)", path, len(state))
 
@@ -133,7 +149,7 @@ def convert_official_state(state, model):
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     prefix = "clip_vision_encoder.base."
     visual = {"visual." + k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    out = {"backbone.vit." + k: v for k, v in convert_backbone_state(visual, model.backbone.vit).items()}
+    out = {"backbone.vit." + k: v for k, v in convert_official_vit_state(visual, model.backbone.vit).items()}
     for k, v in state.items():
         if k.startswith(prefix) or _OFFICIAL_UNUSED.match(k):
             continue

@@ -13,18 +13,18 @@ from timm.scheduler.scheduler import Scheduler
 from utils.versions import torch_version
 
 
-_LEGACY_BACKBONES = ("ViT-B-16", "vit_base_patch16_224", "vit_custom")
-
 
 def backbone_lr(cfg):
     """The backbone LR: SOLVER.BACKBONE_LR when >= 0 (0: BASE_LR x BACKBONE_LR_FACTOR); the default -1 is the
-    official rule (5e-6 for the CLIP ViT-B-16, BASE_LR x BACKBONE_LR_FACTOR for the ImageNet ViT and the small
-    ViT). A timm-named backbone needs an explicit value (checked with the config)."""
+    official rule of the backbone's spec (``BackboneSpec.official_lr``: 5e-6 for the CLIP ViT-B-16, BASE_LR x
+    BACKBONE_LR_FACTOR for the ImageNet ViT and the small ViT). A backbone without one needs an explicit value
+    (checked with the config)."""
     s = cfg.SOLVER
     if s.BACKBONE_LR > 0:
         return s.BACKBONE_LR
-    if s.BACKBONE_LR < 0 and cfg.MODEL.TRANSFORMER_TYPE == "ViT-B-16":
-        return 5e-6
+    if s.BACKBONE_LR < 0:
+        from modeling.backbone import backbone_spec
+        return backbone_spec(cfg.MODEL.TRANSFORMER_TYPE).official_lr(s)
     return s.BASE_LR * s.BACKBONE_LR_FACTOR
 
 

@@ -5,6 +5,14 @@ import logging
 import os
 import re
 
+import pytest
+
+from utils.versions import torch_version
+
+# Long runs whose subject does not depend on the torch version (tools, worked examples): checked on the
+# newest stack only, to keep the oldest stack's suite short.
+newest_stack_only = pytest.mark.skipif(torch_version() < (2, 3), reason="checked on the newest torch stack")
+
 
 def result_file(out, prefix):
     """The one test.py result ``<prefix>_<evaluation hash>.json`` in ``out`` (``prefix`` like

@@ -64,10 +64,15 @@ def test_class_token_equals_timms_own_loading(tmp_path, name, size, registers, f
 
 
 def test_a_file_name_does_not_decide_the_format(tmp_path):
+    """A safetensors file named .pth loads as safetensors: every tensor arrives with its values."""
     path = str(tmp_path / "weights.pth")
     from safetensors.torch import save_file
-    save_file({k: v.contiguous() for k, v in _random_timm("vit_small_patch16_dinov3").state_dict().items()}, path)
-    load_pretrained_backbone(ViTBackbone(create_vit("vit_small_patch16_dinov3", (64, 32)), 0), path)
+    state = {k: v.contiguous() for k, v in _random_timm("vit_small_patch16_dinov3").state_dict().items()}
+    save_file(state, path)
+    backbone = ViTBackbone(create_vit("vit_small_patch16_dinov3", (64, 32)), 0)
+    load_pretrained_backbone(backbone, path)
+    loaded = backbone.vit.state_dict()
+    assert sorted(loaded) == sorted(state) and all(torch.equal(loaded[k], state[k]) for k in state)
 
 
 def test_missing_keys_are_listed(tmp_path):

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from .conftest import ROOT
+from .helpers import newest_stack_only
 
 DOC = os.path.join(ROOT, "docs", "extending.md")
 _FILE_BLOCK = re.compile(r"File `([^`]+)` \((new|append)\):\n\n```\w+\n(.*?)```", re.S)
@@ -63,6 +64,7 @@ def repo(tmp_path_factory):
     return repository_copy(str(tmp_path_factory.mktemp("repo")))
 
 
+@newest_stack_only
 def test_a_new_dataset_layout_is_one_module_and_one_import(repo, tmp_path):
     section = doc_section("A dataset layout")
     assert apply_file_blocks(section, repo) == ["data/datasets/mmveh.py", "data/datasets/__init__.py"]
@@ -91,3 +93,36 @@ def test_a_new_dataset_layout_is_one_module_and_one_import(repo, tmp_path):
     r = subprocess.run([sys.executable, "train.py", "--config_file", str(tmp_path / "mmveh.yml"), "DATASETS.NAMES",
                         "MMVeh2"], cwd=repo, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "'MMVeh'" in r.stderr and "got 'MMVeh2'" in r.stderr, r.stderr[-2000:]
+
+
+@newest_stack_only
+def test_a_backbone_timm_does_not_build_is_one_module_and_one_import(repo, tmp_path):
+    section = doc_section("A backbone that is not a timm ViT")
+    assert apply_file_blocks(section, repo) == ["modeling/torch_vit.py", "modeling/__init__.py"]
+    (text,) = blocks(section, "yaml")
+    cfg = yaml.safe_load(text)
+    cfg["DATASETS"]["ROOT_DIR"], cfg["OUTPUT_DIR"] = str(tmp_path / "data"), str(tmp_path / "run")
+    (tmp_path / "tv.yml").write_text(yaml.safe_dump(cfg))
+    run(repo, "train.py", "--config_file", str(tmp_path / "tv.yml"))
+    log = open(tmp_path / "run" / "train_log.txt").read()
+    assert "Model: torch_vit_tiny" in log and "RANDOM weights" not in log  # small: no random-weights warning
+    records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [r for r in records if "mAP" in r]
+    # the backbone's parameters train at the spec's LR rule (BASE_LR x BACKBONE_LR_FACTOR), the heads at BASE_LR
+    probe = ("import sys; sys.argv[1:] = []; from config import load_config; from modeling import build_model; "
+             "from solver import build_optimizer; cfg = load_config(%r); m = build_model(cfg, 4, 3); "
+             "o = build_optimizer(cfg, m); ids = {id(p): n for n, p in m.named_parameters()}; "
+             "part = lambda n: n.split('.')[n.startswith('backbone.')]; "
+             "print(sorted({(part(ids[id(p)]), g['lr']) for g in o.param_groups for p in g['params'] "
+             "if ids[id(p)].endswith('weight')}))" % str(tmp_path / "tv.yml"))
+    lrs = dict(eval(run(repo, "-c", probe).stdout.strip().splitlines()[-1]))
+    assert lrs["vit"] == pytest.approx(3.5e-4 * 0.8) and lrs["sim"] == pytest.approx(3.5e-4)
+    # no converter: MODEL.PRETRAIN_PATH is refused by name (exit code 2, one line)
+    ckpt = tmp_path / "w.pth"
+    import torch
+    torch.save({"patch_embed.weight": torch.zeros(1)}, ckpt)
+    r = subprocess.run([sys.executable, "train.py", "--config_file", str(tmp_path / "tv.yml"), "OUTPUT_DIR",
+                        str(tmp_path / "run2"), "MODEL.PRETRAIN_PATH", str(ckpt)], cwd=repo, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 2 and "the backbone torch_vit_tiny takes no pretrained checkpoint" in r.stderr, \
+        r.stderr[-2000:]

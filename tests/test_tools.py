@@ -5,20 +5,20 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from modeling import build_model
-from utils.versions import torch_version
+from utils.errors import UsageError
 
 from .conftest import ROOT
+from .helpers import newest_stack_only
 
 # Benchmarks, ablations and the timm-backbone runs of the visual tools train or build many models end to end;
 # the tools' own code is the same on every torch, so they run on the newest supported stack only (the library
 # code they call, and each tool on the small model, are tested on every stack).
-newest_stack_only = pytest.mark.skipif(torch_version() < (2, 3), reason="tool benchmark: checked on the newest "
-                                                                         "torch stack")
 
 TOOLS = os.path.join(ROOT, "tools")
 
@@ -69,14 +69,19 @@ def test_visual_tools_write_images(tiny_setup, tool, monkeypatch):
     out = d / (tool + ".png")
     run_inprocess([os.path.join(TOOLS, tool), "--config_file", cfg, "--weight", weight, "--output", str(out),
                    "--num-" + ("query" if tool == "vis_ranklist.py" else "samples"), "2"], d, monkeypatch)
-    img = Image.open(out)
-    assert img.width > 100 and img.height > 100
+    img = np.asarray(Image.open(out).convert("RGB"))
+    assert img.shape[0] > 100 and img.shape[1] > 100
+    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 200 and img.std() > 20  # drawn samples, not a blank page
+    if tool == "vis_ranklist.py":  # each of the 2 queries' 5 results is framed green (a match) or red
+        frames = (np.all(img == (0, 170, 0), -1) | np.all(img == (220, 0, 0), -1)).sum()
+        assert frames >= 2 * 5 * 4 * 8, frames
 
 
 def test_tools_write_to_output_dir_by_default(tiny_setup, monkeypatch):
     d, cfg, weight = tiny_setup
     run_inprocess([os.path.join(TOOLS, "vis_cam.py"), "--config_file", cfg, "--weight", weight, "--num-samples", "1"],
                   d, monkeypatch)
+    assert sorted(os.listdir(d / "out")) == ["vis_cam.png"]  # OUTPUT_DIR/<tool>.png, nothing else
     assert Image.open(d / "out" / "vis_cam.png").width > 100
 
 
@@ -128,7 +133,7 @@ def test_ablate_writes_table_and_curves(tiny_setup, tmp_path, monkeypatch):
         argv = sys.argv
         sys.argv = base[1:] + list(extra)
         try:
-            with pytest.raises(SystemExit) as e:
+            with pytest.raises((UsageError, SystemExit)) as e:
                 ablate.main()
         finally:
             sys.argv = argv
@@ -282,7 +287,7 @@ def test_sweep_trains_the_grid_and_selects_on_validation(tiny_setup, tmp_path):
     argv = sys.argv
     sys.argv = base
     try:  # refused before anything trains (in this process: no interpreter start-up)
-        with pytest.raises(SystemExit, match="DATASETS.VAL_IDS"):
+        with pytest.raises(UsageError, match="DATASETS.VAL_IDS"):
             ablate.main()
     finally:
         sys.argv = argv

@@ -38,7 +38,8 @@ from engine import train_step as engine_train_step  # noqa: E402
 from engine.amp import autocast_context  # noqa: E402
 from layers import build_loss  # noqa: E402
 from data.datasets import dataset_of, reference_sizes  # noqa: E402
-from modeling import MODALITIES, build_model  # noqa: E402
+from modeling import MODALITIES, backbone_spec, build_model  # noqa: E402
+from modeling.backbone import backbone_names  # noqa: E402
 from solver import build_optimizer  # noqa: E402
 from utils.cpu import keep_freed_memory  # noqa: E402
 from utils.metrics import Evaluator  # noqa: E402
@@ -202,9 +203,6 @@ def bench_eval(cfg, device):
 # Side by side with the official code (utils/official.py)
 # ----------------------------------------------------------------------------------------------------
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OFFICIAL_BACKBONES = ("ViT-B-16", "vit_custom")
-
-
 def pk_batch(cfg, b, num_classes, num_cameras):
     """A training batch of P identities x K instances (K = NUM_INSTANCE, at most b / 2), fixed seed."""
     h, w = cfg.INPUT.SIZE_TRAIN
@@ -273,9 +271,10 @@ def side_figures(args, side, keep_freed):
 
 def side_by_side(cfg, args, rate):
     """Every figure, official and ours, then the table."""
-    if cfg.MODEL.TRANSFORMER_TYPE not in OFFICIAL_BACKBONES:
+    if not backbone_spec(cfg.MODEL.TRANSFORMER_TYPE).official:
         raise UsageError(f"--official: the official code has the CLIP backbone only; MODEL.TRANSFORMER_TYPE is "
-                         f"{cfg.MODEL.TRANSFORMER_TYPE!r}, expected one of {', '.join(OFFICIAL_BACKBONES)}")
+                         f"{cfg.MODEL.TRANSFORMER_TYPE!r}, expected one of "
+                         f"{', '.join(n for n in backbone_names() if backbone_spec(n).official)}")
     sys.path.insert(0, os.path.join(ROOT, "tools"))
     import benchmark_eval
     import benchmark_reranking
