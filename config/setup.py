@@ -6,6 +6,8 @@ import re
 import yaml
 from yacs.config import CfgNode as CN
 
+from utils.mapping import flatten  # noqa: F401 (re-exported)
+
 from .defaults import _C
 
 _TRUE = {"yes", "true", "on", "1"}
@@ -323,17 +325,6 @@ def get_cfg():
     (``_BASE_`` inheritance, yes/no booleans, errors naming unknown keys and ill-typed values); ``freeze()``
     runs the config checks."""
     return SignalConfig(_C.clone())
-
-
-def flatten(node, prefix=""):
-    """{'SECTION.KEY': value} of a (nested) config mapping (a CfgNode or a loaded YAML dict)."""
-    out = {}
-    for k, v in node.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, prefix + k + "."))
-        else:
-            out[prefix + k] = v
-    return out
 
 
 def load_config(config_file="", opts=(), freeze=True):

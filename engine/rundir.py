@@ -18,6 +18,7 @@ import yaml
 from config.setup import flatten
 from utils.checkpoint import load_checkpoint
 
+from modeling.branches import branch_keys
 from utils.errors import SetupError
 
 logger = logging.getLogger("signal.run")
@@ -35,10 +36,10 @@ FREE_KEYS = {"OUTPUT_DIR", "DATASETS.ROOT_DIR", "MODEL.DEVICE", "MODEL.COMPILE",
 
 
 # Keys that change the model's tensors: a resume cannot change them (fine-tune into a new folder instead).
-SHAPE_KEYS = ("MODEL.TRANSFORMER_TYPE", "MODEL.CUSTOM_VIT.", "MODEL.SIE_CAMERA", "MODEL.DIRECT", "MODEL.USE_SIM",
-              "MODEL.SIM_HEADS", "MODEL.USE_GAM", "MODEL.USE_LAM", "MODEL.LAM_OFFSET_CHANNELS", "MODEL.LAM_KERNEL",
-              "MODEL.LAM_STRIDE", "INPUT.SIZE_TRAIN", "INPUT.SIZE_TEST", "DATASETS.NAMES", "DATASETS.VAL_IDS",
-              "DATASETS.CUSTOM.", "DATASETS.SYNTHETIC.NUM_TRAIN_IDS", "DATASETS.SYNTHETIC.NUM_CAMERAS")
+# Each branch adds its own (BranchSpec.shape_keys).
+SHAPE_KEYS = ("MODEL.TRANSFORMER_TYPE", "MODEL.CUSTOM_VIT.", "MODEL.SIE_CAMERA", "MODEL.DIRECT", "INPUT.SIZE_TRAIN",
+              "INPUT.SIZE_TEST", "DATASETS.NAMES", "DATASETS.VAL_IDS", "DATASETS.CUSTOM.",
+              "DATASETS.SYNTHETIC.NUM_TRAIN_IDS", "DATASETS.SYNTHETIC.NUM_CAMERAS") + branch_keys("shape_keys")
 
 
 class RunFolderError(SetupError):

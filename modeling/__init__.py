@@ -2,6 +2,7 @@
 import logging
 
 from .alignment import DeformableSampler, GlobalAlignment, LocalAlignment
+from .branches import BranchSpec, branch_specs, build_branches, register_branch
 from .backbone import BackboneSpec, Encoder, ViTBackbone, backbone_spec, build_backbone, create_vit, register_backbone
 from .signal import MODALITIES, Signal
 from .sim import ModalInteraction, SelectiveInteraction, TokenSelection
@@ -30,13 +31,8 @@ def build_model(cfg, num_classes, num_cameras, pretrained=True):
                        "Set MODEL.PRETRAIN_PATH to a local checkpoint to reproduce published results.",
                        m.TRANSFORMER_TYPE)
         logger.warning("!" * 80)
-    d = backbone.out_dim
-    sim = SelectiveInteraction(d, m.TOPK, m.SIM_HEADS, m.SIM_MASK_UNSELECTED) if m.USE_SIM else None
-    gam = GlobalAlignment(m.GAM_TEMPERATURE, official_precision=not cfg.SOLVER.AMP_FP32_LOSSES,
-                          gather=cfg.SOLVER.GATHER_EMBEDDINGS) if m.USE_GAM else None
-    lam = LocalAlignment(d, backbone.grid, MODALITIES, m.LAM_KERNEL, m.LAM_STRIDE, m.LAM_OFFSET_RANGE,
-                         m.LAM_OFFSET_CHANNELS) if m.USE_LAM else None
-    model = Signal(backbone, num_classes, direct=bool(m.DIRECT), sim=sim, gam=gam, lam=lam,
+    model = Signal(backbone, num_classes, direct=bool(m.DIRECT), branches=build_branches(cfg, backbone.out_dim,
+                                                                                         backbone.grid),
                    feat_norm=cfg.TEST.FEAT_NORM)
     if whole is not None:
         load_finetune(model, whole, m.PRETRAIN_PATH)
@@ -57,6 +53,6 @@ def load_eval_model(cfg, path):
 
 
 __all__ = ["build_model", "load_eval_model", "load_weights", "load_pretrained_backbone", "Signal", "ViTBackbone", "create_vit",
-           "BackboneSpec", "Encoder", "backbone_spec", "build_backbone", "register_backbone",
+           "BackboneSpec", "Encoder", "backbone_spec", "BranchSpec", "branch_specs", "build_branches", "register_branch", "build_backbone", "register_backbone",
            "SelectiveInteraction", "TokenSelection", "ModalInteraction", "GlobalAlignment", "LocalAlignment",
            "DeformableSampler", "WeightsError", "MODALITIES"]

@@ -30,6 +30,12 @@ class GlobalAlignment(nn.Module):
         self.official_precision = official_precision
         self.gather = gather
 
+    feat_dim = 0  # a loss-only branch
+
+    def branch_outputs(self, cls, patches):
+        """Signal's branch contract (modeling/branches): the GAM loss term."""
+        return {"loss": self(patches)}
+
     def forward(self, patches):
         """patches [B, 3, N, D] -> scalar loss."""
         f = F.normalize((patches if self.official_precision else patches.float()).mean(2), dim=-1)
@@ -106,6 +112,12 @@ class LocalAlignment(nn.Module):
         self.grid = (H, W)
         self.samplers = nn.ModuleDict({m: DeformableSampler(dim, kernel_size, stride, offset_range, offset_channels)
                                        for m in modalities})
+
+    feat_dim = 0  # a loss-only branch
+
+    def branch_outputs(self, cls, patches):
+        """Signal's branch contract (modeling/branches): the LAM loss term."""
+        return {"loss": self(patches)}
 
     def to_maps(self, patches):
         """[B, M, N, D] -> list of M maps [B, D, H, W]."""

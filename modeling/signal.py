@@ -1,8 +1,9 @@
 """Signal: Selective Interaction and Global-local Alignment for multi-modal object ReID (AAAI 2026).
 
 The three modalities go through one shared ViT (stacked into one batch). Heads: the concatenated class
-tokens (``direct=True``) or one head per modality, plus the SIM head. Training returns a dict of named
-outputs; evaluation returns the test feature ``concat[c_R, c_N, c_T, SIM feature]`` before BN.
+tokens (``direct=True``) or one head per modality, plus one per branch with a feature (SIM). Training
+returns a dict of named outputs (``heads`` and each branch's loss term: ``gam``, ``lam``); evaluation returns
+the test feature ``concat[c_R, c_N, c_T, branch features (SIM)]`` before BN.
 """
 import torch
 import torch.nn as nn
@@ -28,15 +29,16 @@ def classifier(dim, num_classes):
 
 class Signal(nn.Module):
     """Args:
-        backbone: a ``ViTBackbone`` shared by the modalities.
+        backbone: an ``Encoder`` shared by the modalities (modeling/backbone.py).
         num_classes: training identities.
         direct: one head on the concatenated class tokens (True) or one head per modality (False).
-        sim, gam, lam: the three modules, or None when disabled.
+        branches: {name: branch module, or None when switched off}, in order (modeling/branches): each
+            becomes the attribute ``name``; one with a feature gets a head (``bottleneck_<name>``,
+            ``classifier_<name>``) and adds its eval feature after the class tokens.
         feat_norm: L2-normalise the evaluation feature.
     """
 
-    def __init__(self, backbone, num_classes: int, direct: bool = True, sim=None, gam=None, lam=None,
-                 feat_norm: bool = True):
+    def __init__(self, backbone, num_classes: int, direct: bool = True, branches=None, feat_norm: bool = True):
         super().__init__()
         self.backbone = backbone
         d = backbone.out_dim
@@ -47,18 +49,22 @@ class Signal(nn.Module):
         else:
             self.bottlenecks = nn.ModuleDict({m: bn_neck(d) for m in MODALITIES})
             self.classifiers = nn.ModuleDict({m: classifier(d, num_classes) for m in MODALITIES})
-        self.sim = sim
-        if sim is not None:
-            self.bottleneck_sim = bn_neck(3 * d)
-            self.classifier_sim = classifier(3 * d, num_classes)
-        self.gam = gam
-        self.lam = lam
+        self.branch_names = tuple((branches or {}).keys())
+        for name, module in (branches or {}).items():
+            setattr(self, name, module)
+            if module is not None and module.feat_dim:
+                setattr(self, f"bottleneck_{name}", bn_neck(module.feat_dim))
+                setattr(self, f"classifier_{name}", classifier(module.feat_dim, num_classes))
         self.feat_norm = feat_norm
+
+    def branches(self):
+        """(name, module) of the enabled branches, in order."""
+        return [(n, getattr(self, n)) for n in self.branch_names if getattr(self, n) is not None]
 
     @property
     def feat_dim(self):
         """Width of the evaluation feature."""
-        return self.backbone.out_dim * (6 if self.sim is not None else 3)
+        return 3 * self.backbone.out_dim + sum(m.feat_dim for _, m in self.branches())
 
     def encode(self, images, cam_label=None):
         """Shared backbone on the stacked modalities -> (class tokens [B, 3, D], patches [B, 3, N, D])."""
@@ -72,10 +78,10 @@ class Signal(nn.Module):
 
     def forward(self, images, cam_label=None):
         cls, patches = self.encode(images, cam_label)
-        sim_feat = self.sim(patches, cls) if self.sim is not None else None
+        # loss-only branches are not run at evaluation
+        outs = {name: m.branch_outputs(cls, patches) for name, m in self.branches() if self.training or m.feat_dim}
         if not self.training:
-            feats = [cls.flatten(1)] + ([sim_feat] if sim_feat is not None else [])
-            feat = torch.cat(feats, 1)
+            feat = torch.cat([cls.flatten(1)] + [o.get("eval", o["feature"]) for o in outs.values() if "feature" in o], 1)
             return F.normalize(feat, dim=1) if self.feat_norm else feat
         heads = {}
         if self.direct:
@@ -84,11 +90,10 @@ class Signal(nn.Module):
         else:
             for i, m in enumerate(MODALITIES):
                 heads[m] = {"score": self.classifiers[m](self.bottlenecks[m](cls[:, i])), "feat": cls[:, i]}
-        if sim_feat is not None:
-            heads["sim"] = {"score": self.classifier_sim(self.bottleneck_sim(sim_feat)), "feat": sim_feat}
+        for name, o in outs.items():
+            if "feature" in o:
+                score = getattr(self, f"classifier_{name}")(getattr(self, f"bottleneck_{name}")(o["feature"]))
+                heads[name] = {"score": score, "feat": o["feature"]}
         out = {"heads": heads}
-        if self.gam is not None:
-            out["gam"] = self.gam(patches)
-        if self.lam is not None:
-            out["lam"] = self.lam(patches)
+        out.update({name: o["loss"] for name, o in outs.items() if "loss" in o})
         return out

@@ -87,6 +87,11 @@ class SelectiveInteraction(nn.Module):
         self.selection = TokenSelection(dim, topk)
         self.interaction = ModalInteraction(dim, num_heads)
         self.mask_unselected = mask_unselected
+        self.feat_dim = 3 * dim  # the branch feature: the three class tokens after interaction
+
+    def branch_outputs(self, cls, patches):
+        """Signal's branch contract (modeling/branches): the fused feature, for a head and the eval feature."""
+        return {"feature": self(patches, cls)}
 
     def select(self, patches, cls):
         """Union of the intra- and inter-modal masks, bool [B, M, N]."""

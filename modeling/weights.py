@@ -171,7 +171,7 @@ def signal_model_state(state):
     return None
 
 
-_CLASSIFIER = re.compile(r"^(classifier|classifiers\.\w+|classifier_sim)\.")
+_CLASSIFIER = re.compile(r"^(classifier|classifiers\.\w+|classifier_\w+)\.")  # every head's classifier
 
 
 def load_finetune(model, state, path):
@@ -227,9 +227,9 @@ def model_sizes(state, path):
 
 
 # Keys that change what an evaluated model computes: the evaluation config must agree with the checkpoint's.
+# Each branch adds its own (BranchSpec.model_keys).
 _MODEL_KEYS = ("MODEL.TRANSFORMER_TYPE", "MODEL.CUSTOM_VIT.", "MODEL.SIE_CAMERA", "MODEL.SIE_COE", "MODEL.DIRECT",
-               "MODEL.USE_SIM", "MODEL.TOPK", "MODEL.SIM_MASK_UNSELECTED", "MODEL.SIM_HEADS", "MODEL.USE_GAM",
-               "MODEL.USE_LAM", "MODEL.LAM_", "INPUT.SIZE_TEST", "INPUT.PIXEL_MEAN", "INPUT.PIXEL_STD")
+               "INPUT.SIZE_TEST", "INPUT.PIXEL_MEAN", "INPUT.PIXEL_STD")
 
 
 def check_trained_config(state, cfg, path):
@@ -238,12 +238,14 @@ def check_trained_config(state, cfg, path):
     instead of a list of key mismatches, or a silently different model (another MODEL.TOPK)."""
     import yaml
 
-    from config.setup import flatten
+    from utils.mapping import flatten
     saved = state.get("config") if isinstance(state, dict) else None
     if not isinstance(saved, str):
         return
     trained, asked = flatten(yaml.safe_load(saved) or {}), flatten(cfg)
-    diff = [k for k in sorted(asked) if k.startswith(_MODEL_KEYS) and k in trained and trained[k] != asked[k]]
+    from .branches import branch_keys
+    keys = _MODEL_KEYS + branch_keys("model_keys")
+    diff = [k for k in sorted(asked) if k.startswith(keys) and k in trained and trained[k] != asked[k]]
     if diff:
         raise WeightsError(f"{path} was trained with " + ", ".join(f"{k} {trained[k]!r}" for k in diff)
                            + "; the config asks for " + ", ".join(f"{asked[k]!r}" for k in diff)

@@ -126,3 +126,30 @@ def test_a_backbone_timm_does_not_build_is_one_module_and_one_import(repo, tmp_p
                        text=True, timeout=300)
     assert r.returncode == 2 and "the backbone torch_vit_tiny takes no pretrained checkpoint" in r.stderr, \
         r.stderr[-2000:]
+
+
+@newest_stack_only
+def test_a_branch_is_one_module_and_its_config_keys(repo, tmp_path):
+    section = doc_section("A branch like SIM, GAM or LAM")
+    assert apply_file_blocks(section, repo) == ["modeling/branches/patch_mean.py", "config/defaults.py"]
+    (text,) = blocks(section, "yaml")
+    cfg = yaml.safe_load(text)
+    cfg["DATASETS"]["ROOT_DIR"], cfg["OUTPUT_DIR"] = str(tmp_path / "data"), str(tmp_path / "run")
+    (tmp_path / "pm.yml").write_text(yaml.safe_dump(cfg))
+    run(repo, "train.py", "--config_file", str(tmp_path / "pm.yml"))
+    log = open(tmp_path / "run" / "train_log.txt").read()
+    assert "test feature 576-d" in log
+    (record,) = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert {"id_patch_mean", "tri_patch_mean", "patch_mean", "id_sim", "gam", "lam", "mAP"} <= set(record)
+    assert record["patch_mean"] > 0
+    # the checkpoint holds the branch and its head; evaluating it with the branch off is refused by name
+    r = subprocess.run([sys.executable, "test.py", "--config_file", str(tmp_path / "pm.yml"), "TEST.WEIGHT",
+                        str(tmp_path / "run" / "best.pth"), "MODEL.USE_PATCH_MEAN", "no"], cwd=repo,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "MODEL.USE_PATCH_MEAN True" in r.stderr, r.stderr[-2000:]
+    run(repo, "test.py", "--config_file", str(tmp_path / "pm.yml"), "TEST.WEIGHT", str(tmp_path / "run" / "best.pth"))
+    # a resume cannot switch it off
+    r = subprocess.run([sys.executable, "train.py", "--config_file", str(tmp_path / "pm.yml"), "--resume",
+                        "--allow-change", "all", "MODEL.USE_PATCH_MEAN", "no", "SOLVER.MAX_EPOCHS", "2"], cwd=repo,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "MODEL.USE_PATCH_MEAN" in r.stderr, r.stderr[-2000:]

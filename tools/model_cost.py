@@ -22,13 +22,7 @@ from data.datasets import dataset_of  # noqa: E402
 
 def parameter_rows(model):
     rows = []
-    groups = {"backbone": model.backbone}
-    if model.sim is not None:
-        groups["SIM"] = model.sim
-    if model.gam is not None:
-        groups["GAM"] = model.gam
-    if model.lam is not None:
-        groups["LAM"] = model.lam
+    groups = {"backbone": model.backbone, **{name.upper(): m for name, m in model.branches()}}
     covered = {id(p) for m in groups.values() for p in m.parameters()}
     heads = [p for p in model.parameters() if id(p) not in covered]
     for name, params in [(n, list(m.parameters())) for n, m in groups.items()] + [("heads (BN + classifiers)", heads)]:

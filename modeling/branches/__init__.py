@@ -1,0 +1,68 @@
+"""Signal's branches: modules that read the shared encoder's tokens and add a feature, a loss term, or both.
+
+A branch is registered once with a ``BranchSpec``; Signal builds the enabled ones in ``order`` and, for each,
+a BN neck and classifier when it has a feature (``bottleneck_<name>`` / ``classifier_<name>``), appends its
+eval feature after the class tokens, and returns its loss term as ``outputs[<name>]``, which the loss
+weights with ``loss_weight(cfg)``. Every module of this folder is imported (and so registered) with it: a new
+branch is one file here plus its config keys in config/defaults.py (docs/extending.md).
+
+A branch module has:
+    ``feat_dim``: the width of its feature (0: a loss-only branch, not run at evaluation);
+    ``branch_outputs(cls, patches)`` with ``cls`` [B, 3, D] and ``patches`` [B, 3, N, D] -> a dict of
+        ``feature`` [B, F] (its head's feature and, unless ``eval`` is given, its eval feature),
+        ``eval`` [B, F] (optional) and ``loss`` (a scalar, its loss term before weighting).
+"""
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
+
+
+@dataclass(frozen=True)
+class BranchSpec:
+    """Args:
+        name: attribute and state-dict prefix of the module, name of its head and loss term.
+        build: ``build(cfg, width, grid)`` -> the module, or None when its config switch is off (``width``:
+            the encoder's token width D, ``grid``: its patch rows and columns).
+        order: position among the branches (features are concatenated, heads and losses listed, in order).
+        loss_weight: ``loss_weight(cfg)`` -> the weight of its loss term (a branch that returns ``loss``).
+        shape_keys: config keys (or prefixes) that change its tensors: a resumed run cannot change them.
+        model_keys: config keys (or prefixes) that change what it computes at evaluation: a checkpoint is
+            evaluated with its training values.
+    """
+    name: str
+    build: Callable
+    order: int = 100
+    loss_weight: Optional[Callable] = None
+    shape_keys: Tuple[str, ...] = ()
+    model_keys: Tuple[str, ...] = ()
+
+
+_BRANCHES = {}
+
+
+def register_branch(spec):
+    """Register ``spec`` under ``spec.name`` (a name another spec holds is an error); returns it."""
+    if spec.name in _BRANCHES and _BRANCHES[spec.name].build is not spec.build:
+        raise ValueError(f"branch {spec.name!r} is already registered")
+    _BRANCHES[spec.name] = spec
+    return spec
+
+
+def branch_specs():
+    """The registered branches, in their order."""
+    return sorted(_BRANCHES.values(), key=lambda s: (s.order, s.name))
+
+
+def build_branches(cfg, width, grid):
+    """{name: module or None (switched off)} of every registered branch, in order."""
+    return {spec.name: spec.build(cfg, width, grid) for spec in branch_specs()}
+
+
+def branch_keys(kind):
+    """The config keys every branch declares as ``shape_keys`` or ``model_keys`` (``kind``)."""
+    return tuple(k for spec in branch_specs() for k in getattr(spec, kind))
+
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
