@@ -117,7 +117,7 @@ _C.DATASETS.VAL_IDS = 0.0
 # in every modality folder stops the start with the list of such files; yes leaves them out, listing each
 # in a warning.
 _C.DATASETS.SKIP_UNPAIRED = False
-# Your own data, no code (DATASETS.NAMES Custom; README "Your own data").
+# Your own data, no code (DATASETS.NAMES Custom; docs/data.md "Your own data").
 _C.DATASETS.CUSTOM = CN()
 # Folder under ROOT_DIR, and its split folders. GALLERY equal to QUERY: gallery = query (RGBNT201 style).
 _C.DATASETS.CUSTOM.FOLDER = ""

@@ -16,7 +16,7 @@ import socket
 import yaml
 
 from config.setup import flatten
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import read_checkpoint
 
 from modeling.branches import branch_keys
 from utils.errors import SetupError
@@ -199,7 +199,7 @@ def prepare_run_folder(cfg, resume=False, overwrite=False, allow_changes=(), mai
     distributed run (``main_process`` False) only read the checkpoint."""
     out = cfg.OUTPUT_DIR
     if not main_process:
-        state = load_checkpoint(os.path.join(out, "last.pth"), "training checkpoint") if resume else None
+        state = read_checkpoint(os.path.join(out, "last.pth"), "training checkpoint") if resume else None
         return Run(None, state, [])
     if resume and overwrite:
         raise RunFolderError("--resume and --overwrite contradict each other: pick one")
@@ -230,7 +230,7 @@ def prepare_run_folder(cfg, resume=False, overwrite=False, allow_changes=(), mai
                 removed.append("tensorboard/")
         if resume:
             path = os.path.join(out, "last.pth")
-            state = load_checkpoint(path, "training checkpoint")
+            state = read_checkpoint(path, "training checkpoint")
             missing = [k for k in ("model", "optimizer", "epoch") if k not in state]
             if missing:
                 raise RunFolderError(f"{path} is not a resumable training checkpoint (it lacks {missing}); "

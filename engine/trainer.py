@@ -9,10 +9,10 @@ from tqdm import tqdm
 
 from modeling import MODALITIES
 from utils import comm
+from utils.checkpoint import (CheckpointError, atomic_save, atomic_write_jsonl, key_report, read_checkpoint,
+                              rng_state, set_rng_state)
 from utils.errors import SignalError
 from utils.metrics import METRIC_NAMES
-from utils.checkpoint import (CheckpointError, atomic_save, atomic_write_jsonl, load_checkpoint, rng_state,
-                              set_rng_state)
 
 from . import preemption
 from .amp import amp_mode, autocast_context, scaled_step
@@ -62,16 +62,16 @@ def resume_from(state, model, optimizer, scheduler, scaler, path="last.pth"):
     Returns ``(next epoch, best metrics, per-epoch records, pending_eval, partial)``: ``partial`` is the
     progress into the next epoch of a checkpoint written mid-epoch (on a stop signal), else None."""
     if isinstance(state, str):
-        path, state = state, load_checkpoint(state, "training checkpoint")
-    try:
-        unwrap(model).load_state_dict(state["model"])
-    except RuntimeError as e:  # tensors of another shape: the data or the model differ from the run's
-        lines = [line.strip() for line in str(e).splitlines() if "size mismatch" in line or "Missing" in line
-                 or "Unexpected" in line]
-        raise CheckpointError(f"{path} does not fit this run's model ({'; '.join(lines[:3]) or e}): the data "
+        path, state = state, read_checkpoint(state, "training checkpoint")
+    mismatched, unexpected, missing = key_report(unwrap(model).state_dict(), state["model"])
+    if mismatched or unexpected or missing:  # the data or the model differ from the run's
+        found = ([f"size mismatch {m}" for m in mismatched] + [f"unexpected {k}" for k in unexpected]
+                 + [f"missing {k}" for k in missing])
+        raise CheckpointError(f"{path} does not fit this run's model ({'; '.join(found[:3])}): the data "
                               f"(number of identities or cameras) or the model config differ from the run's; "
                               f"train into another OUTPUT_DIR with MODEL.PRETRAIN_PATH {path} to fine-tune "
-                              f"from it") from None
+                              f"from it")
+    unwrap(model).load_state_dict(state["model"])
     fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     optimizer.load_state_dict(state["optimizer"])
     for group, hyper in zip(optimizer.param_groups, fresh):

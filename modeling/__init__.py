@@ -7,7 +7,7 @@ from .backbone import BackboneSpec, Encoder, ViTBackbone, backbone_spec, build_b
 from .signal import MODALITIES, Signal
 from .sim import ModalInteraction, SelectiveInteraction, TokenSelection
 from .weights import (WeightsError, check_trained_config, load_finetune, load_pretrained_backbone, load_weights,
-                      model_sizes, read_checkpoint, signal_model_state)
+                      model_sizes, model_state, read_checkpoint, read_weights, signal_model_state)
 
 logger = logging.getLogger("signal.model")
 
@@ -21,7 +21,7 @@ def build_model(cfg, num_classes, num_cameras, pretrained=True):
     loaded afterwards)."""
     m = cfg.MODEL
     backbone = build_backbone(cfg, num_cameras)
-    state = read_checkpoint(m.PRETRAIN_PATH) if pretrained and m.PRETRAIN_PATH else None
+    state = read_weights(m.PRETRAIN_PATH) if pretrained and m.PRETRAIN_PATH else None
     whole = signal_model_state(state) if state is not None else None
     if state is not None and whole is None:
         load_pretrained_backbone(backbone, m.PRETRAIN_PATH, state)
@@ -43,7 +43,7 @@ def load_eval_model(cfg, path):
     """The model of checkpoint ``path`` for evaluation: sized from the checkpoint (its identity count and
     camera table, so neither the training split nor the config's benchmark is needed), weights loaded, the
     camera embedding following TEST.CAMERA_EMBEDDING. Returns (model, rows of its camera table)."""
-    state = read_checkpoint(path)
+    state = read_weights(path)
     check_trained_config(state, cfg, path)
     num_classes, num_cameras = model_sizes(state, path)
     model = build_model(cfg, num_classes, num_cameras, pretrained=False)
@@ -53,6 +53,6 @@ def load_eval_model(cfg, path):
 
 
 __all__ = ["build_model", "load_eval_model", "load_weights", "load_pretrained_backbone", "Signal", "ViTBackbone", "create_vit",
-           "BackboneSpec", "Encoder", "backbone_spec", "BranchSpec", "branch_specs", "build_branches", "register_branch", "build_backbone", "register_backbone",
+           "read_checkpoint", "read_weights", "model_state", "BackboneSpec", "Encoder", "backbone_spec", "BranchSpec", "branch_specs", "build_branches", "register_branch", "build_backbone", "register_backbone",
            "SelectiveInteraction", "TokenSelection", "ModalInteraction", "GlobalAlignment", "LocalAlignment",
            "DeformableSampler", "WeightsError", "MODALITIES"]

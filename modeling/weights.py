@@ -4,69 +4,35 @@ Every loader reports what it could not place; a checkpoint that does not fit the
 error that lists the mismatched keys.
 """
 import logging
-import os
 import re
-import zipfile
 
-import torch
 from timm.models.eva import Eva
 from timm.models.vision_transformer import checkpoint_filter_fn
 
-from utils.errors import SignalError
+from utils.checkpoint import CheckpointError, key_report, read_checkpoint, strip_module_prefix
 
 logger = logging.getLogger("signal.weights")
 
 
-class WeightsError(SignalError):
-    """Weights that cannot be read or do not fit the model; the message names the file and the keys."""
+# Weights that do not fit (or cannot be read) are checkpoint errors: one class, under its historical name too.
+WeightsError = CheckpointError
 
 
-def _is_safetensors(path):
-    """A safetensors file (whatever its name): an 8-byte header length, then a JSON header."""
-    with open(path, "rb") as f:
-        head = f.read(9)
-    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 100 * 2 ** 20
-
-
-def read_checkpoint(path):
-    """A state dict from ``path``: a TorchScript archive (OpenAI CLIP) or a torch.save file."""
-    if os.path.isdir(path):
-        raise WeightsError(f"weights file {path} is a folder: name the checkpoint file inside it")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file not found: {path}")
-    is_script = False
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
-            is_script = any(n.endswith("constants.pkl") for n in z.namelist())
-    try:
-        if is_script:
-            return torch.jit.load(path, map_location="cpu").state_dict()
-        if _is_safetensors(path):
-            from safetensors.torch import load_file
-            return load_file(path, device="cpu")
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any reader failure becomes one clear message
-        raise WeightsError(f"cannot read weights file {path}: {e}") from None
-    if isinstance(obj, torch.nn.Module):
-        obj = obj.state_dict()
-    if not isinstance(obj, dict):
-        raise WeightsError(f"{path}: expected a state dict, got {type(obj).__name__}")
-    return obj
+def read_weights(path):
+    """A weights file (MODEL.PRETRAIN_PATH, TEST.WEIGHT, a tool's --weight) read by the one reader."""
+    return read_checkpoint(path, "weights file")
 
 
 def _check_and_load(module, state, path, what, ignore_missing=()):
-    own = module.state_dict()
-    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                  for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    unexpected = sorted(k for k in state if k not in own)
-    missing = sorted(k for k in own if k not in state and not any(re.fullmatch(p, k) for p in ignore_missing))
+    mismatched, unexpected, missing = key_report(module.state_dict(), state)
+    missing = [k for k in missing if not any(re.fullmatch(p, k) for p in ignore_missing)]
     if mismatched or unexpected or missing:
         lines = [f"{path} does not fit the {what}:"]
         lines += [f"  shape mismatch  {m}" for m in mismatched]
         lines += [f"  unexpected key  {k}" for k in unexpected]
         lines += [f"  missing key     {k}" for k in missing]
         raise WeightsError("\n".join(lines))
-    own_dtypes = {k: v.dtype for k, v in own.items()}
+    own_dtypes = {k: v.dtype for k, v in module.state_dict().items()}
     state = {k: v.to(own_dtypes[k]) if v.is_floating_point() else v for k, v in state.items()}
     module.load_state_dict(state, strict=False)
 
@@ -75,8 +41,7 @@ def convert_backbone_state(state, vit, bilinear=True):
     """OpenAI CLIP (``visual.*``) or timm ViT / EVA state dict -> the timm ``vit`` state dict (float32). The
     position embedding is resized bilinearly (align_corners=False, no antialias) as the official code does, or
     with timm's own resampling (``bilinear=False``)."""
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    state = {k: v.float() if v.is_floating_point() else v for k, v in strip_module_prefix(state).items()}
     if isinstance(vit, Eva):
         # EVA02 / DINOv3 in timm, OpenCLIP or Meta naming: timm's own conversion, position embeddings
         # resampled as timm does
@@ -116,7 +81,7 @@ def load_pretrained_backbone(backbone, path, state=None):
     if convert is None:
         raise WeightsError(f"MODEL.PRETRAIN_PATH {path}: the backbone {spec.name} takes no pretrained checkpoint "
                            f"(its spec has no converter)")
-    state = convert(read_checkpoint(path) if state is None else state, backbone.vit)
+    state = convert(read_weights(path) if state is None else state, backbone.vit)
     _check_and_load(backbone.vit, state, path, "backbone")
     logger.info("Loaded pretrained backbone weights from %s (%d tensors)", path, len(state))
 
@@ -146,7 +111,7 @@ def is_official_checkpoint(state):
 
 def convert_official_state(state, model):
     """The official Signal checkpoint (CLIP tower in OpenAI naming, fp16 weights) -> our state dict."""
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = strip_module_prefix(state)
     prefix = "clip_vision_encoder.base."
     visual = {"visual." + k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     out = {"backbone.vit." + k: v for k, v in convert_official_vit_state(visual, model.backbone.vit).items()}
@@ -165,13 +130,24 @@ def signal_model_state(state):
     or the official Signal checkpoint), else None (a backbone checkpoint)."""
     if "model" in state and isinstance(state["model"], dict):
         state = state["model"]
-    keys = [k[len("module."):] if k.startswith("module.") else k for k in state]
-    if is_official_checkpoint(state) or any(k.startswith("backbone.vit.") for k in keys):
+    if is_official_checkpoint(state) or any(k.startswith("backbone.vit.") for k in strip_module_prefix(state)):
         return state
     return None
 
 
 _CLASSIFIER = re.compile(r"^(classifier|classifiers\.\w+|classifier_\w+)\.")  # every head's classifier
+
+
+def model_state(state, model, path=None):
+    """Every whole-model format as this project's model state dict: a training checkpoint (``{'model': ...}``),
+    a plain state dict (with or without the DDP ``module.`` prefix) or the official Signal checkpoint."""
+    if "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if is_official_checkpoint(state):
+        state = convert_official_state(state, model)
+        if path:
+            logger.info("Converted the official Signal checkpoint layout of %s", path)
+    return strip_module_prefix(state)
 
 
 def load_finetune(model, state, path):
@@ -180,14 +156,12 @@ def load_finetune(model, state, path):
     Every tensor is loaded. Classifiers sized for another identity count are left at their initialisation
     (reported); any other shape mismatch is an error listing the keys. Modules present on one side only
     (a checkpoint trained with other module switches) are reported and keep their initialisation."""
-    if is_official_checkpoint(state):
-        state = convert_official_state(state, model)
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = model_state(state, model)
     own = model.state_dict()
-    mismatched = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    mismatches, unexpected, missing = key_report(own, state)
+    mismatched = [m.split(":")[0] for m in mismatches]
     reset = [k for k in mismatched if _CLASSIFIER.match(k)]
-    bad = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-           for k in mismatched if k not in reset]
+    bad = [m for m in mismatches if m.split(":")[0] not in reset]
     if bad:
         raise WeightsError(f"{path} (MODEL.PRETRAIN_PATH, a Signal model) does not fit this model:\n"
                            + "\n".join(f"  shape mismatch  {m}" for m in bad)
@@ -197,8 +171,7 @@ def load_finetune(model, state, path):
             for k, v in state.items() if k in own and k not in reset}
     model.load_state_dict(load, strict=False)
     modules = lambda keys: sorted({".".join(k.split(".")[:2]) for k in keys})  # noqa: E731
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     logger.info("Fine-tuning from the Signal model %s: %d tensors loaded", path, len(load))
     if reset:
         logger.warning("Classifiers re-initialised (the checkpoint has %d identities, this data %d): %s",
@@ -217,7 +190,7 @@ def model_sizes(state, path):
     if state is None:
         raise WeightsError(f"{path} is not a Signal model checkpoint (no backbone.vit.* or clip_vision_encoder.* "
                            f"keys)")
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = strip_module_prefix(state)
     classes = next((state[k].shape[0] for k in ("classifier.weight", "classifiers.RGB.weight", "classifier_r.weight",
                                                "classifier_sim.weight", "classifier_var.weight") if k in state), None)
     if classes is None:
@@ -256,13 +229,7 @@ def load_weights(model, path, state=None):
     """Load a full-model checkpoint into ``model``: our training checkpoint (``{'model': ...}``), a plain
     state dict of our model, or the official Signal checkpoint (read from ``path`` unless ``state`` is
     given). Raises WeightsError listing every key that does not fit."""
-    state = read_checkpoint(path) if state is None else state
-    if "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    if is_official_checkpoint(state):
-        state = convert_official_state(state, model)
-        logger.info("Converted the official Signal checkpoint layout of %s", path)
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = model_state(read_weights(path) if state is None else state, model, path)
     _check_and_load(model, state, path, "model", ignore_missing=(r".*num_batches_tracked",))
     logger.info("Loaded model weights from %s", path)
     return model

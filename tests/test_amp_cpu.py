@@ -18,7 +18,7 @@ DEMO = os.path.join(ROOT, "configs", "Synthetic", "demo.yml")
 def test_demo_under_fp16_and_grad_scaler_keeps_its_loss_scale(tmp_path, monkeypatch):
     """The demo's first 4 epochs under fp16 autocast + GradScaler: after the scaler's first-epoch calibration
     no step is skipped and the scale stays >= 2^10, logged per epoch. With the official precision of GAM
-    (SOLVER.AMP_FP32_LOSSES no) this run skips steps from epoch 4 on (README, Differences)."""
+    (SOLVER.AMP_FP32_LOSSES no) this run skips steps from epoch 4 on (docs/reproduction.md, Differences from the paper)."""
     out = tmp_path / "out"
     monkeypatch.setattr(sys, "argv", [
         "train.py", "--config_file", DEMO, "MODEL.DEVICE", "cpu", "SOLVER.AMP", "fp16", "SOLVER.AMP_ON_CPU", "yes",

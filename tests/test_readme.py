@@ -1,4 +1,5 @@
-"""The README's Python API snippet runs as written from the repository root."""
+"""The documentation's snippets run as written: the Python API (docs/api.md) and the YAML examples of your
+own data (docs/data.md)."""
 import os
 import re
 import subprocess
@@ -7,15 +8,15 @@ import sys
 from .conftest import ROOT
 
 
-def readme_section(title):
-    text = open(os.path.join(ROOT, "README.md")).read()
+def readme_section(title, page="README.md"):
+    text = open(os.path.join(ROOT, page)).read()
     start = text.index(f"## {title}\n")
     end = text.find("\n## ", start + 1)
     return text[start:end if end > 0 else None]
 
 
 def test_python_api_snippet_runs_as_written(tmp_path):
-    blocks = re.findall(r"```python\n(.*?)```", readme_section("Python API"), re.S)
+    blocks = re.findall(r"```python\n(.*?)```", readme_section("Python API", "docs/api.md"), re.S)
     assert blocks, "no python block in the README's Python API section"
     os.symlink(os.path.join(ROOT, "configs"), tmp_path / "configs")  # the repository root, without its data
     for code in blocks:
@@ -29,7 +30,7 @@ def test_your_own_data_examples_load(tmp_path):
     """The two YAML examples of "Your own data", saved at the repository root as the README says, load and
     pass every config check."""
     from config import load_config
-    blocks = re.findall(r"```yaml\n(.*?)```", readme_section("Your own data"), re.S)
+    blocks = re.findall(r"```yaml\n(.*?)```", readme_section("Your own data", "docs/data.md"), re.S)
     assert len(blocks) == 2
     os.symlink(os.path.join(ROOT, "configs"), tmp_path / "configs")
     for i, text in enumerate(blocks):
@@ -42,7 +43,7 @@ def test_your_own_data_examples_load(tmp_path):
 
 def test_python_api_from_another_folder_as_the_readme_says(tmp_path):
     """The README's PYTHONPATH recipe works from a folder outside the repository."""
-    blocks = re.findall(r"```bash\n(.*?)```", readme_section("Python API"), re.S)
+    blocks = re.findall(r"```bash\n(.*?)```", readme_section("Python API", "docs/api.md"), re.S)
     assert blocks, "no bash block in the README's Python API section"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     script = blocks[0].replace("/path/to/Signal-ReID", ROOT).replace("python ", f"{sys.executable} ")

@@ -121,7 +121,7 @@ def test_missing_and_mismatched_pretrained_files(tiny_cfg, tmp_path):
         load_pretrained_backbone(model.backbone, str(tmp_path / "bad.pth"))
     assert "head.weight" in str(e.value) and "norm.weight" in str(e.value) and "bad.pth" in str(e.value)
     (tmp_path / "junk.pth").write_bytes(b"junk")
-    with pytest.raises(WeightsError, match="cannot read weights file"):
+    with pytest.raises(WeightsError, match="cannot read the weights file"):
         load_pretrained_backbone(model.backbone, str(tmp_path / "junk.pth"))
 
 

@@ -1,4 +1,5 @@
-"""Atomic checkpoint and file writing, checkpoint reading with clear errors, resumable RNG state.
+"""Atomic checkpoint and file writing, the one checkpoint reader (every format) with clear errors, key
+reports, resumable RNG state.
 
 Every file is written to a temporary file in the destination folder, flushed to disk and renamed over the
 destination, so a crash, ``kill -9`` or full disk never leaves a half-written file under the real name.
@@ -10,6 +11,7 @@ import os
 import random
 import shutil
 import tempfile
+import zipfile
 
 import numpy as np
 import torch
@@ -22,7 +24,8 @@ class OutputError(SignalError):
 
 
 class CheckpointError(SignalError):
-    """A checkpoint could not be read (truncated, not a torch file, wrong content); names the file."""
+    """A checkpoint or weights file could not be read (truncated, not a torch file, wrong content) or does not
+    fit the model (the message lists the keys); names the file."""
 
 
 def current_umask():
@@ -90,21 +93,60 @@ def atomic_write_jsonl(records, path):
     atomic_write_text("".join(json.dumps(r) + "\n" for r in records), path)
 
 
-def load_checkpoint(path, what="checkpoint"):
-    """``torch.load`` of a file this project wrote; a missing, truncated or foreign file is a
-    CheckpointError naming it."""
+def _is_safetensors(path):
+    """A safetensors file (whatever its name): an 8-byte header length, then a JSON header."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 100 * 2 ** 20
+
+
+def read_checkpoint(path, what="weights file"):
+    """The one reader of every checkpoint file: this project's training checkpoints and model files, timm /
+    Meta / OpenCLIP state dicts (torch.save or safetensors, whatever the file name), OpenAI CLIP TorchScript
+    archives and the official Signal checkpoint. Returns a dict (a saved nn.Module gives its state dict).
+
+    ``what`` names the file in errors: a missing file is a FileNotFoundError, a folder, a truncated, damaged
+    or foreign file, or one that holds no dict, a CheckpointError naming the file."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"{what} {path} is a folder: name the checkpoint file inside it")
     if not os.path.isfile(path):
-        raise CheckpointError(f"no {what} at {path}")
+        raise FileNotFoundError(f"{what} not found: {path}")
+    is_script = False
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            is_script = any(n.endswith("constants.pkl") for n in z.namelist())
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        if is_script:
+            obj = torch.jit.load(path, map_location="cpu").state_dict()
+        elif _is_safetensors(path):
+            from safetensors.torch import load_file
+            obj = load_file(path, device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - any reader failure becomes one clear message
-        size = os.path.getsize(path)
-        raise CheckpointError(f"cannot read the {what} {path} ({size} bytes): the file is truncated, damaged "
-                              f"or not a torch checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        raise CheckpointError(f"cannot read the {what} {path} ({os.path.getsize(path)} bytes): the file is truncated, "
+                              f"damaged or not a checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
                               ) from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} is not a {what}: it holds a {type(state).__name__}, not a dict")
-    return state
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} is not a {what}: it holds a {type(obj).__name__}, not a dict")
+    return obj
+
+
+def strip_module_prefix(state):
+    """Keys without the ``module.`` prefix a DistributedDataParallel / DataParallel wrapper adds."""
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def key_report(own, state):
+    """``(mismatched, unexpected, missing)`` keys of ``state`` against the module state dict ``own``;
+    mismatched entries read ``key: checkpoint (shape) vs model (shape)``."""
+    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    unexpected = sorted(k for k in state if k not in own)
+    missing = sorted(k for k in own if k not in state)
+    return mismatched, unexpected, missing
 
 
 def rng_state():

@@ -1,5 +1,5 @@
 """Any multi-modal (or single-modal) ReID dataset described in the config, no code: ``DATASETS.NAMES
-Custom`` with the ``DATASETS.CUSTOM`` keys (config/defaults.py, README "Your own data").
+Custom`` with the ``DATASETS.CUSTOM`` keys (config/defaults.py, docs/data.md "Your own data").
 
 Layouts: ``<FOLDER>/<split>/<modality folder>/NAME`` or, with ``ID_FOLDERS``,
 ``<FOLDER>/<split>/<id>/<modality folder>/NAME``; with ``TILED`` each file holds the three modalities side by
