@@ -226,7 +226,7 @@ def validate(cfg):
         if value not in choices:
             raise ValueError(f"config: {key} must be one of {list(choices)}, got {value!r}")
     from data.datasets import get_dataset
-    get_dataset(cfg.DATASETS.NAMES)  # a registered name or alias, else an error listing them
+    dataset = get_dataset(cfg.DATASETS.NAMES)  # a registered name or alias, else an error listing them
     from modeling.backbone import backbone_spec
     spec = backbone_spec(cfg.MODEL.TRANSFORMER_TYPE)  # registered, or a timm ViT / EVA02 name
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.MODEL.DEVICE):
@@ -287,9 +287,7 @@ def validate(cfg):
                          f"to duplicate a modality), got {list(c.MODALITY_FOLDERS)}")
     if sorted(c.TILE_ORDER) != ["NI", "RGB", "TI"]:
         raise ValueError(f"config: DATASETS.CUSTOM.TILE_ORDER must order RGB, NI and TI, got {list(c.TILE_ORDER)}")
-    if cfg.DATASETS.NAMES == "Custom" and not c.FOLDER:
-        raise ValueError("config: DATASETS.NAMES Custom needs DATASETS.CUSTOM.FOLDER (the dataset folder under "
-                         "DATASETS.ROOT_DIR)")
+    dataset.check_config(cfg)
 
 
 class SignalConfig(CN):

@@ -108,10 +108,19 @@ def test_vis_tsne_writes_both_pictures(tiny_setup):
     assert "same sample" in text
 
 
-def test_model_cost_prints_the_table(tiny_setup):
+def test_model_cost_prints_the_table(tiny_setup, tiny_cfg):
     d, cfg, _ = tiny_setup
     text = run([os.path.join(TOOLS, "model_cost.py"), "--config_file", cfg], d)
-    assert "| total |" in text and "| inference (eval feature) |" in text and "| SIM |" in text
+    cells = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in text.splitlines()
+             if line.startswith("| ") and not line.startswith("| module") and not line.startswith("| FLOPs")}
+    assert {"backbone", "SIM", "GAM", "LAM", "heads (BN + classifiers)", "total"} <= set(cells)
+    assert 0 < float(cells["inference (eval feature)"]) < float(cells["training (forward + backward)"])
+    sys.path.insert(0, TOOLS)
+    from model_cost import parameter_rows
+    model = build_model(tiny_cfg(), 6, 3)
+    rows = parameter_rows(model)
+    assert [r[0] for r in rows] == ["backbone", "SIM", "GAM", "LAM", "heads (BN + classifiers)", "total"]
+    assert sum(r[1] for r in rows[:-1]) == rows[-1][1] == sum(p.numel() for p in model.parameters())
 
 
 @newest_stack_only
@@ -171,9 +180,13 @@ def test_benchmarks_run(tiny_setup):
     d, cfg, _ = tiny_setup
     text = run([os.path.join(TOOLS, "benchmark.py"), "--config_file", cfg, "--batch", "4", "--steps", "1",
                 "--warmup", "0", "--data-root", str(d / "bench_data")], d)
-    figures = {json.loads(line)["figure"] for line in text.splitlines() if line.startswith("{")}
+    records = {r["figure"]: r for r in map(json.loads, (line for line in text.splitlines() if line.startswith("{")))}
     assert {"matmul_rate", "train_step_seconds", "train_flops_utilisation", "inference_samples_per_s",
-            "peak_memory", "data_samples_per_s_per_worker", "data_workers_to_feed", "evaluation_seconds"} <= figures
+            "peak_memory", "data_samples_per_s_per_worker", "data_workers_to_feed", "evaluation_seconds"} <= set(records)
+    assert all(records[f]["value"] > 0 for f in ("matmul_rate", "train_step_seconds", "inference_samples_per_s",
+                                                 "data_samples_per_s_per_worker", "evaluation_seconds"))
+    ev = records["evaluation_seconds"]  # at the sizes the registry holds for the config's benchmark
+    assert (ev["sizes_of"], ev["num_query"], ev["num_gallery"]) == ("Synthetic", 192, 192)
     text = run([os.path.join(TOOLS, "benchmark_reranking.py"), "--num-query", "50", "--num-gallery", "200",
                 "--repeat", "1"], d)
     assert "re_ranking_seconds_best" in text

@@ -36,6 +36,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from engine.setup import UsageError, run_cli  # noqa: E402
+from data.datasets import get_dataset  # noqa: E402
 from utils.metrics import evaluate_all  # noqa: E402
 from benchmark_reranking import timed  # noqa: E402
 
@@ -146,11 +147,12 @@ def cpu_name():
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--num-query", type=int, default=1715)
-    p.add_argument("--num-gallery", type=int, default=8575)
+    size = get_dataset("RGBNT100").sizes  # the default size: RGBNT100's test split
+    p.add_argument("--num-query", type=int, default=size.query)
+    p.add_argument("--num-gallery", type=int, default=size.gallery)
     p.add_argument("--dim", type=int, default=3072)
-    p.add_argument("--ids", type=int, default=50)
-    p.add_argument("--cameras", type=int, default=8)
+    p.add_argument("--ids", type=int, default=size.train_ids)
+    p.add_argument("--cameras", type=int, default=size.cameras)
     p.add_argument("--regime", default=",".join(REGIMES),
                    help=f"comma-separated feature regimes: {', '.join(REGIMES)} (default: all)")
     p.add_argument("--noise", type=float, default=None, help="one custom regime: this noise (x 1/sqrt(d))")

@@ -56,8 +56,10 @@ def compare(q, gal, k1, k2, lam, device, repeat, official_repeat=1):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--num-query", type=int, default=1715)
-    p.add_argument("--num-gallery", type=int, default=8575)
+    from data.datasets import get_dataset
+    size = get_dataset("RGBNT100").sizes  # the default size: RGBNT100's test split
+    p.add_argument("--num-query", type=int, default=size.query)
+    p.add_argument("--num-gallery", type=int, default=size.gallery)
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--ids", type=int, default=50, help="identities the random features cluster around")
     p.add_argument("--k1", type=int, default=20)

@@ -115,6 +115,10 @@ class ReIDDataset:
         return cls(cfg.DATASETS.ROOT_DIR, test_only=test_only, skip_unpaired=cfg.DATASETS.SKIP_UNPAIRED)
 
     @classmethod
+    def check_config(cls, cfg):
+        """Refuse (ValueError naming the key) a config this dataset cannot be read with; run at freeze."""
+
+    @classmethod
     def protocol_for(cls, cfg):
         """'camera' or 'scene': the evaluation protocol of this dataset under ``cfg``."""
         return cls.protocol

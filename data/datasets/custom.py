@@ -38,6 +38,12 @@ class CustomDataset(ReIDDataset):
     def protocol_for(cls, cfg):
         return cfg.DATASETS.CUSTOM.PROTOCOL
 
+    @classmethod
+    def check_config(cls, cfg):
+        if not cfg.DATASETS.CUSTOM.FOLDER:
+            raise ValueError("config: DATASETS.NAMES Custom needs DATASETS.CUSTOM.FOLDER (the dataset folder under "
+                             "DATASETS.ROOT_DIR)")
+
     def __init__(self, root, c, skip_unpaired=False, test_only=False):
         self.c = c
         self.rx = compile_pattern(c.PATTERN)
