@@ -21,6 +21,8 @@ from timm.models.eva import Eva
 from timm.models.vision_transformer import VisionTransformer
 from torch.utils.checkpoint import checkpoint
 
+from utils.registry import Registry
+
 from .weights import convert_official_vit_state, convert_timm_state
 
 
@@ -104,30 +106,27 @@ class BackboneSpec:
             object.__setattr__(self, "patch_size", lambda model_cfg: _patch_from_name(self.name))
 
 
-_BACKBONES = {}
+_BACKBONES = Registry("backbone")
 
 
 def register_backbone(spec):
-    """Register ``spec`` under ``spec.name`` (a name taken by another spec is an error); returns it."""
-    if spec.name in _BACKBONES and _BACKBONES[spec.name].create is not spec.create:
-        raise ValueError(f"backbone {spec.name!r} is already registered")
-    _BACKBONES[spec.name] = spec
-    return spec
+    """Register ``spec`` under ``spec.name``; returns it."""
+    return _BACKBONES.register(spec.name, spec, getattr(spec.create, "__module__", None))
 
 
 def backbone_names():
     """The registered backbone names (any timm ViT / EVA02 name is accepted besides)."""
-    return tuple(_BACKBONES)
+    return _BACKBONES.names()
 
 
 def backbone_spec(name):
     """The spec of backbone ``name``: a registered one, else any timm ViT / EVA02 model name (one generic
     spec: timm's layout, its checkpoint conversion, an explicit SOLVER.BACKBONE_LR)."""
-    if name in _BACKBONES:
-        return _BACKBONES[name]
+    if _BACKBONES.get(name) is not None:
+        return _BACKBONES.get(name)
     if name.startswith(TIMM_FAMILIES) and name in timm_backbone_names():
         return BackboneSpec(name, partial(_timm_body, name))
-    raise ValueError(f"config: MODEL.TRANSFORMER_TYPE must be {', '.join(_BACKBONES)} or a timm ViT / EVA02 model "
+    raise ValueError(f"config: MODEL.TRANSFORMER_TYPE must be {', '.join(backbone_names())} or a timm ViT / EVA02 model "
                      f"name (e.g. vit_base_patch16_dinov3, vit_base_patch14_dinov2, eva02_base_patch16_clip_224), "
                      f"got {name!r}")
 

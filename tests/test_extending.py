@@ -59,6 +59,17 @@ def run(repo, *args, timeout=600):
     return r
 
 
+def train_with_the_doc_yaml(section, repo, tmp_path):
+    """train.py in ``repo`` with the section's YAML (its data and output folders under ``tmp_path``);
+    returns (config file, the run's log)."""
+    (text,) = blocks(section, "yaml")
+    cfg = yaml.safe_load(text)
+    cfg["DATASETS"]["ROOT_DIR"], cfg["OUTPUT_DIR"] = str(tmp_path / "data"), str(tmp_path / "run")
+    (tmp_path / "run.yml").write_text(yaml.safe_dump(cfg))
+    run(repo, "train.py", "--config_file", str(tmp_path / "run.yml"))
+    return str(tmp_path / "run.yml"), open(tmp_path / "run" / "train_log.txt").read()
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     return repository_copy(str(tmp_path_factory.mktemp("repo")))
@@ -99,12 +110,7 @@ def test_a_new_dataset_layout_is_one_module_and_one_import(repo, tmp_path):
 def test_a_backbone_timm_does_not_build_is_one_module_and_one_import(repo, tmp_path):
     section = doc_section("A backbone that is not a timm ViT")
     assert apply_file_blocks(section, repo) == ["modeling/torch_vit.py", "modeling/__init__.py"]
-    (text,) = blocks(section, "yaml")
-    cfg = yaml.safe_load(text)
-    cfg["DATASETS"]["ROOT_DIR"], cfg["OUTPUT_DIR"] = str(tmp_path / "data"), str(tmp_path / "run")
-    (tmp_path / "tv.yml").write_text(yaml.safe_dump(cfg))
-    run(repo, "train.py", "--config_file", str(tmp_path / "tv.yml"))
-    log = open(tmp_path / "run" / "train_log.txt").read()
+    config, log = train_with_the_doc_yaml(section, repo, tmp_path)
     assert "Model: torch_vit_tiny" in log and "RANDOM weights" not in log  # small: no random-weights warning
     records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert [r for r in records if "mAP" in r]
@@ -114,14 +120,14 @@ def test_a_backbone_timm_does_not_build_is_one_module_and_one_import(repo, tmp_p
              "o = build_optimizer(cfg, m); ids = {id(p): n for n, p in m.named_parameters()}; "
              "part = lambda n: n.split('.')[n.startswith('backbone.')]; "
              "print(sorted({(part(ids[id(p)]), g['lr']) for g in o.param_groups for p in g['params'] "
-             "if ids[id(p)].endswith('weight')}))" % str(tmp_path / "tv.yml"))
+             "if ids[id(p)].endswith('weight')}))" % config)
     lrs = dict(eval(run(repo, "-c", probe).stdout.strip().splitlines()[-1]))
     assert lrs["vit"] == pytest.approx(3.5e-4 * 0.8) and lrs["sim"] == pytest.approx(3.5e-4)
     # no converter: MODEL.PRETRAIN_PATH is refused by name (exit code 2, one line)
     ckpt = tmp_path / "w.pth"
     import torch
     torch.save({"patch_embed.weight": torch.zeros(1)}, ckpt)
-    r = subprocess.run([sys.executable, "train.py", "--config_file", str(tmp_path / "tv.yml"), "OUTPUT_DIR",
+    r = subprocess.run([sys.executable, "train.py", "--config_file", config, "OUTPUT_DIR",
                         str(tmp_path / "run2"), "MODEL.PRETRAIN_PATH", str(ckpt)], cwd=repo, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 2 and "the backbone torch_vit_tiny takes no pretrained checkpoint" in r.stderr, \
@@ -132,24 +138,19 @@ def test_a_backbone_timm_does_not_build_is_one_module_and_one_import(repo, tmp_p
 def test_a_branch_is_one_module_and_its_config_keys(repo, tmp_path):
     section = doc_section("A branch like SIM, GAM or LAM")
     assert apply_file_blocks(section, repo) == ["modeling/branches/patch_mean.py", "config/defaults.py"]
-    (text,) = blocks(section, "yaml")
-    cfg = yaml.safe_load(text)
-    cfg["DATASETS"]["ROOT_DIR"], cfg["OUTPUT_DIR"] = str(tmp_path / "data"), str(tmp_path / "run")
-    (tmp_path / "pm.yml").write_text(yaml.safe_dump(cfg))
-    run(repo, "train.py", "--config_file", str(tmp_path / "pm.yml"))
-    log = open(tmp_path / "run" / "train_log.txt").read()
+    config, log = train_with_the_doc_yaml(section, repo, tmp_path)
     assert "test feature 576-d" in log
     (record,) = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert {"id_patch_mean", "tri_patch_mean", "patch_mean", "id_sim", "gam", "lam", "mAP"} <= set(record)
     assert record["patch_mean"] > 0
     # the checkpoint holds the branch and its head; evaluating it with the branch off is refused by name
-    r = subprocess.run([sys.executable, "test.py", "--config_file", str(tmp_path / "pm.yml"), "TEST.WEIGHT",
+    r = subprocess.run([sys.executable, "test.py", "--config_file", config, "TEST.WEIGHT",
                         str(tmp_path / "run" / "best.pth"), "MODEL.USE_PATCH_MEAN", "no"], cwd=repo,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "MODEL.USE_PATCH_MEAN True" in r.stderr, r.stderr[-2000:]
-    run(repo, "test.py", "--config_file", str(tmp_path / "pm.yml"), "TEST.WEIGHT", str(tmp_path / "run" / "best.pth"))
+    run(repo, "test.py", "--config_file", config, "TEST.WEIGHT", str(tmp_path / "run" / "best.pth"))
     # a resume cannot switch it off
-    r = subprocess.run([sys.executable, "train.py", "--config_file", str(tmp_path / "pm.yml"), "--resume",
+    r = subprocess.run([sys.executable, "train.py", "--config_file", config, "--resume",
                         "--allow-change", "all", "MODEL.USE_PATCH_MEAN", "no", "SOLVER.MAX_EPOCHS", "2"], cwd=repo,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "MODEL.USE_PATCH_MEAN" in r.stderr, r.stderr[-2000:]

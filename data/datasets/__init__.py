@@ -1,14 +1,15 @@
 """The benchmarks, each registered once under its name (``registry.py``); a new layout is one module
 here plus its import below (docs/extending.md)."""
 from .bases import MODALITIES, BenchmarkSizes, DatasetError, ReIDDataset, Sample
-from .custom import CustomDataset
-from .market1501mm import Market1501MM
-from .msvr310 import MSVR310
 from .registry import dataset_names, dataset_of, get_dataset, reference_sizes, register_dataset
+# Registered in this order (the order error messages list them in).
+from .rgbnt201 import RGBNT201  # noqa: I001
 from .rgbnt100 import RGBNT100
-from .rgbnt201 import RGBNT201
-from .synthetic import Synthetic, synthetic_layouts, write_synthetic
+from .msvr310 import MSVR310
 from .wmveid863 import WMVeID863
+from .market1501mm import Market1501MM
+from .synthetic import Synthetic, synthetic_layouts, write_synthetic
+from .custom import CustomDataset
 
 
 def build_dataset(cfg, test_only=False):

@@ -13,31 +13,27 @@ Contract of a registered class (see ``bases.ReIDDataset`` and docs/extending.md)
     ``write_synthetic_sample(cls, base, split, sample_id, camid, index, images)``, optional, writes one
     rendered sample in the layout ``from_config`` reads, for ``data.datasets.write_synthetic``.
 """
-_REGISTRY = {}
-_ALIASES = {}
+from utils.registry import Registry
+
+_DATASETS = Registry("dataset")
 
 
 def register_dataset(cls):
     """Class decorator: register ``cls`` under ``cls.name`` and each of ``cls.aliases``."""
-    for key in (cls.name, *cls.aliases):
-        owner = _ALIASES.get(key)
-        if owner is not None and owner != cls.name:
-            raise ValueError(f"dataset name {key!r} is already registered (by {owner})")
-        _ALIASES[key] = cls.name
-    _REGISTRY[cls.name] = cls
-    return cls
+    return _DATASETS.register(cls.name, cls, cls.__module__, cls.aliases)
 
 
 def dataset_names(aliases=True):
     """Every name DATASETS.NAMES accepts (with the aliases) or one per dataset (``aliases=False``)."""
-    return tuple(_ALIASES) if aliases else tuple(_REGISTRY)
+    return _DATASETS.names(aliases)
 
 
 def get_dataset(name):
     """The registered class of dataset ``name`` (or one of its aliases)."""
-    if name not in _ALIASES:
+    cls = _DATASETS.get(name)
+    if cls is None:
         raise ValueError(f"config: DATASETS.NAMES must be one of {list(dataset_names())}, got {name!r}")
-    return _REGISTRY[_ALIASES[name]]
+    return cls
 
 
 def dataset_of(cfg):

@@ -17,6 +17,8 @@ import pkgutil
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
+from utils.registry import Registry
+
 
 @dataclass(frozen=True)
 class BranchSpec:
@@ -38,20 +40,17 @@ class BranchSpec:
     model_keys: Tuple[str, ...] = ()
 
 
-_BRANCHES = {}
+_BRANCHES = Registry("branch")
 
 
 def register_branch(spec):
-    """Register ``spec`` under ``spec.name`` (a name another spec holds is an error); returns it."""
-    if spec.name in _BRANCHES and _BRANCHES[spec.name].build is not spec.build:
-        raise ValueError(f"branch {spec.name!r} is already registered")
-    _BRANCHES[spec.name] = spec
-    return spec
+    """Register ``spec`` under ``spec.name``; returns it."""
+    return _BRANCHES.register(spec.name, spec, getattr(spec.build, "__module__", None))
 
 
 def branch_specs():
     """The registered branches, in their order."""
-    return sorted(_BRANCHES.values(), key=lambda s: (s.order, s.name))
+    return sorted(_BRANCHES.entries(), key=lambda s: (s.order, s.name))
 
 
 def build_branches(cfg, width, grid):
