@@ -151,8 +151,9 @@ BATCH_ORDER_KEYS = ("SOLVER.IMS_PER_BATCH", "DATALOADER.NUM_INSTANCE", "SOLVER.S
 
 def check_mid_epoch_changes(state, changes):
     """A checkpoint saved mid-epoch (``state["partial"]``) leaves out the batches already trained: refuse
-    ``changes`` (``check_resume_config``'s) that draw another batch order for that epoch, naming the keys."""
-    changed = [k for k, _, _ in changes if k.startswith(BATCH_ORDER_KEYS)]
+    ``changes`` (``check_resume_config``'s) that draw another batch order for that epoch, naming the keys.
+    Moving the data (DATASETS.ROOT_DIR, a free key) keeps the order."""
+    changed = [k for k, _, _ in changes if k.startswith(BATCH_ORDER_KEYS) and k not in FREE_KEYS]
     if state.get("partial") and changed:
         p = state["partial"]
         raise RunFolderError(f"last.pth was saved mid-epoch (epoch {p['epoch']}, after iteration {p['iterations']}) "

@@ -34,3 +34,16 @@ def log_records(name):
         yield records
     finally:
         logging.getLogger(name).removeHandler(handler)
+
+
+def python(*args, cwd=None, expect=0, timeout=300, env=None):
+    """``python args...`` in a fresh interpreter (the test's Python), output captured. With ``expect`` (an exit
+    code) the code is checked, the output's tail shown when it differs; ``expect=None`` leaves it to the caller.
+    ``env``: the whole environment (default: this process's)."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, *map(str, args)], cwd=None if cwd is None else str(cwd), capture_output=True,
+                       text=True, timeout=timeout, env=env)
+    if expect is not None:
+        assert r.returncode == expect, f"exit code {r.returncode}, expected {expect}\n" + r.stdout[-3000:] + r.stderr[-4000:]
+    return r

@@ -1,13 +1,12 @@
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 import torch
 
 from .conftest import ROOT, TINY
-from .helpers import result_file
+from .helpers import python, result_file
 
 import train  # noqa: E402
 
@@ -42,10 +41,8 @@ def opts(synth_root, out, *extra):
 def test_train_then_test_through_the_command_line(synth_root, tmp_path):
     out = str(tmp_path / "run")
     env = dict(os.environ, PYTHONPATH=ROOT)
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *opts(synth_root, out),
-                        "TEST.EVAL_BEFORE_TRAIN", "yes"], cwd=str(tmp_path), env=env, capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    r = python(os.path.join(ROOT, "train.py"), *opts(synth_root, out), "TEST.EVAL_BEFORE_TRAIN", "yes", cwd=tmp_path,
+               env=env)
     for name in ("last.pth", "best.pth", "config.yaml", "train_log.txt", "metrics.jsonl", "summary.json"):
         assert os.path.isfile(os.path.join(out, name)), name
     records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
@@ -58,11 +55,9 @@ def test_train_then_test_through_the_command_line(synth_root, tmp_path):
     config_before = open(os.path.join(out, "config.yaml")).read()
     for extra, tag in [([], "test_best_Synthetic"), (["TEST.RE_RANKING", "yes"], "test_best_Synthetic_rerank20-6-0.3"),
                        (["TEST.MISS", "nt", "TEST.IMS_PER_BATCH", "7"], "test_best_Synthetic_miss-nt")]:
-        r = subprocess.run([sys.executable, os.path.join(ROOT, "test.py"), *TINY, "DATASETS.ROOT_DIR", synth_root,
-                            "OUTPUT_DIR", out, "TEST.WEIGHT", os.path.join(out, "best.pth"), *extra,
-                            "--save-features", *([str(tmp_path / "f.npz")] if extra else [])],
-                           cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        r = python(os.path.join(ROOT, "test.py"), *TINY, "DATASETS.ROOT_DIR", synth_root, "OUTPUT_DIR", out,
+                   "TEST.WEIGHT", os.path.join(out, "best.pth"), *extra, "--save-features",
+                   *([tmp_path / "f.npz"] if extra else []), cwd=tmp_path, env=env)
         metrics = json.load(open(result_file(out, tag)))
         assert 0.0 <= metrics["mAP"] <= 1.0 and {"Rank-1", "Rank-5", "Rank-10", "mINP"} <= set(metrics)
         assert "mAP" in r.stdout
@@ -77,10 +72,9 @@ def test_train_then_test_through_the_command_line(synth_root, tmp_path):
 
 
 def test_test_py_without_weight_fails_clearly(synth_root, tmp_path):
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "test.py"), *TINY, "DATASETS.ROOT_DIR", synth_root,
-                        "OUTPUT_DIR", str(tmp_path)], cwd=str(tmp_path), capture_output=True, text=True,
-                       timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
-    assert r.returncode != 0 and "TEST.WEIGHT" in r.stderr
+    r = python(os.path.join(ROOT, "test.py"), *TINY, "DATASETS.ROOT_DIR", synth_root, "OUTPUT_DIR", tmp_path,
+               cwd=tmp_path, expect=2, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert "TEST.WEIGHT" in r.stderr
 
 
 def _weights(path):

@@ -5,13 +5,12 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 
 import pytest
 import yaml
 
 from .conftest import ROOT
-from .helpers import newest_stack_only
+from .helpers import newest_stack_only, python
 
 DOC = os.path.join(ROOT, "docs", "extending.md")
 _FILE_BLOCK = re.compile(r"File `([^`]+)` \((new|append)\):\n\n```\w+\n(.*?)```", re.S)
@@ -52,11 +51,10 @@ def apply_file_blocks(section, repo):
     return touched
 
 
-def run(repo, *args, timeout=600):
-    r = subprocess.run([sys.executable, *args], cwd=repo, capture_output=True, text=True, timeout=timeout,
-                       env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-4000:]
-    return r
+def run(repo, *args, expect=0):
+    """``python args...`` in the copy ``repo`` (which alone is on the path)."""
+    return python(*args, cwd=repo, expect=expect, timeout=600,
+                  env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
 
 
 def train_with_the_doc_yaml(section, repo, tmp_path):
@@ -98,12 +96,11 @@ def test_a_new_dataset_layout_is_one_module_and_one_import(repo, tmp_path):
     assert re.search(r"train\s+\|\s+48 \|\s+384 \|", log) and re.search(r"query\s+\|\s+24 \|\s+48 \|", log)
     # the registry lists it for an unknown name, and a missing sample file is reported by name
     os.remove(os.path.join(folder, "query", "0049_c1_00_tir.png"))
-    r = subprocess.run([sys.executable, "test.py", "--config_file", str(tmp_path / "mmveh.yml"), "TEST.WEIGHT",
-                        str(tmp_path / "run" / "best.pth")], cwd=repo, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and "0049_c1_00_rgb.png (no file of that name in: _tir)" in r.stderr, r.stderr[-2000:]
-    r = subprocess.run([sys.executable, "train.py", "--config_file", str(tmp_path / "mmveh.yml"), "DATASETS.NAMES",
-                        "MMVeh2"], cwd=repo, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and "'MMVeh'" in r.stderr and "got 'MMVeh2'" in r.stderr, r.stderr[-2000:]
+    r = run(repo, "test.py", "--config_file", tmp_path / "mmveh.yml", "TEST.WEIGHT", tmp_path / "run" / "best.pth",
+            expect=2)
+    assert "0049_c1_00_rgb.png (no file of that name in: _tir)" in r.stderr, r.stderr[-2000:]
+    r = run(repo, "train.py", "--config_file", tmp_path / "mmveh.yml", "DATASETS.NAMES", "MMVeh2", expect=2)
+    assert "'MMVeh'" in r.stderr and "got 'MMVeh2'" in r.stderr, r.stderr[-2000:]
 
 
 @newest_stack_only
@@ -127,11 +124,9 @@ def test_a_backbone_timm_does_not_build_is_one_module_and_one_import(repo, tmp_p
     ckpt = tmp_path / "w.pth"
     import torch
     torch.save({"patch_embed.weight": torch.zeros(1)}, ckpt)
-    r = subprocess.run([sys.executable, "train.py", "--config_file", config, "OUTPUT_DIR",
-                        str(tmp_path / "run2"), "MODEL.PRETRAIN_PATH", str(ckpt)], cwd=repo, capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 2 and "the backbone torch_vit_tiny takes no pretrained checkpoint" in r.stderr, \
-        r.stderr[-2000:]
+    r = run(repo, "train.py", "--config_file", config, "OUTPUT_DIR", tmp_path / "run2", "MODEL.PRETRAIN_PATH", ckpt,
+            expect=2)
+    assert "the backbone torch_vit_tiny takes no pretrained checkpoint" in r.stderr, r.stderr[-2000:]
 
 
 @newest_stack_only
@@ -144,13 +139,11 @@ def test_a_branch_is_one_module_and_its_config_keys(repo, tmp_path):
     assert {"id_patch_mean", "tri_patch_mean", "patch_mean", "id_sim", "gam", "lam", "mAP"} <= set(record)
     assert record["patch_mean"] > 0
     # the checkpoint holds the branch and its head; evaluating it with the branch off is refused by name
-    r = subprocess.run([sys.executable, "test.py", "--config_file", config, "TEST.WEIGHT",
-                        str(tmp_path / "run" / "best.pth"), "MODEL.USE_PATCH_MEAN", "no"], cwd=repo,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and "MODEL.USE_PATCH_MEAN True" in r.stderr, r.stderr[-2000:]
+    r = run(repo, "test.py", "--config_file", config, "TEST.WEIGHT", tmp_path / "run" / "best.pth",
+            "MODEL.USE_PATCH_MEAN", "no", expect=2)
+    assert "MODEL.USE_PATCH_MEAN True" in r.stderr, r.stderr[-2000:]
     run(repo, "test.py", "--config_file", config, "TEST.WEIGHT", str(tmp_path / "run" / "best.pth"))
     # a resume cannot switch it off
-    r = subprocess.run([sys.executable, "train.py", "--config_file", config, "--resume",
-                        "--allow-change", "all", "MODEL.USE_PATCH_MEAN", "no", "SOLVER.MAX_EPOCHS", "2"], cwd=repo,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and "MODEL.USE_PATCH_MEAN" in r.stderr, r.stderr[-2000:]
+    r = run(repo, "train.py", "--config_file", config, "--resume", "--allow-change", "all", "MODEL.USE_PATCH_MEAN",
+            "no", "SOLVER.MAX_EPOCHS", "2", expect=2)
+    assert "MODEL.USE_PATCH_MEAN" in r.stderr, r.stderr[-2000:]

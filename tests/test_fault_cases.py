@@ -105,3 +105,13 @@ def test_a_checkpoint_evaluated_with_other_model_keys_is_one_line(tiny_cfg, tmp_
         load_eval_model(tiny_cfg("MODEL.TOPK", "2", "MODEL.CUSTOM_VIT.DEPTH", "3", "MODEL.USE_LAM", "no"), str(path))
     assert len(str(e.value).splitlines()) == 1
     assert "MODEL.CUSTOM_VIT.DEPTH 2" in str(e.value) and "MODEL.USE_LAM True" in str(e.value)
+
+
+def test_a_mid_epoch_resume_may_move_the_data_folder_but_not_change_the_batches():
+    from engine.rundir import RunFolderError, check_mid_epoch_changes
+    state = {"partial": {"epoch": 2, "iterations": 1}}
+    check_mid_epoch_changes(state, [("DATASETS.ROOT_DIR", "/old", "/new"), ("MODEL.DEVICE", "cpu", "cuda")])
+    with pytest.raises(RunFolderError, match=r"DATASETS.NAMES, SOLVER.SEED changed, which changes that epoch's"):
+        check_mid_epoch_changes(state, [("DATASETS.ROOT_DIR", "/old", "/new"), ("DATASETS.NAMES", "A", "B"),
+                                        ("SOLVER.SEED", 1, 2)])
+    check_mid_epoch_changes({"partial": None}, [("SOLVER.SEED", 1, 2)])  # at an epoch boundary: any order

@@ -1,7 +1,6 @@
 """tools/gpu_memory.py: the memory estimate checked where it can be measured (the CPU), and its CLI."""
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -17,6 +16,7 @@ from solver import build_optimizer
 from utils import fake_cuda
 
 from .conftest import ROOT, TINY
+from .helpers import python
 
 pytestmark = pytest.mark.skipif(not fake_cuda.available(), reason="the estimate needs torch >= 2.3")
 sys.path.insert(0, os.path.join(ROOT, "tools"))
@@ -96,10 +96,8 @@ def test_full_size_recipe_and_checkpointing_cuts_it():
 
 
 def test_cli_prints_the_parts_and_the_largest_batch_that_fits(tmp_path):
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "gpu_memory.py"), "--config_file",
-                        os.path.join(ROOT, "configs", "Synthetic", "demo.yml"), "--gpu-mem", "0.75"],
-                       capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = python(os.path.join(ROOT, "tools", "gpu_memory.py"), "--config_file",
+               os.path.join(ROOT, "configs", "Synthetic", "demo.yml"), "--gpu-mem", "0.75", cwd=tmp_path)
     figures = {d["figure"]: d for d in map(json.loads, r.stdout.splitlines())}
     parts = [k for k in figures if k.startswith("train_")]
     assert len(parts) == 7 and figures["peak_gib"]["value"] == pytest.approx(

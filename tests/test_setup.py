@@ -1,7 +1,5 @@
 """Start-up: device resolution (never a silent multi-day CPU run) and the mixed-precision scaler."""
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -11,6 +9,7 @@ from engine import amp_mode, make_grad_scaler
 from engine.setup import DeviceError, resolve_device
 
 from .conftest import ROOT, TINY
+from .helpers import python
 
 SIGNAL_201 = os.path.join(ROOT, "configs", "RGBNT201", "Signal.yml")
 
@@ -32,10 +31,8 @@ def test_auto_device_without_cuda_refuses_a_full_size_training_run(monkeypatch, 
 def test_train_cli_stops_before_writing_anything(tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=ROOT, CUDA_VISIBLE_DEVICES="")
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--config_file", SIGNAL_201,
-                        "OUTPUT_DIR", str(out)], cwd=str(tmp_path), env=env, capture_output=True, text=True,
-                       timeout=120)
-    assert r.returncode == 2, r.stderr[-2000:]
+    r = python(os.path.join(ROOT, "train.py"), "--config_file", SIGNAL_201, "OUTPUT_DIR", out, cwd=tmp_path, env=env,
+               expect=2)
     assert r.stderr.startswith("error: MODEL.DEVICE auto found no usable CUDA GPU") and "MODEL.DEVICE cpu" in r.stderr
     assert "Traceback" not in r.stderr
     assert not out.exists()
@@ -68,10 +65,9 @@ def test_old_torch_with_numpy_2_is_a_clear_error(monkeypatch):
 def test_cuda_without_a_gpu_is_one_line_on_the_command_line(tmp_path):
     from .conftest import TINY
     env = dict(os.environ, PYTHONPATH=ROOT, CUDA_VISIBLE_DEVICES="")
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *TINY[:-2], "MODEL.DEVICE", "cuda",
-                        "OUTPUT_DIR", str(tmp_path / "run")], cwd=str(tmp_path), env=env, capture_output=True,
-                       text=True, timeout=120)
-    assert r.returncode == 2 and r.stderr.startswith("error: MODEL.DEVICE='cuda' but no usable CUDA GPU")
+    r = python(os.path.join(ROOT, "train.py"), *TINY[:-2], "MODEL.DEVICE", "cuda", "OUTPUT_DIR", tmp_path / "run",
+               cwd=tmp_path, env=env, expect=2)
+    assert r.stderr.startswith("error: MODEL.DEVICE='cuda' but no usable CUDA GPU")
     assert "Traceback" not in r.stderr
 
 
@@ -147,8 +143,7 @@ def test_every_user_error_has_one_base_and_a_tool_exits_with_code_2(tmp_path):
                 OtherRankError, SetupError, DeviceError, UsageError):
         assert issubclass(cls, SignalError), cls
     # a benchmark without published sizes: model_cost.py asks for them (a usage error, not a traceback)
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "model_cost.py"), "--config_file",
-                        os.path.join(ROOT, "configs", "WMVeID863", "Signal.yml")], capture_output=True, text=True,
-                       timeout=300)
-    assert r.returncode == 2 and r.stderr.startswith("error: model_cost.py: pass --num-classes and --num-cameras "
+    r = python(os.path.join(ROOT, "tools", "model_cost.py"), "--config_file",
+               os.path.join(ROOT, "configs", "WMVeID863", "Signal.yml"), expect=2)
+    assert r.stderr.startswith("error: model_cost.py: pass --num-classes and --num-cameras "
                                                       "for DATASETS.NAMES WMVeID863"), r.stderr[-2000:]

@@ -14,7 +14,7 @@ from modeling import build_model
 from utils.errors import UsageError
 
 from .conftest import ROOT
-from .helpers import newest_stack_only
+from .helpers import newest_stack_only, python
 
 # Benchmarks, ablations and the timm-backbone runs of the visual tools train or build many models end to end;
 # the tools' own code is the same on every torch, so they run on the newest supported stack only (the library
@@ -43,10 +43,7 @@ def tiny_setup(tmp_path_factory, synth_root):
 
 
 def run(args, cwd):
-    r = subprocess.run([sys.executable, *args], cwd=str(cwd), capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, PYTHONPATH=ROOT))
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return r.stdout
+    return python(*args, cwd=cwd, env=dict(os.environ, PYTHONPATH=ROOT)).stdout
 
 
 def run_inprocess(args, cwd, monkeypatch):
@@ -212,10 +209,9 @@ def test_benchmark_side_by_side_with_the_official_code(tiny_setup):
     table = [line for line in text.splitlines() if line.startswith("| ")]
     assert len(table) == 7 and all(line.endswith("x |") for line in table[1:])
     # the official LAM needs a sampling grid of at least 2 x 2: a clear error, not a traceback
-    r = subprocess.run([sys.executable, os.path.join(TOOLS, "benchmark.py"), "--config_file", cfg, "--batch", "4",
-                        "--steps", "1", "--warmup", "0", "--official"], cwd=str(d), capture_output=True, text=True,
-                       timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
-    assert r.returncode != 0 and "sampling grid of at least 2 x 2" in r.stderr and "Traceback" not in r.stderr
+    r = python(os.path.join(TOOLS, "benchmark.py"), "--config_file", cfg, "--batch", "4", "--steps", "1", "--warmup",
+               "0", "--official", cwd=d, expect=2, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert "sampling grid of at least 2 x 2" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_lr_schedule_prints_every_epoch_of_every_group(tmp_path):
@@ -231,14 +227,12 @@ def test_lr_schedule_prints_every_epoch_of_every_group(tmp_path):
 
 def test_tool_errors_are_one_line(tiny_setup):
     d, cfg, _ = tiny_setup
-    r = subprocess.run([sys.executable, os.path.join(TOOLS, "vis_ranklist.py"), "--config_file", cfg, "--weight",
-                        str(d / "missing.pth"), "--output", str(d / "x.png")], cwd=str(d), capture_output=True,
-                       text=True, timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
-    assert r.returncode == 2 and r.stderr.startswith("error: weights file not found:") and "Traceback" not in r.stderr
-    r = subprocess.run([sys.executable, os.path.join(TOOLS, "lr_schedule.py"), "--config_file", cfg,
-                        "SOLVER.MAX_EPOCHS", "0"], cwd=str(d), capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, PYTHONPATH=ROOT))
-    assert r.returncode == 2 and "SOLVER.MAX_EPOCHS must be an integer >= 1" in r.stderr and "Traceback" not in r.stderr
+    r = python(os.path.join(TOOLS, "vis_ranklist.py"), "--config_file", cfg, "--weight", d / "missing.pth", "--output",
+               d / "x.png", cwd=d, expect=2, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert r.stderr.startswith("error: weights file not found:") and "Traceback" not in r.stderr
+    r = python(os.path.join(TOOLS, "lr_schedule.py"), "--config_file", cfg, "SOLVER.MAX_EPOCHS", "0", cwd=d, expect=2,
+               env=dict(os.environ, PYTHONPATH=ROOT))
+    assert "SOLVER.MAX_EPOCHS must be an integer >= 1" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_check_data_reports_the_splits_and_a_bad_file(tiny_setup, synth_root, tmp_path):
@@ -250,10 +244,9 @@ def test_check_data_reports_the_splits_and_a_bad_file(tiny_setup, synth_root, tm
     shutil.copytree(synth_root, root)
     victim = sorted((root).rglob("*.jpg"))[7]
     victim.write_bytes(b"garbage")
-    r = subprocess.run([sys.executable, os.path.join(TOOLS, "check_data.py"), "--config_file", cfg,
-                        "DATASETS.ROOT_DIR", str(root)], cwd=str(d), capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, PYTHONPATH=ROOT))
-    assert r.returncode == 2 and f"  {victim}: " in r.stderr
+    r = python(os.path.join(TOOLS, "check_data.py"), "--config_file", cfg, "DATASETS.ROOT_DIR", root, cwd=d, expect=2,
+               env=dict(os.environ, PYTHONPATH=ROOT))
+    assert f"  {victim}: " in r.stderr
 
 
 @pytest.fixture(scope="module")
@@ -338,7 +331,6 @@ def test_benchmark_eval_times_the_authors_functions_at_every_regime(tmp_path):
     assert speedups[0]["mAP"] > speedups[1]["mAP"] > speedups[2]["mAP"]      # three feature qualities
     table = [line for line in out.splitlines() if line.startswith("| ")]
     assert len(table) == 4 and all(line.count("|") == 7 and line.endswith("x |") for line in table[1:])
-    r = subprocess.run([sys.executable, os.path.join(TOOLS, "benchmark_eval.py"), "--official-repo",
-                        str(tmp_path / "nothing")], cwd=str(tmp_path), capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ, PYTHONPATH=ROOT))
-    assert r.returncode != 0 and "--official-repo" in r.stderr and "Traceback" not in r.stderr
+    r = python(os.path.join(TOOLS, "benchmark_eval.py"), "--official-repo", tmp_path / "nothing", cwd=tmp_path,
+               expect=2, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert "--official-repo" in r.stderr and "Traceback" not in r.stderr

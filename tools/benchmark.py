@@ -37,7 +37,7 @@ from engine import amp_mode, make_grad_scaler  # noqa: E402
 from engine import train_step as engine_train_step  # noqa: E402
 from engine.amp import autocast_context  # noqa: E402
 from layers import build_loss  # noqa: E402
-from data.datasets import dataset_of, get_dataset, reference_sizes  # noqa: E402
+from data.datasets import dataset_of, evaluation_reference, reference_sizes  # noqa: E402
 from modeling import MODALITIES, backbone_spec, build_model  # noqa: E402
 from modeling.backbone import backbone_names  # noqa: E402
 from solver import build_optimizer  # noqa: E402
@@ -338,7 +338,7 @@ def main():
     p.add_argument("--skip", default="", help="comma list of parts to skip: model,data,eval")
     p.add_argument("--official", action="store_true",
                    help="every figure side by side with the official code (utils/official.py), CPU")
-    size = get_dataset("RGBNT100").sizes
+    size = evaluation_reference().sizes  # the largest test split of the paper (RGBNT100)
     p.add_argument("--eval-size", type=int, nargs=2, default=[size.query, size.gallery], metavar=("QUERY", "GALLERY"),
                    help="--official: evaluation and re-ranking size (default RGBNT100's)")
     p.add_argument("--eval-repeat", type=int, default=3, help="--official: evaluation runs (best of)")

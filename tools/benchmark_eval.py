@@ -36,7 +36,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from engine.setup import UsageError, run_cli  # noqa: E402
-from data.datasets import get_dataset  # noqa: E402
+from data.datasets import evaluation_reference  # noqa: E402
 from utils.metrics import evaluate_all  # noqa: E402
 from benchmark_reranking import timed  # noqa: E402
 
@@ -147,7 +147,7 @@ def cpu_name():
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    size = get_dataset("RGBNT100").sizes  # the default size: RGBNT100's test split
+    size = evaluation_reference().sizes  # the default size: the largest test split of the paper (RGBNT100)
     p.add_argument("--num-query", type=int, default=size.query)
     p.add_argument("--num-gallery", type=int, default=size.gallery)
     p.add_argument("--dim", type=int, default=3072)

@@ -56,8 +56,8 @@ def compare(q, gal, k1, k2, lam, device, repeat, official_repeat=1):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    from data.datasets import get_dataset
-    size = get_dataset("RGBNT100").sizes  # the default size: RGBNT100's test split
+    from data.datasets import evaluation_reference
+    size = evaluation_reference().sizes  # the default size: the largest test split of the paper (RGBNT100)
     p.add_argument("--num-query", type=int, default=size.query)
     p.add_argument("--num-gallery", type=int, default=size.gallery)
     p.add_argument("--dim", type=int, default=512)

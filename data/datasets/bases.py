@@ -87,6 +87,7 @@ class ReIDDataset:
         sizes: ``BenchmarkSizes`` of the released benchmark, None where not published.
         max_cameras: the most cameras its file names can hold (None: no limit).
         synthetic_specials: its synthetic copy adds a junk (-1) and a distractor (0) gallery image.
+        in_paper: one of the Signal paper's benchmarks.
     """
 
     name = "base"
@@ -99,6 +100,7 @@ class ReIDDataset:
     sizes: Optional[BenchmarkSizes] = None
     max_cameras: Optional[int] = None
     synthetic_specials = False
+    in_paper = False
     # Writer of one sample of the synthetic copy (a classmethod in datasets that have one):
     # write_synthetic_sample(base, split, sample_id, camid, index, images) with split 'train', 'query' or
     # 'gallery', the on-disk identity ``sample_id``, and ``images`` the (RGB, NI, TI) uint8 arrays.

@@ -48,6 +48,7 @@ class MSVR310(ReIDDataset):
     name = "MSVR310"
     protocol = "scene"
     sizes = BenchmarkSizes(train_ids=155, cameras=8, query=591, gallery=1055)
+    in_paper = True
     max_cameras = 8
 
     def __init__(self, root, test_only=False, skip_unpaired=False):

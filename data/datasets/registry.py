@@ -49,3 +49,10 @@ def reference_sizes(cfg):
         from config.defaults import _C
         cls = get_dataset(_C.DATASETS.NAMES)
     return cls.sizes, cls.name
+
+
+def evaluation_reference():
+    """The Signal paper's benchmark with the largest test split (RGBNT100: 1,715 queries x 8,575 gallery):
+    the default size of the evaluation and re-ranking benchmarks."""
+    paper = [get_dataset(n) for n in dataset_names(aliases=False) if get_dataset(n).in_paper]
+    return max(paper, key=lambda cls: cls.sizes.query * cls.sizes.gallery)

@@ -37,6 +37,7 @@ class RGBNT100(ReIDDataset):
     name = "RGBNT100"
     tiled = True
     sizes = BenchmarkSizes(train_ids=50, cameras=8, query=1715, gallery=8575)
+    in_paper = True
     max_cameras = 8
 
     def __init__(self, root, test_only=False, skip_unpaired=False):

@@ -44,6 +44,7 @@ class RGBNT201(ReIDDataset):
     name = "RGBNT201"
     gallery_is_query = True
     sizes = BenchmarkSizes(train_ids=171, cameras=4, query=836, gallery=836)
+    in_paper = True
 
     def __init__(self, root, test_only=False, skip_unpaired=False):
         base = self.folder(root)

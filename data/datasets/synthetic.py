@@ -199,6 +199,7 @@ class Synthetic(RGBNT201):
     folders = ("RGBNT201",)
     sizes = BenchmarkSizes(train_ids=48, cameras=3, query=192, gallery=192)  # the DATASETS.SYNTHETIC defaults
     write_synthetic_sample = None
+    in_paper = False
 
     @classmethod
     def from_config(cls, cfg, test_only=False):
