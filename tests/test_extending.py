@@ -51,21 +51,52 @@ def apply_file_blocks(section, repo):
     return touched
 
 
-def run(repo, *args, expect=0):
-    """``python args...`` in the copy ``repo`` (which alone is on the path)."""
-    return python(*args, cwd=repo, expect=expect, timeout=600,
-                  env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+# Runs commands one after another in one interpreter (each command's exit code and stderr kept apart): the
+# copy's entry points start once instead of once per command.
+_DRIVER = r"""
+import contextlib, io, json, runpy, sys
+results = []
+for cmd in json.loads(sys.argv[1]):
+    err, code = io.StringIO(), 0
+    with contextlib.redirect_stderr(err):
+        try:
+            if cmd[0] == "-c":
+                sys.argv = ["-c"]
+                exec(compile(cmd[1], "<command>", "exec"), {"__name__": "__main__"})
+            else:
+                sys.argv = cmd
+                runpy.run_path(cmd[0], run_name="__main__")
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    results.append({"code": code, "stderr": err.getvalue()})
+print("RESULTS " + json.dumps(results))
+"""
 
 
-def train_with_the_doc_yaml(section, repo, tmp_path):
-    """train.py in ``repo`` with the section's YAML (its data and output folders under ``tmp_path``);
-    returns (config file, the run's log)."""
+def run(repo, *commands):
+    """Each command (``[script, args...]`` or ``["-c", code]``, as ``python`` would take it) with its expected
+    exit code, ``(command, code)``, in the copy ``repo`` (which alone is on the path), in one interpreter.
+    Returns (the commands' stderr texts, the interpreter's stdout)."""
+    r = python("-c", _DRIVER, json.dumps([[str(a) for a in cmd] for cmd, _ in commands]), cwd=repo, timeout=600,
+               env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    results = json.loads(r.stdout.rsplit("RESULTS ", 1)[1])
+    for (cmd, expect), res in zip(commands, results):
+        assert res["code"] == expect, f"{cmd}: exit code {res['code']}, expected {expect}\n{res['stderr'][-3000:]}"
+    return [res["stderr"] for res in results], r.stdout
+
+
+def doc_config(section, tmp_path, root):
+    """The section's YAML with its data folder ``root`` and its run folder under ``tmp_path``."""
     (text,) = blocks(section, "yaml")
     cfg = yaml.safe_load(text)
-    cfg["DATASETS"]["ROOT_DIR"], cfg["OUTPUT_DIR"] = str(tmp_path / "data"), str(tmp_path / "run")
+    cfg["DATASETS"]["ROOT_DIR"], cfg["OUTPUT_DIR"] = str(root), str(tmp_path / "run")
     (tmp_path / "run.yml").write_text(yaml.safe_dump(cfg))
-    run(repo, "train.py", "--config_file", str(tmp_path / "run.yml"))
-    return str(tmp_path / "run.yml"), open(tmp_path / "run" / "train_log.txt").read()
+    return str(tmp_path / "run.yml")
+
+
+def run_log_and_records(tmp_path):
+    return (open(tmp_path / "run" / "train_log.txt").read(),
+            [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")])
 
 
 @pytest.fixture(scope="module")
@@ -77,73 +108,66 @@ def repo(tmp_path_factory):
 def test_a_new_dataset_layout_is_one_module_and_one_import(repo, tmp_path):
     section = doc_section("A dataset layout")
     assert apply_file_blocks(section, repo) == ["data/datasets/mmveh.py", "data/datasets/__init__.py"]
-    data = str(tmp_path / "mmveh")
+    data = tmp_path / "mmveh"
     (command,) = blocks(section, "bash")
-    run(repo, "-c", re.search(r'python -c "(.*)"', command).group(1).replace("/tmp/mmveh", data))
-    folder = os.path.join(data, "MMVeh")
-    assert sorted(os.listdir(folder)) == [".synthetic.json", "gallery", "query", "train"]
-    assert "0001_c1_00_nir.png" in os.listdir(os.path.join(folder, "train"))
-    (text,) = blocks(section, "yaml")
-    cfg = yaml.safe_load(text)
-    cfg["DATASETS"]["ROOT_DIR"], cfg["OUTPUT_DIR"] = data, str(tmp_path / "run")
-    (tmp_path / "mmveh.yml").write_text(yaml.safe_dump(cfg))
-    run(repo, "train.py", "--config_file", str(tmp_path / "mmveh.yml"))
-    records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
-    final = [r for r in records if "mAP" in r]
-    assert final and 0 < final[-1]["mAP"] <= 1
-    # the dataset reports 48 training identities and evaluates 48 queries (2 per test identity)
-    log = open(tmp_path / "run" / "train_log.txt").read()
-    assert re.search(r"train\s+\|\s+48 \|\s+384 \|", log) and re.search(r"query\s+\|\s+24 \|\s+48 \|", log)
-    # the registry lists it for an unknown name, and a missing sample file is reported by name
-    os.remove(os.path.join(folder, "query", "0049_c1_00_tir.png"))
-    r = run(repo, "test.py", "--config_file", tmp_path / "mmveh.yml", "TEST.WEIGHT", tmp_path / "run" / "best.pth",
-            expect=2)
-    assert "0049_c1_00_rgb.png (no file of that name in: _tir)" in r.stderr, r.stderr[-2000:]
-    r = run(repo, "train.py", "--config_file", tmp_path / "mmveh.yml", "DATASETS.NAMES", "MMVeh2", expect=2)
-    assert "'MMVeh'" in r.stderr and "got 'MMVeh2'" in r.stderr, r.stderr[-2000:]
+    write = re.search(r'python -c "(.*)"', command).group(1).replace("/tmp/mmveh", str(data))
+    config = doc_config(section, tmp_path, data)
+    # a missing sample file is reported by name; the registry lists the dataset for an unknown name
+    remove = f"import os; os.remove({str(data / 'MMVeh' / 'query' / '0017_c1_00_tir.png')!r})"
+    errors, _ = run(repo, (["-c", write], 0), (["train.py", "--config_file", config], 0), (["-c", remove], 0),
+                    (["test.py", "--config_file", config, "TEST.WEIGHT", tmp_path / "run" / "best.pth"], 2),
+                    (["train.py", "--config_file", config, "DATASETS.NAMES", "MMVeh2"], 2))
+    assert sorted(os.listdir(data / "MMVeh")) == [".synthetic.json", "gallery", "query", "train"]
+    assert "0001_c1_00_nir.png" in os.listdir(data / "MMVeh" / "train")
+    log, records = run_log_and_records(tmp_path)
+    assert 0 < records[-1]["mAP"] <= 1
+    # 16 training identities, 16 queries (2 per test identity)
+    assert re.search(r"train\s+\|\s+16 \|\s+128 \|", log) and re.search(r"query\s+\|\s+8 \|\s+16 \|", log)
+    assert "0017_c1_00_rgb.png (no file of that name in: _tir)" in errors[3]
+    assert "'MMVeh'" in errors[4] and "got 'MMVeh2'" in errors[4]
 
 
 @newest_stack_only
 def test_a_backbone_timm_does_not_build_is_one_module_and_one_import(repo, tmp_path):
     section = doc_section("A backbone that is not a timm ViT")
     assert apply_file_blocks(section, repo) == ["modeling/torch_vit.py", "modeling/__init__.py"]
-    config, log = train_with_the_doc_yaml(section, repo, tmp_path)
-    assert "Model: torch_vit_tiny" in log and "RANDOM weights" not in log  # small: no random-weights warning
-    records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
-    assert [r for r in records if "mAP" in r]
+    config = doc_config(section, tmp_path, tmp_path / "data")
     # the backbone's parameters train at the spec's LR rule (BASE_LR x BACKBONE_LR_FACTOR), the heads at BASE_LR
-    probe = ("import sys; sys.argv[1:] = []; from config import load_config; from modeling import build_model; "
-             "from solver import build_optimizer; cfg = load_config(%r); m = build_model(cfg, 4, 3); "
-             "o = build_optimizer(cfg, m); ids = {id(p): n for n, p in m.named_parameters()}; "
-             "part = lambda n: n.split('.')[n.startswith('backbone.')]; "
-             "print(sorted({(part(ids[id(p)]), g['lr']) for g in o.param_groups for p in g['params'] "
+    probe = ("from config import load_config; from modeling import build_model; from solver import build_optimizer; "
+             "cfg = load_config(%r); m = build_model(cfg, 4, 3); o = build_optimizer(cfg, m); "
+             "ids = {id(p): n for n, p in m.named_parameters()}; part = lambda n: n.split('.')[n.startswith('backbone.')]; "
+             "print('LRS', sorted({(part(ids[id(p)]), g['lr']) for g in o.param_groups for p in g['params'] "
              "if ids[id(p)].endswith('weight')}))" % config)
-    lrs = dict(eval(run(repo, "-c", probe).stdout.strip().splitlines()[-1]))
+    import torch
+    torch.save({"patch_embed.weight": torch.zeros(1)}, tmp_path / "w.pth")
+    errors, out = run(repo, (["train.py", "--config_file", config], 0), (["-c", probe], 0),
+                      (["train.py", "--config_file", config, "OUTPUT_DIR", tmp_path / "run2", "MODEL.PRETRAIN_PATH",
+                        tmp_path / "w.pth"], 2))
+    log, records = run_log_and_records(tmp_path)
+    assert "Model: torch_vit_tiny" in log and "RANDOM weights" not in log  # small: no random-weights warning
+    assert "mAP" in records[-1]
+    lrs = dict(eval(out.split("LRS ", 1)[1].splitlines()[0]))
     assert lrs["vit"] == pytest.approx(3.5e-4 * 0.8) and lrs["sim"] == pytest.approx(3.5e-4)
     # no converter: MODEL.PRETRAIN_PATH is refused by name (exit code 2, one line)
-    ckpt = tmp_path / "w.pth"
-    import torch
-    torch.save({"patch_embed.weight": torch.zeros(1)}, ckpt)
-    r = run(repo, "train.py", "--config_file", config, "OUTPUT_DIR", tmp_path / "run2", "MODEL.PRETRAIN_PATH", ckpt,
-            expect=2)
-    assert "the backbone torch_vit_tiny takes no pretrained checkpoint" in r.stderr, r.stderr[-2000:]
+    assert "the backbone torch_vit_tiny takes no pretrained checkpoint" in errors[2]
 
 
 @newest_stack_only
 def test_a_branch_is_one_module_and_its_config_keys(repo, tmp_path):
     section = doc_section("A branch like SIM, GAM or LAM")
     assert apply_file_blocks(section, repo) == ["modeling/branches/patch_mean.py", "config/defaults.py"]
-    config, log = train_with_the_doc_yaml(section, repo, tmp_path)
+    config = doc_config(section, tmp_path, tmp_path / "data")
+    best = tmp_path / "run" / "best.pth"
+    errors, _ = run(repo, (["train.py", "--config_file", config], 0),
+                    # evaluating the checkpoint with the branch off is refused by name, with it on it works
+                    (["test.py", "--config_file", config, "TEST.WEIGHT", best, "MODEL.USE_PATCH_MEAN", "no"], 2),
+                    (["test.py", "--config_file", config, "TEST.WEIGHT", best], 0),
+                    # a resume cannot switch it off
+                    (["train.py", "--config_file", config, "--resume", "--allow-change", "all",
+                      "MODEL.USE_PATCH_MEAN", "no", "SOLVER.MAX_EPOCHS", "2"], 2))
+    log, (record,) = run_log_and_records(tmp_path)
     assert "test feature 576-d" in log
-    (record,) = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert {"id_patch_mean", "tri_patch_mean", "patch_mean", "id_sim", "gam", "lam", "mAP"} <= set(record)
     assert record["patch_mean"] > 0
-    # the checkpoint holds the branch and its head; evaluating it with the branch off is refused by name
-    r = run(repo, "test.py", "--config_file", config, "TEST.WEIGHT", tmp_path / "run" / "best.pth",
-            "MODEL.USE_PATCH_MEAN", "no", expect=2)
-    assert "MODEL.USE_PATCH_MEAN True" in r.stderr, r.stderr[-2000:]
-    run(repo, "test.py", "--config_file", config, "TEST.WEIGHT", str(tmp_path / "run" / "best.pth"))
-    # a resume cannot switch it off
-    r = run(repo, "train.py", "--config_file", config, "--resume", "--allow-change", "all", "MODEL.USE_PATCH_MEAN",
-            "no", "SOLVER.MAX_EPOCHS", "2", expect=2)
-    assert "MODEL.USE_PATCH_MEAN" in r.stderr, r.stderr[-2000:]
+    assert "MODEL.USE_PATCH_MEAN True" in errors[1]
+    assert "MODEL.USE_PATCH_MEAN" in errors[3] and "cannot continue" in errors[3]

@@ -165,6 +165,17 @@ def find_dataset_folder(root, candidates, name):
                        f"folder that contains it)")
 
 
+def read_splits(read, test_only=False):
+    """``(train, query, gallery)`` = ``read(split)`` of each split; no training samples with ``test_only``."""
+    return ([] if test_only else read("train")), read("query"), read("gallery")
+
+
+def save_modalities(folder, subdirs, name, images):
+    """Write a sample's (RGB, NI, TI) ``images`` as ``folder/<subdir>/name``, one modality folder each."""
+    for sub, arr in zip(subdirs, images):
+        save_image(arr, os.path.join(folder, sub, name))
+
+
 def save_image(arr, path):
     """Write a uint8 [H, W, 3] array as an image file (JPEG at quality 95 for .jpg), creating its folder."""
     from PIL import Image

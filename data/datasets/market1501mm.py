@@ -10,8 +10,8 @@ removed.
 import os
 import re
 
-from .bases import (BenchmarkSizes, DatasetError, ReIDDataset, Sample, pair_by_name, report_unpaired, require_dir,
-                    require_nonempty, save_image)
+from .bases import (BenchmarkSizes, DatasetError, ReIDDataset, Sample, pair_by_name, read_splits, report_unpaired,
+                   require_dir, require_nonempty, save_modalities)
 from .registry import register_dataset
 
 _SUBDIRS = ("RGB", "NI", "TI")
@@ -55,11 +55,10 @@ class Market1501MM(ReIDDataset):
         base = self.folder(root)
         read = lambda split: read_market_split(os.path.join(base, _SPLITS[split]), split, skip_unpaired,  # noqa: E731
                                                keep_distractors=split == "gallery")
-        super().__init__([] if test_only else read("train"), read("query"), read("gallery"))
+        super().__init__(*read_splits(read, test_only))
 
     @classmethod
     def write_synthetic_sample(cls, base, split, sample_id, camid, index, images):
         pid = f"{sample_id:04d}" if sample_id >= 0 else str(sample_id)  # junk images are named '-1_...'
         name = f"{pid}_c{camid + 1}s1_{25 * index:06d}_00.jpg"
-        for sub, arr in zip(_SUBDIRS, images):
-            save_image(arr, os.path.join(base, _SPLITS[split], sub, name))
+        save_modalities(os.path.join(base, _SPLITS[split]), _SUBDIRS, name, images)

@@ -7,8 +7,8 @@ gallery samples of the same id and the same scene.
 import os
 import re
 
-from .bases import (BenchmarkSizes, DatasetError, ReIDDataset, Sample, is_hidden, pair_by_name, report_unpaired,
-                    require_dir, require_nonempty, save_image)
+from .bases import (BenchmarkSizes, DatasetError, ReIDDataset, Sample, is_hidden, pair_by_name, read_splits,
+                   report_unpaired, require_dir, require_nonempty, save_modalities)
 from .registry import register_dataset
 
 _NAME = re.compile(r"^\d{4}_s\d{3}_v[0-7]")
@@ -54,10 +54,9 @@ class MSVR310(ReIDDataset):
     def __init__(self, root, test_only=False, skip_unpaired=False):
         base = self.folder(root)
         read = lambda split: read_vehicle_folders(os.path.join(base, _SPLITS[split]), split, skip_unpaired)  # noqa: E731
-        super().__init__([] if test_only else read("train"), read("query"), read("gallery"))
+        super().__init__(*read_splits(read, test_only))
 
     @classmethod
     def write_synthetic_sample(cls, base, split, sample_id, camid, index, images):
         name = f"{sample_id:04d}_s{index % 2:03d}_v{camid}_{index:03d}.jpg"
-        for sub, arr in zip(_SUBDIRS, images):
-            save_image(arr, os.path.join(base, _SPLITS[split], f"{sample_id:04d}", sub, name))
+        save_modalities(os.path.join(base, _SPLITS[split], f"{sample_id:04d}"), _SUBDIRS, name, images)

@@ -8,7 +8,8 @@ import re
 
 import numpy as np
 
-from .bases import BenchmarkSizes, DatasetError, ReIDDataset, Sample, list_images, require_nonempty, save_image
+from .bases import (BenchmarkSizes, DatasetError, ReIDDataset, Sample, list_images, read_splits, require_nonempty,
+                   save_image)
 from .registry import register_dataset
 
 _NAME = re.compile(r"(\d+)_c(\d+)")
@@ -44,7 +45,7 @@ class RGBNT100(ReIDDataset):
         """``skip_unpaired`` has nothing to do here: one file holds the three modalities."""
         base = self.folder(root)
         read = lambda split: read_tiled_folder(os.path.join(base, _SPLITS[split]), split)  # noqa: E731
-        super().__init__([] if test_only else read("train"), read("query"), read("gallery"))
+        super().__init__(*read_splits(read, test_only))
 
     @classmethod
     def write_synthetic_sample(cls, base, split, sample_id, camid, index, images):

@@ -8,8 +8,8 @@ Evaluation uses query = gallery = the test folder.
 import os
 import re
 
-from .bases import (MODALITIES, BenchmarkSizes, DatasetError, ReIDDataset, Sample, pair_by_name, report_unpaired,
-                    require_nonempty, save_image)
+from .bases import (BenchmarkSizes, DatasetError, MODALITIES, ReIDDataset, Sample, pair_by_name, report_unpaired,
+                   require_nonempty, save_modalities)
 from .registry import register_dataset
 
 _NAME = re.compile(r"^(\d{6})_cam(\d+)")
@@ -56,5 +56,4 @@ class RGBNT201(ReIDDataset):
     @classmethod
     def write_synthetic_sample(cls, base, split, sample_id, camid, index, images):
         name = f"{sample_id:06d}_cam{camid + 1}_{index:02d}.jpg"
-        for m, arr in zip(MODALITIES, images):
-            save_image(arr, os.path.join(base, _SPLITS[split], m, name))
+        save_modalities(os.path.join(base, _SPLITS[split]), MODALITIES, name, images)

@@ -12,8 +12,8 @@ scene 999, so the scene rule of MSVR310 does not apply).
 import os
 import re
 
-from .bases import (DatasetError, ReIDDataset, Sample, is_hidden, pair_by_name, report_unpaired, require_dir,
-                    require_nonempty, save_image)
+from .bases import (DatasetError, ReIDDataset, Sample, is_hidden, pair_by_name, read_splits, report_unpaired,
+                   require_dir, require_nonempty, save_modalities)
 from .registry import register_dataset
 
 _SUBDIRS = ("vis", "ni", "th")
@@ -60,11 +60,10 @@ class WMVeID863(ReIDDataset):
     def __init__(self, root, test_only=False, skip_unpaired=False):
         base = self.folder(root)
         read = lambda split: read_wmveid863_split(os.path.join(base, _SPLITS[split]), split, skip_unpaired)  # noqa: E731
-        super().__init__([] if test_only else read("train"), read("query"), read("gallery"))
+        super().__init__(*read_splits(read, test_only))
 
     @classmethod
     def write_synthetic_sample(cls, base, split, sample_id, camid, index, images):
         scene = index % 3 if split == "train" else 999  # test images have scene 999, as in the release
         name = f"v{camid}_n{index % 2}_s{scene}_{index:04d}.jpg"
-        for sub, arr in zip(_SUBDIRS, images):
-            save_image(arr, os.path.join(base, _SPLITS[split], f"{sample_id:04d}", sub, name))
+        save_modalities(os.path.join(base, _SPLITS[split], f"{sample_id:04d}"), _SUBDIRS, name, images)
