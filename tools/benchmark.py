@@ -261,6 +261,8 @@ def side_figures(args, side, keep_freed):
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", "cpu", "--run-side", side,
            *args.opts, "SOLVER.CPU_KEEP_FREED_MEMORY", "yes" if keep_freed else "no"]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if r.returncode == 2 and r.stderr.startswith("error: "):  # the side refused the config: the same user error
+        raise UsageError(f"the {side} side refused the config: {r.stderr[len('error: '):].strip()}")
     if r.returncode != 0:
         raise SystemExit(f"the {side} side failed:\n{r.stderr.strip()[-2000:]}")
     records = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
