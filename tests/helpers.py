@@ -47,3 +47,38 @@ def python(*args, cwd=None, expect=0, timeout=300, env=None):
     if expect is not None:
         assert r.returncode == expect, f"exit code {r.returncode}, expected {expect}\n" + r.stdout[-3000:] + r.stderr[-4000:]
     return r
+
+
+# Runs commands one after another in one interpreter, each command's exit code and stderr kept apart.
+_DRIVER = r"""
+import contextlib, io, json, os, runpy, sys
+results, path = [], list(sys.path)
+for cmd in json.loads(sys.argv[1]):
+    err, code = io.StringIO(), 0
+    with contextlib.redirect_stderr(err):
+        try:
+            if cmd[0] == "-c":
+                sys.argv = ["-c"]
+                exec(compile(cmd[1], "<command>", "exec"), {"__name__": "__main__"})
+            else:
+                sys.argv, sys.path[:] = cmd, [os.path.dirname(os.path.abspath(cmd[0]))] + path
+                runpy.run_path(cmd[0], run_name="__main__")
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    results.append({"code": code, "stderr": err.getvalue()})
+print("RESULTS " + json.dumps(results))
+"""
+
+
+def python_commands(*commands, cwd=None, env=None, timeout=600):
+    """Several ``python`` commands in one fresh interpreter, one after another: each is ``([script, args...]
+    or ["-c", code], expected exit code)``; a script runs as ``__main__`` with its folder first on the path,
+    as ``python script`` would. Checks each exit code; returns (each command's stderr, the stdout of all).
+    Saves an interpreter start (several seconds with torch) per command."""
+    import json
+    r = python("-c", _DRIVER, json.dumps([[str(a) for a in cmd] for cmd, _ in commands]), cwd=cwd, env=env,
+               timeout=timeout)
+    results = json.loads(r.stdout.rsplit("RESULTS ", 1)[1])
+    for (cmd, expect), res in zip(commands, results):
+        assert res["code"] == expect, f"{cmd}: exit code {res['code']}, expected {expect}\n{res['stderr'][-3000:]}"
+    return [res["stderr"] for res in results], r.stdout

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from .conftest import ROOT
-from .helpers import newest_stack_only, python
+from .helpers import newest_stack_only, python_commands
 
 DOC = os.path.join(ROOT, "docs", "extending.md")
 _FILE_BLOCK = re.compile(r"File `([^`]+)` \((new|append)\):\n\n```\w+\n(.*?)```", re.S)
@@ -51,38 +51,11 @@ def apply_file_blocks(section, repo):
     return touched
 
 
-# Runs commands one after another in one interpreter (each command's exit code and stderr kept apart): the
-# copy's entry points start once instead of once per command.
-_DRIVER = r"""
-import contextlib, io, json, runpy, sys
-results = []
-for cmd in json.loads(sys.argv[1]):
-    err, code = io.StringIO(), 0
-    with contextlib.redirect_stderr(err):
-        try:
-            if cmd[0] == "-c":
-                sys.argv = ["-c"]
-                exec(compile(cmd[1], "<command>", "exec"), {"__name__": "__main__"})
-            else:
-                sys.argv = cmd
-                runpy.run_path(cmd[0], run_name="__main__")
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    results.append({"code": code, "stderr": err.getvalue()})
-print("RESULTS " + json.dumps(results))
-"""
-
-
 def run(repo, *commands):
     """Each command (``[script, args...]`` or ``["-c", code]``, as ``python`` would take it) with its expected
     exit code, ``(command, code)``, in the copy ``repo`` (which alone is on the path), in one interpreter.
     Returns (the commands' stderr texts, the interpreter's stdout)."""
-    r = python("-c", _DRIVER, json.dumps([[str(a) for a in cmd] for cmd, _ in commands]), cwd=repo, timeout=600,
-               env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
-    results = json.loads(r.stdout.rsplit("RESULTS ", 1)[1])
-    for (cmd, expect), res in zip(commands, results):
-        assert res["code"] == expect, f"{cmd}: exit code {res['code']}, expected {expect}\n{res['stderr'][-3000:]}"
-    return [res["stderr"] for res in results], r.stdout
+    return python_commands(*commands, cwd=repo, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
 
 
 def doc_config(section, tmp_path, root):
