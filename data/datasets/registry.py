@@ -10,6 +10,7 @@ keeping their own lists of names.
 Contract of a registered class (see ``bases.ReIDDataset`` and docs/extending.md):
     ``from_config(cls, cfg, test_only)`` -> an instance holding train / query / gallery samples;
     ``protocol_for(cls, cfg)`` -> 'camera' or 'scene' (class attribute ``protocol`` unless overridden);
+    ``check_config(cls, cfg)`` refuses, at freeze, a config the dataset cannot be read with;
     ``write_synthetic_sample(cls, base, split, sample_id, camid, index, images)``, optional, writes one
     rendered sample in the layout ``from_config`` reads, for ``data.datasets.write_synthetic``.
 """
@@ -43,7 +44,8 @@ def dataset_of(cfg):
 
 def reference_sizes(cfg):
     """``(sizes, name)``: the released sizes of the benchmark ``cfg`` names or, for one without published
-    sizes (a custom dataset), those of the default benchmark (config/defaults.py), with whose they are."""
+    sizes (a custom dataset, WMVeID863), those of the default benchmark (config/defaults.py); ``name`` is the
+    benchmark the sizes belong to."""
     cls = dataset_of(cfg)
     if cls.sizes is None:
         from config.defaults import _C
