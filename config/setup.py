@@ -213,12 +213,6 @@ def _get(cfg, key):
     return node
 
 
-def patch_size(cfg):
-    """The backbone's patch size (pixels)."""
-    from modeling.backbone import patch_size_of
-    return patch_size_of(cfg)
-
-
 def validate(cfg):
     """Every value that would fail (or silently misbehave) later, refused now with the key named."""
     for key, choices in _CHOICES.items():
@@ -251,7 +245,7 @@ def validate(cfg):
             f"config: INPUT.SIZE_TEST {list(cfg.INPUT.SIZE_TEST)} differs from INPUT.SIZE_TRAIN "
             f"{list(cfg.INPUT.SIZE_TRAIN)}; the position embedding, token selection (MODEL.TOPK) and LAM are "
             f"built for one patch grid, so both must be equal")
-    patch = patch_size(cfg)
+    patch = spec.patch_size(cfg.MODEL)
     h, w = cfg.INPUT.SIZE_TRAIN
     if h % patch or w % patch:
         raise ValueError(

@@ -65,7 +65,7 @@ def resume_from(state, model, optimizer, scheduler, scaler, path="last.pth"):
         path, state = state, read_checkpoint(state, "training checkpoint")
     mismatched, unexpected, missing = key_report(unwrap(model).state_dict(), state["model"])
     if mismatched or unexpected or missing:  # the data or the model differ from the run's
-        found = ([f"size mismatch {m}" for m in mismatched] + [f"unexpected {k}" for k in unexpected]
+        found = ([f"size mismatch {m}" for m in mismatched.values()] + [f"unexpected {k}" for k in unexpected]
                  + [f"missing {k}" for k in missing])
         raise CheckpointError(f"{path} does not fit this run's model ({'; '.join(found[:3])}): the data "
                               f"(number of identities or cameras) or the model config differ from the run's; "

@@ -122,8 +122,9 @@ def backbone_names():
 def backbone_spec(name):
     """The spec of backbone ``name``: a registered one, else any timm ViT / EVA02 model name (one generic
     spec: timm's layout, its checkpoint conversion, an explicit SOLVER.BACKBONE_LR)."""
-    if _BACKBONES.get(name) is not None:
-        return _BACKBONES.get(name)
+    spec = _BACKBONES.get(name)
+    if spec is not None:
+        return spec
     if name.startswith(TIMM_FAMILIES) and name in timm_backbone_names():
         return BackboneSpec(name, partial(_timm_body, name))
     raise ValueError(f"config: MODEL.TRANSFORMER_TYPE must be {', '.join(backbone_names())} or a timm ViT / EVA02 model "
@@ -171,11 +172,6 @@ register_backbone(BackboneSpec("vit_base_patch16_224", partial(_timm_body, "vit_
 register_backbone(BackboneSpec("vit_custom", _small_body, patch_size=lambda model_cfg: model_cfg.CUSTOM_VIT.PATCH_SIZE,
                                official_lr=_base_lr_rule, convert=convert_official_vit_state, small=True,
                                official=True))
-
-
-def patch_size_of(cfg):
-    """The patch size (pixels) of the config's backbone."""
-    return backbone_spec(cfg.MODEL.TRANSFORMER_TYPE).patch_size(cfg.MODEL)
 
 
 def create_vit(name, img_size, drop_path=0.0, drop=0.0, attn_drop=0.0, model_cfg=None):

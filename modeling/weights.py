@@ -24,16 +24,16 @@ def read_weights(path):
 
 
 def _check_and_load(module, state, path, what, ignore_missing=()):
-    mismatched, unexpected, missing = key_report(module.state_dict(), state)
+    own = module.state_dict()
+    mismatched, unexpected, missing = key_report(own, state)
     missing = [k for k in missing if not any(re.fullmatch(p, k) for p in ignore_missing)]
     if mismatched or unexpected or missing:
         lines = [f"{path} does not fit the {what}:"]
-        lines += [f"  shape mismatch  {m}" for m in mismatched]
+        lines += [f"  shape mismatch  {m}" for m in mismatched.values()]
         lines += [f"  unexpected key  {k}" for k in unexpected]
         lines += [f"  missing key     {k}" for k in missing]
         raise WeightsError("\n".join(lines))
-    own_dtypes = {k: v.dtype for k, v in module.state_dict().items()}
-    state = {k: v.to(own_dtypes[k]) if v.is_floating_point() else v for k, v in state.items()}
+    state = {k: v.to(own[k].dtype) if v.is_floating_point() else v for k, v in state.items()}
     module.load_state_dict(state, strict=False)
 
 
@@ -158,10 +158,9 @@ def load_finetune(model, state, path):
     (a checkpoint trained with other module switches) are reported and keep their initialisation."""
     state = model_state(state, model)
     own = model.state_dict()
-    mismatches, unexpected, missing = key_report(own, state)
-    mismatched = [m.split(":")[0] for m in mismatches]
+    mismatched, unexpected, missing = key_report(own, state)
     reset = [k for k in mismatched if _CLASSIFIER.match(k)]
-    bad = [m for m in mismatches if m.split(":")[0] not in reset]
+    bad = [line for k, line in mismatched.items() if k not in reset]
     if bad:
         raise WeightsError(f"{path} (MODEL.PRETRAIN_PATH, a Signal model) does not fit this model:\n"
                            + "\n".join(f"  shape mismatch  {m}" for m in bad)

@@ -141,9 +141,9 @@ def strip_module_prefix(state):
 
 def key_report(own, state):
     """``(mismatched, unexpected, missing)`` keys of ``state`` against the module state dict ``own``;
-    mismatched entries read ``key: checkpoint (shape) vs model (shape)``."""
-    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                  for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    ``mismatched`` maps each key to its line ``key: checkpoint (shape) vs model (shape)``."""
+    mismatched = {k: f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)}
     unexpected = sorted(k for k in state if k not in own)
     missing = sorted(k for k in own if k not in state)
     return mismatched, unexpected, missing
