@@ -1,10 +1,12 @@
-"""How the house is laid out: no import circles between the packages' modules, tools and tests apart."""
+"""How the house is laid out: no import circles between the packages' modules, tools and tests apart, and
+the library imports no reference code."""
 import ast
 import os
 
 from .conftest import ROOT
 
 PACKAGES = ("config", "data", "engine", "layers", "modeling", "solver", "utils")
+SCRIPTS = ("train.py", "test.py")
 
 
 def _modules(folders):
@@ -78,3 +80,14 @@ def test_tools_import_nothing_from_tests():
     mods = {**_modules(PACKAGES), **_modules(["tests"])}
     for name, path in _modules(["tools"]).items():
         assert not [m for m in _imports(name, path, mods) if m.startswith("tests")], name
+
+
+def test_the_library_imports_no_reference_code():
+    """reference/ (the transcriptions of the authors' code) is for the tests and tools only: no module of the
+    packages, nor train.py or test.py, imports it, at module level or inside a function."""
+    library = {**_modules(PACKAGES), **{s[:-3]: os.path.join(ROOT, s) for s in SCRIPTS}}
+    reference = _modules(["reference"])
+    assert "reference.official" in reference
+    found = {name: sorted(m for m in _imports(name, path, {**library, **reference}) if m in reference)
+             for name, path in library.items()}
+    assert {name: refs for name, refs in found.items() if refs} == {}

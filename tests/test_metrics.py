@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils import official
+from reference import official
 from utils.metrics import Evaluator, evaluate, evaluate_all, pairwise_distance
 from utils.reranking import re_ranking
 

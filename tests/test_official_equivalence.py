@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from modeling import build_model, load_weights
-from utils import official
-from utils.official import official_state_dict
+from reference import official
+from reference.official import official_state_dict
 
 from .test_weights import CUSTOM, HEADS, OUT
 

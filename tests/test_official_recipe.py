@@ -1,6 +1,6 @@
 """The official recipe, reproduced: the LR and weight decay of every parameter for every epoch of the three
 benchmark configs, and one training step (loss terms, then the optimizer step) from the same weights and
-batch, against the transcription of the official code in ``utils/official.py``."""
+batch, against the transcription of the official code in ``reference/official.py``."""
 import os
 
 import pytest
@@ -11,7 +11,7 @@ from engine import amp_mode, train_step
 from layers import build_loss
 from modeling import build_model
 from solver import build_optimizer, build_scheduler
-from utils import official
+from reference import official
 
 from .conftest import ROOT
 from .test_weights import CUSTOM, HEADS

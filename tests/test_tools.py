@@ -322,9 +322,9 @@ def test_benchmark_eval_times_the_authors_functions_at_every_regime(tmp_path):
     (repo / "utils").mkdir(parents=True)
     (repo / "utils" / "metrics.py").write_text(
         "import seaborn_that_is_not_installed\n\n\n"
-        "def euclidean_distance(qf, gf):\n    from utils import official\n"
+        "def euclidean_distance(qf, gf):\n    from reference import official\n"
         "    return official.euclidean_distance(qf, gf)\n\n\n"
-        "def eval_func(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):\n    from utils import official\n"
+        "def eval_func(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):\n    from reference import official\n"
         "    return official.eval_func(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)[:2]\n")
     out = run([os.path.join(TOOLS, "benchmark_eval.py"), "--num-query", "40", "--num-gallery", "200", "--dim", "64",
                "--ids", "8", "--repeat", "1", "--official-repo", str(repo)], tmp_path)

@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from modeling import WeightsError, build_model, load_pretrained_backbone, load_weights
-from utils.official import official_state_dict
+from reference.official import official_state_dict
 
 from .conftest import images
 
@@ -192,7 +192,7 @@ def test_a_signal_model_as_pretrain_path_fine_tunes_from_it(tiny_cfg, tmp_path, 
 
     from modeling import build_model
 
-    from utils.official import official_state_dict
+    from reference.official import official_state_dict
     torch.manual_seed(0)
     src = build_model(tiny_cfg(), 5, 3)
     torch.save({"model": src.state_dict(), "epoch": 3}, tmp_path / "best.pth")

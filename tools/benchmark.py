@@ -11,7 +11,7 @@ loader size of the config's benchmark (features + distances + metrics on random 
     python tools/benchmark.py --config_file configs/RGBNT201/Signal.yml --batch 8 --official
 
 With --official (CPU), every figure is measured side by side against the official code as transcribed in
-utils/official.py, each side as it runs (the official model called once per modality, its optimizer with one
+reference/official.py, each side as it runs (the official model called once per modality, its optimizer with one
 Adam group per tensor; ours with and without SOLVER.CPU_KEEP_FREED_MEMORY), from the same weights and batch,
 each training side in a fresh process so that its peak memory is its own: training step (median),
 inference, peak RSS, evaluation at RGBNT100 size (1,715 x 8,575, 3,072-d) and k-reciprocal re-ranking at the
@@ -200,7 +200,7 @@ def bench_eval(cfg, device):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Side by side with the official code (utils/official.py)
+# Side by side with the official code (reference/official.py)
 # ----------------------------------------------------------------------------------------------------
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def pk_batch(cfg, b, num_classes, num_cameras):
@@ -216,7 +216,7 @@ def pk_batch(cfg, b, num_classes, num_cameras):
 
 def run_side(cfg, args):
     """One side of the comparison in this process: training steps, inference, peak RSS (JSON lines)."""
-    from utils.official import OfficialTraining
+    from reference.official import OfficialTraining
     sizes, _ = reference_sizes(cfg)
     num_classes, num_cameras = sizes.train_ids, sizes.cameras
     torch.manual_seed(0)
@@ -339,7 +339,7 @@ def main():
     p.add_argument("--data-root", default="./datasets")
     p.add_argument("--skip", default="", help="comma list of parts to skip: model,data,eval")
     p.add_argument("--official", action="store_true",
-                   help="every figure side by side with the official code (utils/official.py), CPU")
+                   help="every figure side by side with the official code (reference/official.py), CPU")
     size = evaluation_reference().sizes  # the largest test split of the paper (RGBNT100)
     p.add_argument("--eval-size", type=int, nargs=2, default=[size.query, size.gallery], metavar=("QUERY", "GALLERY"),
                    help="--official: evaluation and re-ranking size (default RGBNT100's)")

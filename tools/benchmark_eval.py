@@ -11,7 +11,7 @@ Three named feature regimes (unit-norm features; the noise is per dimension, rel
 The official path is timed twice when the authors' repository is given: their own ``euclidean_distance``
 and ``eval_func`` (read from ``--official-repo``'s ``utils/metrics.py``; only those two functions are taken,
 as the module itself imports plotting packages), and this project's transcription of them
-(``utils/official.py``), so the transcription's speed can be checked against the real thing.
+(``reference/official.py``), so the transcription's speed can be checked against the real thing.
 
     python tools/benchmark_eval.py [--regime trained,weak,untrained] [--official-repo PATH] [--repeat 3]
     python tools/benchmark_eval.py --noise 4.5                   # one custom regime
@@ -119,7 +119,7 @@ def compare(qf, gf, qp, gp, qc, gc, repeat, official=True, own=None):
     run in turn within each repetition (``interleaved``)."""
     fns = {"ours": lambda: evaluate_all(None, qp, gp, qc, gc, q_feats=qf, g_feats=gf)}
     if official:
-        from utils import official as ref
+        from reference import official as ref
         fns["official"] = lambda: ref.eval_func(ref.euclidean_distance(qf, gf), qp, gp, qc, gc)
     if own is not None:
         distance, eval_func = own

@@ -48,7 +48,7 @@ def compare(q, gal, k1, k2, lam, device, repeat, official_repeat=1):
     times, ours = timed(lambda: re_ranking(q, gal, k1, k2, lam, device=device), repeat, device)
     out = {"ours": min(times), "ours_mean": sum(times) / len(times)}
     if official_repeat > 0:
-        from utils import official
+        from reference import official
         t_off, ref = timed(lambda: official.re_ranking(q, gal, k1, k2, lam), official_repeat, torch.device("cpu"))
         out.update(official=min(t_off), max_abs_difference=float(abs(ours - ref.astype("float64")).max()))
     return out
@@ -68,7 +68,7 @@ def main():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--official", type=int, default=0, metavar="N",
-                   help="also time the official code's function (utils/official.py), best of N runs")
+                   help="also time the official code's function (reference/official.py), best of N runs")
     a = p.parse_args()
     q, gal = clustered(a.num_query, a.num_gallery, a.dim, a.ids)
     device = torch.device(a.device)
