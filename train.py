@@ -5,13 +5,12 @@ import os
 import torch
 
 from data import build_dataloaders
-from engine import amp_mode, do_train, evaluate_model, format_metrics, make_grad_scaler, resume_from, unwrap
+from engine import Trainer, amp_mode, evaluate_model, format_metrics, make_grad_scaler, resume_from, unwrap
 from engine.preemption import stop_signals
 from engine.rundir import read_metrics
 from engine.trainer import settle_pending_eval
 from engine.setup import argument_parser, default_setup, run_cli, write_config
-from layers import build_loss
-from modeling import build_model, load_weights
+from modeling import build_loss, build_model, load_weights
 from solver import build_optimizer, build_scheduler
 from utils import comm
 from utils.checkpoint import atomic_write_json
@@ -60,11 +59,12 @@ def train(cfg, logger, device, run):
     scheduler = build_scheduler(cfg, optimizer)
     scaler = make_grad_scaler(device, amp_mode(cfg, device))
     loss_fn = build_loss(cfg)
-    start_epoch, best, records, pending, partial, summary = 1, None, [], False, None, {}
+    start_epoch, best, records, pending, partial, summary, hook_states = 1, None, [], False, None, {}, {}
     summary_path = os.path.join(cfg.OUTPUT_DIR, "summary.json")
     if state is not None:
         start_epoch, best, records, pending, partial = resume_from(state, model, optimizer, scheduler, scaler,
                                                                    os.path.join(cfg.OUTPUT_DIR, "last.pth"))
+        hook_states = state.get("hooks") or {}
         with comm.same_outcome():
             write_config(cfg)  # the checkpoint loaded into this config's model: the run continues with it
         if "records" not in state:  # a checkpoint of an earlier version: keep metrics.jsonl's records
@@ -91,11 +91,12 @@ def train(cfg, logger, device, run):
         eval_loader, eval_nq = train_loader.val_loader, train_loader.val_num_query
         logger.info("Selecting the best epoch on %d held-out validation samples", eval_nq)
     with stop_signals():  # SIGTERM / SIGUSR1: save mid-epoch and stop (engine/preemption.py)
-        records, best = do_train(cfg, model, train_loader, eval_loader, eval_nq, optimizer, scheduler, loss_fn,
-                                 device, scaler=scaler, start_epoch=start_epoch, best=best, records=records,
-                                 pending_eval=pending, partial=partial)
+        trainer = Trainer(cfg, model, train_loader, eval_loader, eval_nq, optimizer, scheduler, loss_fn, device,
+                          scaler=scaler, start_epoch=start_epoch, best=best, records=records, pending_eval=pending,
+                          partial=partial, hook_states=hook_states)
+        records, best = trainer.train()
     if train_loader.val_loader is not None:
-        raw = unwrap(model)
+        raw = trainer.eval_model()
         for name in ("last", "best"):
             if name == "best":
                 comm.synchronize()

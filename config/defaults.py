@@ -6,6 +6,8 @@ both. ``config.get_cfg()`` (config/setup.py) returns a fresh, mutable clone of t
 """
 from yacs.config import CfgNode as CN
 
+from data.datasets.registry import DEFAULT_DATASET
+
 _C = CN()
 
 # ---------------------------------------------------------------------------------------------------
@@ -15,6 +17,9 @@ _C.MODEL = CN()
 # 'auto' picks CUDA when available, else the CPU, but train.py stops instead of training a full-size
 # backbone (anything but 'vit_custom') on the CPU; 'cpu' / 'cuda' / 'cuda:N' force a device.
 _C.MODEL.DEVICE = "auto"
+# The method (modeling/methods): 'Signal' (SIM + GAM + LAM), 'Baseline' (the shared encoder and its class-token
+# heads only); a new method is one folder there (docs/extending.md).
+_C.MODEL.METHOD = "Signal"
 # Name used for checkpoint file names.
 _C.MODEL.NAME = "Signal"
 # Backbone shared by the three modalities:
@@ -106,7 +111,7 @@ _C.INPUT.SHARED_AUG_PARAMS = False
 _C.DATASETS = CN()
 # One of 'RGBNT201', 'RGBNT100', 'MSVR310', 'WMVeID863' (alias 'MSVWild863'), 'Market1501-MM', 'Synthetic',
 # or 'Custom' (a layout described by DATASETS.CUSTOM).
-_C.DATASETS.NAMES = "RGBNT201"
+_C.DATASETS.NAMES = DEFAULT_DATASET
 # Folder that holds the dataset folder (e.g. ROOT_DIR/RGBNT201/train_171).
 _C.DATASETS.ROOT_DIR = "./datasets"
 # Hold out training identities as a validation split (query = gallery = their samples) so the best
@@ -231,6 +236,10 @@ _C.SOLVER.LOG_PERIOD = 10
 _C.SOLVER.EVAL_PERIOD = 1
 # Save a numbered checkpoint every N epochs (0: only last and best).
 _C.SOLVER.CHECKPOINT_PERIOD = 0
+# Exponential moving average of the weights, updated after every step: ema = decay * ema + (1 - decay) *
+# weights (0: off; 0.999 / 0.9998 are usual). The average is evaluated and written to best.pth; last.pth
+# keeps the trained weights and the average (engine/hooks.py EMA).
+_C.SOLVER.EMA_DECAY = 0.0
 # Total batch size (P x K).
 _C.SOLVER.IMS_PER_BATCH = 64
 

@@ -156,6 +156,7 @@ _RANGES = [
     ("SOLVER.EVAL_PERIOD", 0, None, "an integer >= 0 (0: evaluate after the last epoch only)"),
     ("SOLVER.CHECKPOINT_PERIOD", 0, None, "an integer >= 0 (0: only last.pth and best.pth)"),
     ("SOLVER.WARMUP_ITERS", 0, None, "an integer >= 0"),
+    ("SOLVER.EMA_DECAY", 0.0, 1.0 - 1e-12, "a decay in [0, 1) (0: no EMA of the weights)"),
     ("SOLVER.SEED", 0, 2 ** 32 - 1, "an integer in [0, 2**32 - 1]"),
     ("SOLVER.LR_NOISE_SEED", 0, 2 ** 32 - 1, "an integer in [0, 2**32 - 1]"),
     ("SOLVER.BASE_LR", 0.0, None, "a learning rate >= 0"),
@@ -222,6 +223,8 @@ def validate(cfg):
     from data.datasets import get_dataset
     dataset = get_dataset(cfg.DATASETS.NAMES)  # a registered name or alias, else an error listing them
     from modeling.backbone import backbone_spec
+    from modeling.methods import method_spec
+    method_spec(cfg.MODEL.METHOD)  # a registered method, else an error listing them
     spec = backbone_spec(cfg.MODEL.TRANSFORMER_TYPE)  # registered, or a timm ViT / EVA02 name
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.MODEL.DEVICE):
         raise ValueError(f"config: MODEL.DEVICE must be auto, cpu, cuda or cuda:N (an NVIDIA GPU), got "

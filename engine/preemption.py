@@ -19,6 +19,15 @@ class Preempted(Exception):
     """The run stopped on a signal after saving its state; ``args[0]`` says what was saved."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training; ``saved``: what ``last.pth`` holds ({path, epoch, iteration}, {} when no
+    epoch was saved yet)."""
+
+    def __init__(self, saved=None):
+        super().__init__()
+        self.saved = dict(saved or {})
+
+
 def requested():
     """The name of the first stop signal received while ``stop_signals`` was active, or ''."""
     return signal.Signals(_received[0]).name if _received else ""

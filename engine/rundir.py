@@ -18,7 +18,6 @@ import yaml
 from config.setup import flatten
 from utils.checkpoint import read_checkpoint
 
-from modeling.branches import branch_keys
 from utils.errors import SetupError
 
 logger = logging.getLogger("signal.run")
@@ -36,10 +35,17 @@ FREE_KEYS = {"OUTPUT_DIR", "DATASETS.ROOT_DIR", "MODEL.DEVICE", "MODEL.COMPILE",
 
 
 # Keys that change the model's tensors: a resume cannot change them (fine-tune into a new folder instead).
-# Each branch adds its own (BranchSpec.shape_keys).
-SHAPE_KEYS = ("MODEL.TRANSFORMER_TYPE", "MODEL.CUSTOM_VIT.", "MODEL.SIE_CAMERA", "MODEL.DIRECT", "INPUT.SIZE_TRAIN",
+# The method adds its own (MethodSpec.shape_keys), read when a run is resumed: a part registered after this
+# module was imported counts too.
+SHAPE_KEYS = ("MODEL.METHOD", "MODEL.TRANSFORMER_TYPE", "MODEL.CUSTOM_VIT.", "MODEL.SIE_CAMERA", "MODEL.DIRECT", "INPUT.SIZE_TRAIN",
               "INPUT.SIZE_TEST", "DATASETS.NAMES", "DATASETS.VAL_IDS", "DATASETS.CUSTOM.",
-              "DATASETS.SYNTHETIC.NUM_TRAIN_IDS", "DATASETS.SYNTHETIC.NUM_CAMERAS") + branch_keys("shape_keys")
+              "DATASETS.SYNTHETIC.NUM_TRAIN_IDS", "DATASETS.SYNTHETIC.NUM_CAMERAS")
+
+
+def shape_keys(cfg):
+    """SHAPE_KEYS and the shape keys of the config's method."""
+    from modeling.methods import method_spec
+    return SHAPE_KEYS + method_spec(cfg.MODEL.METHOD).keys("shape_keys")
 
 
 class RunFolderError(SetupError):
@@ -175,7 +181,7 @@ def check_resume_config(saved_yaml, cfg, allowed, path, notes=None):
     unknown = sorted(a for a in allowed if a != "all" and a not in flatten(yaml.safe_load(cfg.dump())))
     if unknown:
         raise RunFolderError(f"--allow-change: unknown config key(s) {unknown}")
-    shape = [c for c in changes if c[0].startswith(SHAPE_KEYS)]
+    shape = [c for c in changes if c[0].startswith(shape_keys(cfg))]
     if shape:
         raise RunFolderError(
             f"--resume: {', '.join(k for k, _, _ in shape)} changed against {path} "

@@ -175,7 +175,6 @@ def run_cli(main):
     import sys
 
     from .preemption import PREEMPTED_EXIT_CODE, Preempted
-    from .trainer import SAVED
     try:
         main()
         comm.cleanup()
@@ -187,9 +186,10 @@ def run_cli(main):
     except Preempted as e:  # the loop saved and logged what it saved
         sys.stderr.write(f"{e}\n")
         sys.exit(PREEMPTED_EXIT_CODE)
-    except KeyboardInterrupt:
-        saved = (f"{SAVED['path']} holds epoch {SAVED['epoch']}" + (f" and {SAVED['iteration']} iterations of the "
-                 f"next" if SAVED["iteration"] else "") + "; continue with --resume") if SAVED else "no epoch saved yet"
+    except KeyboardInterrupt as e:
+        done = getattr(e, "saved", None)  # engine.preemption.Interrupted, from the training loop
+        saved = (f"{done['path']} holds epoch {done['epoch']}" + (f" and {done['iteration']} iterations of the "
+                 f"next" if done["iteration"] else "") + "; continue with --resume") if done else "no epoch saved yet"
         _to_log_file(logging.ERROR, f"interrupted (Ctrl-C): {saved}")
         sys.stderr.write(f"\ninterrupted (Ctrl-C): {saved}\n")
         sys.exit(130)

@@ -1,26 +1,28 @@
-"""The training objective: per head ID + triplet terms, plus the GAM and LAM terms."""
+"""The objective every method of this field shares: per head an ID and a triplet term, plus the method's own
+named terms, each weighted."""
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .triplet import TripletLoss
 
 
-class SignalLoss(nn.Module):
-    """Turns the model's training outputs into a dict of named, already-weighted loss terms.
+class ReIDLoss(nn.Module):
+    """Turns a model's training outputs into a dict of named, already-weighted loss terms.
 
     For each head ``h`` (``outputs['heads'][h] = {'score', 'feat'}``): ``id_<h>`` = id_weight x
     label-smoothed cross-entropy of the logits after BN, ``tri_<h>`` = triplet_weight x batch-hard
-    triplet loss on the features before BN. Every other output is a branch's loss term (``gam``, ``lam``),
-    multiplied by its weight in ``term_weights``. ``official_precision`` and ``gather``: see ``TripletLoss``.
+    triplet loss on the features before BN. Every other output is a loss term of the method (Signal's
+    ``gam``, ``lam``), multiplied by its weight in ``term_weights``; a term without a weight is an error.
+    ``official_precision`` and ``gather``: see ``TripletLoss``.
     """
 
     def __init__(self, id_weight=0.25, triplet_weight=1.0, label_smoothing=0.1, margin=None,
-                 gam_weight=0.2, lam_weight=0.2, official_precision=False, gather=False, term_weights=None):
+                 official_precision=False, gather=False, term_weights=None):
         super().__init__()
         self.id_weight, self.triplet_weight = id_weight, triplet_weight
         self.label_smoothing = label_smoothing
         self.triplet = TripletLoss(margin, official_precision, gather)
-        self.term_weights = {"gam": gam_weight, "lam": lam_weight, **(term_weights or {})}
+        self.term_weights = dict(term_weights or {})
 
     def forward(self, outputs, target):
         losses = {}
@@ -32,17 +34,16 @@ class SignalLoss(nn.Module):
             if name != "heads":
                 if name not in self.term_weights:
                     raise KeyError(f"the model returns the loss term {name!r} but no weight is given for it "
-                                   f"(a branch's BranchSpec.loss_weight)")
+                                   f"(the method's loss; for Signal a branch's BranchSpec.loss_weight)")
                 losses[name] = self.term_weights[name] * term
         return losses
 
 
-def build_loss(cfg):
-    """The loss of the config; each branch's term is weighted by its spec (modeling/branches)."""
-    from modeling.branches import branch_specs
+def reid_loss(cfg, term_weights=None):
+    """The shared objective with the config's weights (MODEL.ID_LOSS_WEIGHT, TRIPLET_LOSS_WEIGHT,
+    LABEL_SMOOTH, NO_MARGIN / SOLVER.MARGIN) and the method's ``term_weights``."""
     m = cfg.MODEL
-    weights = {s.name: s.loss_weight(cfg) for s in branch_specs() if s.loss_weight is not None}
-    return SignalLoss(id_weight=m.ID_LOSS_WEIGHT, triplet_weight=m.TRIPLET_LOSS_WEIGHT,
-                      label_smoothing=m.LABEL_SMOOTH, margin=None if m.NO_MARGIN else cfg.SOLVER.MARGIN,
-                      official_precision=not cfg.SOLVER.AMP_FP32_LOSSES, gather=cfg.SOLVER.GATHER_EMBEDDINGS,
-                      term_weights=weights)
+    return ReIDLoss(id_weight=m.ID_LOSS_WEIGHT, triplet_weight=m.TRIPLET_LOSS_WEIGHT,
+                    label_smoothing=m.LABEL_SMOOTH, margin=None if m.NO_MARGIN else cfg.SOLVER.MARGIN,
+                    official_precision=not cfg.SOLVER.AMP_FP32_LOSSES, gather=cfg.SOLVER.GATHER_EMBEDDINGS,
+                    term_weights=term_weights)

@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from utils.registry import Registry
 
-from .weights import convert_official_vit_state, convert_timm_state
+from .convert import convert_official_vit_state, convert_timm_state
 
 
 class _QuickGELUFunction(torch.autograd.Function):

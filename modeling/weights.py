@@ -1,4 +1,4 @@
-"""Loading weights: pretrained backbones, our own checkpoints and the official Signal checkpoint.
+"""Loading weights: pretrained backbones, our own checkpoints and the authors' releases of each method.
 
 Every loader reports what it could not place; a checkpoint that does not fit the architecture is an
 error that lists the mismatched keys.
@@ -6,10 +6,11 @@ error that lists the mismatched keys.
 import logging
 import re
 
-from timm.models.eva import Eva
-from timm.models.vision_transformer import checkpoint_filter_fn
-
 from utils.checkpoint import CheckpointError, key_report, read_checkpoint, strip_module_prefix
+
+from .convert import convert_official_vit_state
+from .methods import (checkpoint_meta, method_names, method_spec, methods_recognizing, model_state_dict,
+                      stored_meta)
 
 logger = logging.getLogger("signal.weights")
 
@@ -37,42 +38,6 @@ def _check_and_load(module, state, path, what, ignore_missing=()):
     module.load_state_dict(state, strict=False)
 
 
-def convert_backbone_state(state, vit, bilinear=True):
-    """OpenAI CLIP (``visual.*``) or timm ViT / EVA state dict -> the timm ``vit`` state dict (float32). The
-    position embedding is resized bilinearly (align_corners=False, no antialias) as the official code does, or
-    with timm's own resampling (``bilinear=False``)."""
-    state = {k: v.float() if v.is_floating_point() else v for k, v in strip_module_prefix(state).items()}
-    if isinstance(vit, Eva):
-        # EVA02 / DINOv3 in timm, OpenCLIP or Meta naming: timm's own conversion, position embeddings
-        # resampled as timm does
-        from timm.models.eva import checkpoint_filter_fn as eva_filter
-        own = vit.state_dict()
-        return {k: v for k, v in eva_filter(state, vit).items() if k in own or not k.startswith("head")}
-    if "visual.class_embedding" in state:
-        state = {k: v for k, v in state.items() if k.startswith("visual.")}
-    if bilinear:
-        out = checkpoint_filter_fn(state, vit, interpolation="bilinear", antialias=False)
-    else:
-        out = checkpoint_filter_fn(state, vit)
-    own = vit.state_dict()
-    if "head.bias" not in own:
-        out.pop("head.bias", None)
-    if "head.weight" not in own:  # ImageNet classifier of a timm checkpoint
-        out.pop("head.weight", None)
-        out.pop("head.bias", None)
-    return out
-
-
-def convert_official_vit_state(state, vit):
-    """A CLIP / timm ViT checkpoint as the official code loads it: position embedding resized bilinearly."""
-    return convert_backbone_state(state, vit, bilinear=True)
-
-
-def convert_timm_state(state, vit):
-    """A timm ViT / EVA checkpoint (or OpenCLIP / Meta naming) with timm's own conversion and resampling."""
-    return convert_backbone_state(state, vit, bilinear=False)
-
-
 def load_pretrained_backbone(backbone, path, state=None):
     """Load pretrained weights (read from ``path`` unless ``state`` is given) into ``backbone.vit`` with its
     backbone spec's conversion; the camera table stays randomly initialised."""
@@ -86,72 +51,36 @@ def load_pretrained_backbone(backbone, path, state=None):
     logger.info("Loaded pretrained backbone weights from %s (%d tensors)", path, len(state))
 
 
-# Official Signal checkpoint -> our names. W_v of the token selection exists there but is never used.
-_OFFICIAL_RENAMES = [
-    (r"^clip_vision_encoder\.cv_embed$", "backbone.cam_embed"),
-    (r"^SIM\.token_selection\.(W_q|W_k)\.", r"sim.selection.\1."),
-    (r"^SIM\.modal_interactive\.", "sim.interaction."),
-    (r"^classifier_var\.", "classifier_sim."),
-    (r"^bottleneck_var\.", "bottleneck_sim."),
-    (r"^AlignM\.contra_temp$", "gam.temperature"),
-    (r"^AlignM\.DAS_r\.", "lam.samplers.RGB."),
-    (r"^AlignM\.DAS_n\.", "lam.samplers.NI."),
-    (r"^AlignM\.DAS_t\.", "lam.samplers.TI."),
-    (r"^classifier_r\.", "classifiers.RGB."), (r"^classifier_n\.", "classifiers.NI."),
-    (r"^classifier_t\.", "classifiers.TI."),
-    (r"^bottleneck_r\.", "bottlenecks.RGB."), (r"^bottleneck_n\.", "bottlenecks.NI."),
-    (r"^bottleneck_t\.", "bottlenecks.TI."),
-]
-_OFFICIAL_UNUSED = re.compile(r"^SIM\.token_selection\.W_v\.")
+def whole_model_state(state):
+    """The model state dict when ``state`` is a whole model of a registered method (a checkpoint of this
+    project, which stores its ``meta``, or a state dict some method recognises: ours, the authors' release),
+    else None (a backbone checkpoint)."""
+    if stored_meta(state).get("method"):
+        return model_state_dict(state)
+    whole = model_state_dict(state)
+    return whole if methods_recognizing(whole) else None
 
 
-def is_official_checkpoint(state):
-    return any(k.startswith("clip_vision_encoder.") for k in state)
-
-
-def convert_official_state(state, model):
-    """The official Signal checkpoint (CLIP tower in OpenAI naming, fp16 weights) -> our state dict."""
-    state = strip_module_prefix(state)
-    prefix = "clip_vision_encoder.base."
-    visual = {"visual." + k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    out = {"backbone.vit." + k: v for k, v in convert_official_vit_state(visual, model.backbone.vit).items()}
-    for k, v in state.items():
-        if k.startswith(prefix) or _OFFICIAL_UNUSED.match(k):
-            continue
-        new = k
-        for pattern, repl in _OFFICIAL_RENAMES:
-            new = re.sub(pattern, repl, new)
-        out[new] = v.float() if v.is_floating_point() else v
-    return out
-
-
-def signal_model_state(state):
-    """The model state dict when ``state`` is a whole Signal model (our training checkpoint or state dict,
-    or the official Signal checkpoint), else None (a backbone checkpoint)."""
-    if "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    if is_official_checkpoint(state) or any(k.startswith("backbone.vit.") for k in strip_module_prefix(state)):
-        return state
-    return None
-
-
-_CLASSIFIER = re.compile(r"^(classifier|classifiers\.\w+|classifier_\w+)\.")  # every head's classifier
+def _spec_of(model):
+    return method_spec(checkpoint_meta(model).get("method", "Signal"))
 
 
 def model_state(state, model, path=None):
     """Every whole-model format as this project's model state dict: a training checkpoint (``{'model': ...}``),
-    a plain state dict (with or without the DDP ``module.`` prefix) or the official Signal checkpoint."""
-    if "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    if is_official_checkpoint(state):
-        state = convert_official_state(state, model)
-        if path:
-            logger.info("Converted the official Signal checkpoint layout of %s", path)
+    a plain state dict (with or without the DDP ``module.`` prefix) or the authors' release of the model's
+    method (its spec's ``convert``)."""
+    state = model_state_dict(state)
+    convert = _spec_of(model).convert
+    if convert is not None:
+        converted = convert(state, model)
+        if path and set(converted) != set(state):
+            logger.info("Converted the authors' checkpoint layout of %s", path)
+        state = converted
     return strip_module_prefix(state)
 
 
 def load_finetune(model, state, path):
-    """Start training from a whole Signal model given as MODEL.PRETRAIN_PATH (fine-tuning an earlier run).
+    """Start training from a whole model given as MODEL.PRETRAIN_PATH (fine-tuning an earlier run).
 
     Every tensor is loaded. Classifiers sized for another identity count are left at their initialisation
     (reported); any other shape mismatch is an error listing the keys. Modules present on one side only
@@ -159,10 +88,11 @@ def load_finetune(model, state, path):
     state = model_state(state, model)
     own = model.state_dict()
     mismatched, unexpected, missing = key_report(own, state)
-    reset = [k for k in mismatched if _CLASSIFIER.match(k)]
+    spec = _spec_of(model)
+    reset = [k for k in mismatched if spec.is_classifier(k)]
     bad = [line for k, line in mismatched.items() if k not in reset]
     if bad:
-        raise WeightsError(f"{path} (MODEL.PRETRAIN_PATH, a Signal model) does not fit this model:\n"
+        raise WeightsError(f"{path} (MODEL.PRETRAIN_PATH, a whole model) does not fit this model:\n"
                            + "\n".join(f"  shape mismatch  {m}" for m in bad)
                            + "\nA camera-table mismatch means another camera count: set MODEL.SIE_CAMERA no, or "
                              "fine-tune on data with the same cameras.")
@@ -171,7 +101,7 @@ def load_finetune(model, state, path):
     model.load_state_dict(load, strict=False)
     modules = lambda keys: sorted({".".join(k.split(".")[:2]) for k in keys})  # noqa: E731
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-    logger.info("Fine-tuning from the Signal model %s: %d tensors loaded", path, len(load))
+    logger.info("Fine-tuning from the model %s: %d tensors loaded", path, len(load))
     if reset:
         logger.warning("Classifiers re-initialised (the checkpoint has %d identities, this data %d): %s",
                        state[reset[0]].shape[0], own[reset[0]].shape[0], ", ".join(modules(reset)))
@@ -182,25 +112,32 @@ def load_finetune(model, state, path):
     return model
 
 
-def model_sizes(state, path):
+def model_sizes(state, path, method=None):
     """(identity count of the classifiers, rows of the camera table; 0 without SIE) of a whole-model
-    checkpoint (ours or the official layout), so a model can be built to load it without the training data."""
-    state = signal_model_state(state)
-    if state is None:
-        raise WeightsError(f"{path} is not a Signal model checkpoint (no backbone.vit.* or clip_vision_encoder.* "
-                           f"keys)")
-    state = strip_module_prefix(state)
-    classes = next((state[k].shape[0] for k in ("classifier.weight", "classifiers.RGB.weight", "classifier_r.weight",
-                                               "classifier_sim.weight", "classifier_var.weight") if k in state), None)
+    checkpoint, so a model can be built to load it without the training data: the sizes it stores
+    (``meta``), else read from its keys by the spec of its method (``method``, or the one that recognises
+    it: ours or the authors' layout)."""
+    meta = stored_meta(state)
+    if method and meta.get("method") and meta["method"] != method:
+        raise WeightsError(f"{path} is a checkpoint of the method {meta['method']!r}, but MODEL.METHOD is "
+                           f"{method!r}: set MODEL.METHOD {meta['method']} (its config) to evaluate it")
+    if meta.get("num_classes") is not None:
+        return int(meta["num_classes"]), int(meta.get("num_cameras") or 0)
+    whole = model_state_dict(state)
+    names = [method] if method else methods_recognizing(whole)
+    if not names:
+        raise WeightsError(f"{path} is not a model checkpoint of a registered method ({', '.join(method_names())}): "
+                           f"no stored sizes and no method recognises its keys")
+    classes, cams = method_spec(names[0]).sizes(whole)
     if classes is None:
-        raise WeightsError(f"{path}: no classifier weights found, cannot tell the model's identity count")
-    cams = next((state[k].shape[0] for k in ("backbone.cam_embed", "clip_vision_encoder.cv_embed") if k in state), 0)
+        raise WeightsError(f"{path}: no classifier weights of a {names[0]} model found (MODEL.METHOD), cannot "
+                           f"tell the model's identity count")
     return int(classes), int(cams)
 
 
 # Keys that change what an evaluated model computes: the evaluation config must agree with the checkpoint's.
-# Each branch adds its own (BranchSpec.model_keys).
-_MODEL_KEYS = ("MODEL.TRANSFORMER_TYPE", "MODEL.CUSTOM_VIT.", "MODEL.SIE_CAMERA", "MODEL.SIE_COE", "MODEL.DIRECT",
+# Each method adds its own (MethodSpec.model_keys).
+_MODEL_KEYS = ("MODEL.METHOD", "MODEL.TRANSFORMER_TYPE", "MODEL.CUSTOM_VIT.", "MODEL.SIE_CAMERA", "MODEL.SIE_COE",
                "INPUT.SIZE_TEST", "INPUT.PIXEL_MEAN", "INPUT.PIXEL_STD")
 
 
@@ -215,8 +152,7 @@ def check_trained_config(state, cfg, path):
     if not isinstance(saved, str):
         return
     trained, asked = flatten(yaml.safe_load(saved) or {}), flatten(cfg)
-    from .branches import branch_keys
-    keys = _MODEL_KEYS + branch_keys("model_keys")
+    keys = _MODEL_KEYS + method_spec(cfg.MODEL.METHOD).keys("model_keys")
     diff = [k for k in sorted(asked) if k.startswith(keys) and k in trained and trained[k] != asked[k]]
     if diff:
         raise WeightsError(f"{path} was trained with " + ", ".join(f"{k} {trained[k]!r}" for k in diff)
@@ -226,7 +162,7 @@ def check_trained_config(state, cfg, path):
 
 def load_weights(model, path, state=None):
     """Load a full-model checkpoint into ``model``: our training checkpoint (``{'model': ...}``), a plain
-    state dict of our model, or the official Signal checkpoint (read from ``path`` unless ``state`` is
+    state dict of our model, or the authors' release of its method (read from ``path`` unless ``state`` is
     given). Raises WeightsError listing every key that does not fit."""
     state = model_state(read_weights(path) if state is None else state, model, path)
     _check_and_load(model, state, path, "model", ignore_missing=(r".*num_batches_tracked",))

@@ -39,23 +39,30 @@ def _layer_of(name, depth):
     return 0
 
 
-def param_rule(cfg, name, depth=None):
-    """(lr, weight_decay) of parameter ``name`` under the Signal recipe.
+def param_rule(cfg, name, depth=None, spec=None):
+    """(lr, weight_decay) of parameter ``name`` under the recipe this field shares (Signal's, DeMo's, ...).
 
-    Biases: LR x BIAS_LR_FACTOR, WEIGHT_DECAY_BIAS. Then backbone parameters (biases included): the
-    backbone LR (``backbone_lr``), scaled by SOLVER.LAYER_DECAY ** (depth + 1 - layer) when per-layer decay
-    is on (``depth``: the backbone's number of blocks). Classifiers: x CLASSIFIER_LR_FACTOR (with
-    WEIGHT_DECAY_BIAS when the factor is not 1, as the official MSVR310 recipe).
+    Biases: LR x BIAS_LR_FACTOR, WEIGHT_DECAY_BIAS. Then backbone parameters (biases included, names under
+    the method's ``backbone_prefixes``): the backbone LR (``backbone_lr``), scaled by SOLVER.LAYER_DECAY **
+    (depth + 1 - layer) when per-layer decay is on (``depth``: the backbone's number of blocks). Classifiers
+    (the method's ``classifier_pattern``): x CLASSIFIER_LR_FACTOR (with WEIGHT_DECAY_BIAS when the factor is
+    not 1, as the official MSVR310 recipe). ``spec``: the MethodSpec (default: MODEL.METHOD's); a method
+    with its own ``param_rule`` answers instead.
     """
+    if spec is None:
+        from modeling.methods import method_spec
+        spec = method_spec(cfg.MODEL.METHOD)
+    if spec.param_rule is not None:
+        return spec.param_rule(cfg, name, depth)
     s = cfg.SOLVER
     lr, wd = s.BASE_LR, s.WEIGHT_DECAY
     if "bias" in name:
         lr, wd = s.BASE_LR * s.BIAS_LR_FACTOR, s.WEIGHT_DECAY_BIAS
-    if name.startswith("backbone.vit."):
+    if name.startswith(spec.backbone_prefixes):
         lr = backbone_lr(cfg)
         if s.LAYER_DECAY != 1.0 and depth is not None:
             lr *= s.LAYER_DECAY ** (depth + 1 - _layer_of(name, depth))
-    if "classifier" in name and s.CLASSIFIER_LR_FACTOR != 1.0:
+    if spec.is_classifier(name) and s.CLASSIFIER_LR_FACTOR != 1.0:
         lr, wd = s.BASE_LR * s.CLASSIFIER_LR_FACTOR, s.WEIGHT_DECAY_BIAS
     return lr, wd
 
@@ -75,9 +82,11 @@ def build_optimizer(cfg, model):
     groups = {}
     raw = model.module if hasattr(model, "module") else model
     depth = len(raw.backbone.vit.blocks) if hasattr(raw, "backbone") else None
+    from modeling.methods import method_spec
+    spec = method_spec(cfg.MODEL.METHOD)
     for name, p in model.named_parameters():
         if p.requires_grad:
-            groups.setdefault(param_rule(cfg, name, depth), []).append(p)
+            groups.setdefault(param_rule(cfg, name, depth, spec), []).append(p)
     params = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
     s = cfg.SOLVER
     types = {p.device.type for g in params for p in g["params"]}

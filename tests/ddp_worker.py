@@ -31,17 +31,16 @@ def main():
         loaders[0].dataset.is_train = True
         return loaders
 
-    original_train = train.do_train
+    original_train = train.Trainer.train
 
-    def do_train(cfg, model, *args, **kwargs):
-        out = original_train(cfg, model, *args, **kwargs)
-        raw = model.module if hasattr(model, "module") else model
-        torch.save(raw.state_dict(), os.path.join(record_dir, f"rank{rank}.pt"))
+    def train_and_record(self):
+        out = original_train(self)
+        torch.save(self.unwrapped.state_dict(), os.path.join(record_dir, f"rank{rank}.pt"))
         return out
 
     data.MultiModalImageDataset.__getitem__ = getitem
     train.build_dataloaders = build
-    train.do_train = do_train
+    train.Trainer.train = train_and_record
     sys.argv = ["train.py"] + sys.argv[1:]
     train.main()
     with open(os.path.join(record_dir, f"seen{rank}.json"), "w") as f:

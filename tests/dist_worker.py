@@ -24,8 +24,7 @@ import torch.distributed as dist  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 from config import load_config  # noqa: E402
-from layers import build_loss  # noqa: E402
-from modeling import MODALITIES, build_model  # noqa: E402
+from modeling import MODALITIES, build_loss, build_model  # noqa: E402
 from utils import comm  # noqa: E402
 
 

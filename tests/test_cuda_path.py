@@ -11,8 +11,7 @@ from torch.utils._pytree import tree_flatten
 
 from config import load_config
 from engine import make_grad_scaler, train_step
-from layers import build_loss
-from modeling import build_model
+from modeling import build_loss, build_model
 from solver import build_optimizer
 from utils import fake_cuda
 

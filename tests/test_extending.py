@@ -128,7 +128,7 @@ def test_a_backbone_timm_does_not_build_is_one_module_and_one_import(repo, tmp_p
 @newest_stack_only
 def test_a_branch_is_one_module_and_its_config_keys(repo, tmp_path):
     section = doc_section("A branch like SIM, GAM or LAM")
-    assert apply_file_blocks(section, repo) == ["modeling/branches/patch_mean.py", "config/defaults.py"]
+    assert apply_file_blocks(section, repo) == ["modeling/methods/signal/branches/patch_mean.py", "config/defaults.py"]
     config = doc_config(section, tmp_path, tmp_path / "data")
     best = tmp_path / "run" / "best.pth"
     errors, _ = run(repo, (["train.py", "--config_file", config], 0),

@@ -10,8 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from config import load_config
-from layers import build_loss
-from modeling import MODALITIES, build_model
+from modeling import MODALITIES, build_loss, build_model
 from solver import build_optimizer
 from utils import fake_cuda
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from layers import SignalLoss, TripletLoss, gram_volume
+from layers import ReIDLoss, TripletLoss, gram_volume
 from utils.versions import torch_version
 
 
@@ -45,7 +45,7 @@ def test_signal_loss_names_and_weights():
     outputs = {"heads": {"global": {"score": torch.randn(4, 3), "feat": torch.randn(4, 6)}},
                "gam": torch.tensor(2.0), "lam": torch.tensor(4.0)}
     target = torch.tensor([0, 0, 1, 1])
-    losses = SignalLoss(id_weight=0.5, triplet_weight=2.0, gam_weight=0.1, lam_weight=0.25)(outputs, target)
+    losses = ReIDLoss(id_weight=0.5, triplet_weight=2.0, term_weights={"gam": 0.1, "lam": 0.25})(outputs, target)
     assert set(losses) == {"id_global", "tri_global", "gam", "lam"}
     assert losses["gam"].item() == pytest.approx(0.2) and losses["lam"].item() == pytest.approx(1.0)
     ce = F.cross_entropy(outputs["heads"]["global"]["score"], target, label_smoothing=0.1)

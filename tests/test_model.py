@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from layers import build_loss
-from modeling import DeformableSampler, LocalAlignment, SelectiveInteraction, TokenSelection, build_model
+from modeling import (DeformableSampler, LocalAlignment, SelectiveInteraction, TokenSelection, build_loss,
+                      build_model)
 
 from .conftest import images
 

@@ -8,8 +8,7 @@ import torch
 
 from config import load_config
 from engine import amp_mode, train_step
-from layers import build_loss
-from modeling import build_model
+from modeling import build_loss, build_model
 from solver import build_optimizer, build_scheduler
 from reference import official
 

@@ -243,16 +243,14 @@ def test_a_mid_epoch_checkpoint_refuses_a_batch_order_change(synth_root, tmp_pat
 def test_stop_and_ctrl_c_end_in_one_line(tmp_path, capsys):
     """run_cli: a stop signal's Preempted exits with 75, Ctrl-C with 130; each prints one line saying what
     was saved."""
-    import engine.trainer as trainer
-    from engine.preemption import PREEMPTED_EXIT_CODE, Preempted
+    from engine.preemption import PREEMPTED_EXIT_CODE, Interrupted, Preempted
     from engine.setup import run_cli
 
     def preempted():
         raise Preempted("stopped by SIGUSR1: saved epoch 3, iteration 7 of 40 to out/last.pth; continue with --resume")
 
     def interrupted():
-        trainer.SAVED.update(path="out/last.pth", epoch=3, iteration=0)
-        raise KeyboardInterrupt
+        raise Interrupted({"path": "out/last.pth", "epoch": 3, "iteration": 0})
 
     for fn, code, line in [(preempted, PREEMPTED_EXIT_CODE, "stopped by SIGUSR1: saved epoch 3, iteration 7"),
                            (interrupted, 130, "interrupted (Ctrl-C): out/last.pth holds epoch 3; continue with "
@@ -261,7 +259,6 @@ def test_stop_and_ctrl_c_end_in_one_line(tmp_path, capsys):
             run_cli(fn)
         err = capsys.readouterr().err.strip()
         assert info.value.code == code and err.startswith(line) and len(err.splitlines()) == 1, err
-    trainer.SAVED.clear()
 
 
 def test_a_crash_during_evaluation_loses_no_epoch(synth_root, tmp_path, monkeypatch):

@@ -36,7 +36,7 @@ from config import load_config  # noqa: E402
 from engine import amp_mode, make_grad_scaler  # noqa: E402
 from engine import train_step as engine_train_step  # noqa: E402
 from engine.amp import autocast_context  # noqa: E402
-from layers import build_loss  # noqa: E402
+from modeling import build_loss  # noqa: E402
 from data.datasets import dataset_of, evaluation_reference, reference_sizes  # noqa: E402
 from modeling import MODALITIES, backbone_spec, build_model  # noqa: E402
 from modeling.backbone import backbone_names  # noqa: E402

@@ -36,8 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from config import load_config  # noqa: E402
 from data.datasets import reference_sizes  # noqa: E402
 from engine.setup import SetupError, run_cli  # noqa: E402
-from layers import build_loss  # noqa: E402
-from modeling import MODALITIES, build_model  # noqa: E402
+from modeling import MODALITIES, build_loss, build_model  # noqa: E402
 from utils import fake_cuda  # noqa: E402
 
 GIB = 2 ** 30

@@ -14,8 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from config import load_config  # noqa: E402
-from layers import build_loss  # noqa: E402
-from modeling import MODALITIES, build_model  # noqa: E402
+from modeling import MODALITIES, build_loss, build_model  # noqa: E402
 from engine.setup import UsageError, run_cli  # noqa: E402
 from data.datasets import dataset_of  # noqa: E402
 

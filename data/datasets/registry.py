@@ -24,6 +24,11 @@ def register_dataset(cls):
     return _DATASETS.register(cls.name, cls, cls.__module__, cls.aliases)
 
 
+# The benchmark a config trains on unless DATASETS.NAMES says otherwise (config/defaults.py reads it here), and
+# whose released sizes stand in for a dataset without published ones.
+DEFAULT_DATASET = "RGBNT201"
+
+
 def dataset_names(aliases=True):
     """Every name DATASETS.NAMES accepts (with the aliases) or one per dataset (``aliases=False``)."""
     return _DATASETS.names(aliases)
@@ -44,12 +49,11 @@ def dataset_of(cfg):
 
 def reference_sizes(cfg):
     """``(sizes, name)``: the released sizes of the benchmark ``cfg`` names or, for one without published
-    sizes (a custom dataset, WMVeID863), those of the default benchmark (config/defaults.py); ``name`` is the
+    sizes (a custom dataset, WMVeID863), those of the default benchmark (``DEFAULT_DATASET``); ``name`` is the
     benchmark the sizes belong to."""
     cls = dataset_of(cfg)
     if cls.sizes is None:
-        from config.defaults import _C
-        cls = get_dataset(_C.DATASETS.NAMES)
+        cls = get_dataset(DEFAULT_DATASET)
     return cls.sizes, cls.name
 
 

@@ -90,7 +90,7 @@ class SelectiveInteraction(nn.Module):
         self.feat_dim = 3 * dim  # the branch feature: the three class tokens after interaction
 
     def branch_outputs(self, cls, patches):
-        """Signal's branch contract (modeling/branches): the fused feature, for a head and the eval feature."""
+        """Signal's branch contract (modeling/methods/signal/branches): the fused feature, for a head and the eval feature."""
         return {"feature": self(patches, cls)}
 
     def select(self, patches, cls):

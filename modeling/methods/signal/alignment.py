@@ -33,7 +33,7 @@ class GlobalAlignment(nn.Module):
     feat_dim = 0  # a loss-only branch
 
     def branch_outputs(self, cls, patches):
-        """Signal's branch contract (modeling/branches): the GAM loss term."""
+        """Signal's branch contract (modeling/methods/signal/branches): the GAM loss term."""
         return {"loss": self(patches)}
 
     def forward(self, patches):
@@ -116,7 +116,7 @@ class LocalAlignment(nn.Module):
     feat_dim = 0  # a loss-only branch
 
     def branch_outputs(self, cls, patches):
-        """Signal's branch contract (modeling/branches): the LAM loss term."""
+        """Signal's branch contract (modeling/methods/signal/branches): the LAM loss term."""
         return {"loss": self(patches)}
 
     def to_maps(self, patches):
