@@ -45,6 +45,7 @@ def apply_file_blocks(section, repo):
     for rel, how, text in _FILE_BLOCK.findall(section):
         path = os.path.join(repo, rel)
         assert (how == "new") != os.path.exists(path), f"{rel} is marked {how} in docs/extending.md"
+        os.makedirs(os.path.dirname(path), exist_ok=True)  # a new method is a new folder
         with open(path, "a" if how == "append" else "w") as f:
             f.write(("\n" if how == "append" else "") + text)
         touched.append(rel)
@@ -144,3 +145,22 @@ def test_a_branch_is_one_module_and_its_config_keys(repo, tmp_path):
     assert record["patch_mean"] > 0
     assert "MODEL.USE_PATCH_MEAN True" in errors[1]
     assert "MODEL.USE_PATCH_MEAN" in errors[3] and "cannot continue" in errors[3]
+
+
+@newest_stack_only
+def test_a_method_is_one_folder_and_one_yaml(repo, tmp_path):
+    section = doc_section("A new method")
+    assert apply_file_blocks(section, repo) == ["modeling/methods/token_mean/__init__.py"]
+    config = doc_config(section, tmp_path, tmp_path / "data")
+    best = tmp_path / "run" / "best.pth"
+    errors, out = run(repo, (["train.py", "--config_file", config], 0),
+                      (["test.py", "--config_file", config, "TEST.WEIGHT", best], 0),
+                      # evaluated as another method: refused by name
+                      (["test.py", "--config_file", config, "TEST.WEIGHT", best, "MODEL.METHOD", "Baseline"], 2),
+                      (["-c", f"import torch; print('META', torch.load({str(best)!r}, weights_only=False)['meta'])"], 0))
+    log, (record,) = run_log_and_records(tmp_path)
+    assert "test feature 384-d" in log
+    assert {"id_token_mean", "tri_token_mean", "mAP"} <= set(record)
+    assert "MODEL.METHOD 'TokenMean'" in errors[2]
+    meta = eval(out.split("META ", 1)[1].splitlines()[0])
+    assert meta["method"] == "TokenMean" and meta["num_classes"] == 16 and meta["modalities"] == ["RGB", "NI", "TI"]

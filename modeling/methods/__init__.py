@@ -15,7 +15,6 @@ class, for everything that differs between methods:
         state dict) is one of this method's models; ``sizes(state)`` -> (identities, camera-table rows) read
         from its keys; ``convert(state, model)`` turns a foreign layout (the authors' release) into the
         model's own, or is None.
-    ``add_config(cfg)`` (optional): adds the method's own keys to the config tree (``MODEL.<NAME>.*``).
 
 Checkpoints written by this project store ``meta`` = {method, num_classes, num_cameras, modalities}
 (``checkpoint_meta``), read back before any key is guessed from. Every sub-package of this folder is

@@ -17,7 +17,6 @@ class MethodSpec:
         recognizes: ``recognizes(state)`` -> bool, for a model state dict that stores no ``meta``.
         sizes: ``sizes(state)`` -> (identity count, camera-table rows, 0 without one) of such a state dict.
         convert: ``convert(state, model)`` -> the model's own state dict, for a foreign layout; None: none.
-        add_config: ``add_config(cfg)`` adds the method's keys (``MODEL.<NAME>.*``); None: it has none.
         param_rule: ``param_rule(cfg, name, depth)`` -> (lr, weight decay); None: ``solver.param_rule``.
         backbone_prefixes: state-dict prefixes of the encoder's parameters that train at the backbone LR.
         classifier_pattern: regular expression (``re.search``) of the classifiers' parameter names
@@ -33,7 +32,6 @@ class MethodSpec:
     recognizes: Callable
     sizes: Callable
     convert: Optional[Callable] = None
-    add_config: Optional[Callable] = None
     param_rule: Optional[Callable] = None
     backbone_prefixes: Tuple[str, ...] = ("backbone.vit.",)
     classifier_pattern: str = r"(^|\.)classifiers?(_\w+)?\."
