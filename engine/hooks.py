@@ -146,7 +146,7 @@ class EMA(Hook):
     """An exponential moving average of the weights (SOLVER.EMA_DECAY): after every optimizer step each
     floating-point parameter and buffer becomes ``decay * ema + (1 - decay) * current`` (integer buffers are
     copied). The average is what is evaluated and written to ``best.pth`` (and the periodic checkpoints);
-    ``last.pth`` keeps the trained weights and stores the average beside them (``hooks.ema``), so a resumed
+    ``ema.pth`` holds the average of the last finished epoch; ``last.pth`` keeps the trained weights and stores the average beside them (``hooks.ema``), so a resumed
     run continues both."""
     name = "ema"
 
@@ -180,6 +180,10 @@ class EMA(Hook):
     def after_epoch(self, t, record):
         # DDP syncs gradients, not the BatchNorm statistics each rank updates: take rank 0's, as for the model
         comm.broadcast_buffers(self.model)
+
+    def after_save(self, t):
+        if comm.is_main_process():  # the average of the finished epoch as a checkpoint of its own
+            atomic_save(t.checkpoint(self.model, epoch=t.epoch), os.path.join(t.cfg.OUTPUT_DIR, "ema.pth"))
 
     def eval_model(self, t, model):
         return self.model

@@ -22,7 +22,7 @@ from utils.errors import SetupError
 
 logger = logging.getLogger("signal.run")
 
-RUN_FILES = ("last.pth", "best.pth", "metrics.jsonl", "summary.json")
+RUN_FILES = ("last.pth", "best.pth", "ema.pth", "metrics.jsonl", "summary.json")
 # Files a fresh run rewrites; --overwrite deletes them together with RUN_FILES.
 RECORD_FILES = ("config.yaml", "train_log.txt")
 LOCK_FILE = ".lock"

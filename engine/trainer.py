@@ -245,9 +245,9 @@ class Trainer:
             model = h.eval_model(self, model)
         return model
 
-    def checkpoint(self, **extra):
-        """A checkpoint of the evaluated weights (``best.pth``, the periodic ones)."""
-        return model_checkpoint(self.eval_model(), self.cfg, **extra)
+    def checkpoint(self, model=None, **extra):
+        """A checkpoint of ``model``'s weights; by default the evaluated ones (``best.pth``, the periodic ones)."""
+        return model_checkpoint(self.eval_model() if model is None else model, self.cfg, **extra)
 
     def train(self):
         """Run the epochs; returns (all per-epoch records, best)."""

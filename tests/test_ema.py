@@ -47,8 +47,9 @@ def test_ema_runs_evaluate_the_average_and_resume_it_bit_exactly_mid_epoch(synth
     # the average is what is evaluated and saved: the periodic checkpoints and best.pth hold it
     average, trained = a["hooks"]["ema"], a["model"]
     assert any(not torch.equal(average[k], trained[k]) for k in trained if trained[k].is_floating_point())
-    epoch2 = load(full, "Signal_2.pth")["model"]
-    assert all(torch.equal(epoch2[k], average[k]) for k in average)
+    epoch2, own = load(full, "Signal_2.pth")["model"], load(full, "ema.pth")
+    assert all(torch.equal(epoch2[k], average[k]) and torch.equal(own["model"][k], average[k]) for k in average)
+    assert own["epoch"] == 2 and own["meta"]["method"] == "Signal"
     best = load(full, "best.pth")
     chosen = load(full, f"Signal_{best['epoch']}.pth")["model"]
     assert all(torch.equal(best["model"][k], chosen[k]) for k in chosen)
