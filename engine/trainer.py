@@ -330,7 +330,8 @@ class Trainer:
         comm.synchronize()
 
     def hook_states(self):
-        return {h.name: h.state_dict() for h in self.hooks if h.name and h.state_dict() is not None}
+        states = {h.name: h.state_dict() for h in self.hooks if h.name}
+        return {name: state for name, state in states.items() if state is not None}
 
     def save_last(self, epoch, pending, progress=None):
         rngs = comm.all_gather_object(rng_state())  # every rank's random state, so each resumes its own
