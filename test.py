@@ -14,14 +14,6 @@ from utils import comm
 from utils.checkpoint import OutputError, atomic_write, atomic_write_json
 
 
-# Keys that cannot change an evaluation's figures (speed, logging, training-only), left out of the result
-# name's hash; every other key of MODEL, DATASETS and TEST counts, and of INPUT and SOLVER those below.
-_NOT_EVALUATED = ("MODEL.DEVICE", "MODEL.COMPILE", "MODEL.GRAD_CHECKPOINT", "MODEL.FUSED_ATTN", "MODEL.PRETRAIN_PATH",
-                  "TEST.WEIGHT", "TEST.IMS_PER_BATCH", "TEST.EVAL_BEFORE_TRAIN")
-_EVALUATED_EXTRA = ("INPUT.SIZE_TEST", "INPUT.PIXEL_MEAN", "INPUT.PIXEL_STD", "SOLVER.AMP", "SOLVER.AMP_ON_CPU")
-_PATH_KEYS = ("DATASETS.ROOT_DIR", "DATASETS.CUSTOM.FOLDER")
-
-
 def evaluation_hash(cfg):
     """Eight hex digits of the evaluation-relevant config: the model keys, the data (folders as absolute
     paths), the test settings, the test input size and normalisation and the autocast precision."""
@@ -29,11 +21,11 @@ def evaluation_hash(cfg):
     import json
 
     from config.setup import flatten
+    from utils.keyfacts import keys_with
     flat = flatten(cfg)
-    keys = sorted(k for k in flat if (k.startswith(("MODEL.", "DATASETS.", "TEST.")) and k not in _NOT_EVALUATED)
-                  or k in _EVALUATED_EXTRA)
-    relevant = {k: os.path.realpath(os.path.expanduser(flat[k])) if k in _PATH_KEYS and flat[k] else flat[k]
-                for k in keys}
+    paths = keys_with(cfg, "path")
+    relevant = {k: os.path.realpath(os.path.expanduser(flat[k])) if k in paths and flat[k] else flat[k]
+                for k in sorted(keys_with(cfg, "evaluated"))}  # the EVAL, MODEL, SHAPE and DATA keys
     return hashlib.sha1(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 

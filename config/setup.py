@@ -6,25 +6,13 @@ import re
 import yaml
 from yacs.config import CfgNode as CN
 
+from utils.keyfacts import AliasNode, alias_target, key_table
 from utils.mapping import flatten  # noqa: F401 (re-exported)
 
-from .defaults import _C
+from .defaults import KEYS
 
 _TRUE = {"yes", "true", "on", "1"}
 _FALSE = {"no", "false", "off", "0", "none", ""}
-
-_CHOICES = {
-    "MODEL.DIRECT": (0, 1),
-    "MODEL.LAM_OFFSET_CHANNELS": (1, 2),
-    "DATASETS.CUSTOM.PROTOCOL": ("camera", "scene"),
-    "DATASETS.CUSTOM.CAMERA_BASE": (0, 1),
-    "TEST.CAMERA_EMBEDDING": ("index", "mean"),
-    "SOLVER.SCHEDULER": ("cosine", "multistep"),
-    "SOLVER.OPTIMIZER_NAME": ("Adam", "AdamW", "SGD"),
-    "SOLVER.AMP": ("bf16", "fp16", "none"),
-    "TEST.MISS": ("", "r", "n", "t", "rn", "rt", "nt", "all"),
-}
-
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """A YAML loader that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
@@ -45,11 +33,7 @@ class _DuplicateKey(ValueError):
     pass
 
 
-# Paths: '~' is expanded as a shell would.
-_PATH_KEYS = {"OUTPUT_DIR", "DATASETS.ROOT_DIR", "MODEL.PRETRAIN_PATH", "TEST.WEIGHT"}
-
-
-def _coerce(key, value, default, source):
+def _coerce(key, value, default, source, path=False):
     """Convert ``value`` to the type of ``default`` or raise a ValueError naming key and source."""
     if isinstance(default, bool):
         if isinstance(value, bool):
@@ -78,23 +62,36 @@ def _coerce(key, value, default, source):
             return ""
         if key == "TEST.MISS" and str(value).lower() in ("none", "nothing"):
             return ""
-        return os.path.expanduser(str(value)) if key in _PATH_KEYS else str(value)
+        return os.path.expanduser(str(value)) if path else str(value)  # '~' as a shell would
     if type(value) is not type(default):
         raise ValueError(f"{source}: {key} expects a {type(default).__name__}, got {value!r}")
     return value
 
 
-def _merge(cfg, updates, source, prefix=""):
+def _is_path(root, key):
+    k = key_table(root).keys.get(key)
+    return k is not None and k.facts.path
+
+
+def _merge(cfg, updates, source, root, prefix="", given=None):
+    given = {} if given is None else given  # keys this file sets, by their own names: a key and its alias
     for name, value in updates.items():
-        key = prefix + name
+        key, node, leaf = prefix + name, cfg, name
         if name not in cfg:
-            raise KeyError(f"{source}: unknown config key {key!r}")
-        if isinstance(cfg[name], CN):
+            target = alias_target(cfg, name)
+            if target is None:
+                raise KeyError(f"{source}: unknown config key {key!r}")
+            node, leaf = target
+        own = key_table(root).canonical(key)
+        if own in given:
+            raise ValueError(f"{source}: {given[own]} and {key} are the same key ({own}); give it once")
+        given[own] = key
+        if isinstance(node[leaf], CN):
             if not isinstance(value, dict):
                 raise ValueError(f"{source}: {key} is a section and expects a mapping, got {value!r}")
-            _merge(cfg[name], value, source, key + ".")
+            _merge(node[leaf], value, source, root, key + ".", given)
         else:
-            cfg[name] = _coerce(key, value, cfg[name], source)
+            node[leaf] = _coerce(key, value, node[leaf], source, _is_path(root, own))
 
 
 def merge_file(cfg, path, _chain=()):
@@ -126,7 +123,7 @@ def merge_file(cfg, path, _chain=()):
         raise ValueError(f"{path}: _BASE_ must be a file path or a list of file paths, got {bases!r}")
     for base in bases:
         merge_file(cfg, os.path.join(os.path.dirname(path), base), (*_chain, path))
-    _merge(cfg, data, path)
+    _merge(cfg, data, path, cfg)
 
 
 def merge_opts(cfg, opts):
@@ -134,77 +131,16 @@ def merge_opts(cfg, opts):
     if len(opts) % 2:
         raise ValueError(f"command-line overrides must be KEY VALUE pairs, got an odd list: {opts}")
     for key, value in zip(opts[0::2], opts[1::2]):
-        node = key.split(".")[-1]
+        own = key_table(cfg).canonical(key)  # an alias (MODEL.TOPK) sets its key (MODEL.SIGNAL.TOPK)
+        node = own.split(".")[-1]
         parent = cfg
-        for part in key.split(".")[:-1]:
+        for part in own.split(".")[:-1]:
             if part not in parent or not isinstance(parent[part], CN):
                 raise KeyError(f"command line: unknown config key {key!r}")
             parent = parent[part]
-        if node not in parent:
+        if node not in parent or isinstance(parent[node], CN):
             raise KeyError(f"command line: unknown config key {key!r}")
-        parent[node] = _coerce(key, value, parent[node], "command line")
-
-
-# (key, lowest, highest, what): numeric ranges checked at start-up; None leaves a side open.
-_RANGES = [
-    ("SOLVER.IMS_PER_BATCH", 1, None, "an integer >= 1"),
-    ("DATALOADER.NUM_INSTANCE", 1, None, "an integer >= 1"),
-    ("DATALOADER.NUM_WORKERS", 0, None, "an integer >= 0"),
-    ("TEST.IMS_PER_BATCH", 1, None, "an integer >= 1"),
-    ("SOLVER.MAX_EPOCHS", 1, None, "an integer >= 1"),
-    ("SOLVER.LOG_PERIOD", 1, None, "an integer >= 1 (iterations between log lines)"),
-    ("SOLVER.EVAL_PERIOD", 0, None, "an integer >= 0 (0: evaluate after the last epoch only)"),
-    ("SOLVER.CHECKPOINT_PERIOD", 0, None, "an integer >= 0 (0: only last.pth and best.pth)"),
-    ("SOLVER.WARMUP_ITERS", 0, None, "an integer >= 0"),
-    ("SOLVER.EMA_DECAY", 0.0, 1.0 - 1e-12, "a decay in [0, 1) (0: no EMA of the weights)"),
-    ("SOLVER.SEED", 0, 2 ** 32 - 1, "an integer in [0, 2**32 - 1]"),
-    ("SOLVER.LR_NOISE_SEED", 0, 2 ** 32 - 1, "an integer in [0, 2**32 - 1]"),
-    ("SOLVER.BASE_LR", 0.0, None, "a learning rate >= 0"),
-    ("SOLVER.BACKBONE_LR", -1.0, None, "a learning rate > 0, 0 (BASE_LR x BACKBONE_LR_FACTOR) or -1 (the "
-                                       "official rule)"),
-    ("SOLVER.LAYER_DECAY", 1e-12, 1.0, "a factor in (0, 1] (1: no per-layer decay)"),
-    ("SOLVER.BACKBONE_LR_FACTOR", 0.0, None, "a factor >= 0"),
-    ("SOLVER.CLASSIFIER_LR_FACTOR", 0.0, None, "a factor >= 0"),
-    ("SOLVER.BIAS_LR_FACTOR", 0.0, None, "a factor >= 0"),
-    ("SOLVER.WEIGHT_DECAY", 0.0, None, "a value >= 0"),
-    ("SOLVER.WEIGHT_DECAY_BIAS", 0.0, None, "a value >= 0"),
-    ("SOLVER.MOMENTUM", 0.0, 1.0, "a value in [0, 1]"),
-    ("SOLVER.WARMUP_FACTOR", 0.0, None, "a factor >= 0"),
-    ("SOLVER.MIN_LR_FACTOR", 0.0, None, "a factor >= 0"),
-    ("SOLVER.GAMMA", 0.0, None, "a factor >= 0"),
-    ("SOLVER.MARGIN", 0.0, None, "a margin >= 0"),
-    ("SOLVER.LR_NOISE_PCT", 0.0, None, "a value >= 0"),
-    ("SOLVER.LR_NOISE_STD", 0.0, None, "a value >= 0"),
-    ("INPUT.PROB", 0.0, 1.0, "a probability in [0, 1]"),
-    ("INPUT.RE_PROB", 0.0, 1.0, "a probability in [0, 1]"),
-    ("INPUT.PADDING", 0, None, "an integer >= 0"),
-    ("MODEL.DROP_PATH", 0.0, 1.0, "a probability in [0, 1]"),
-    ("MODEL.DROP_OUT", 0.0, 1.0, "a probability in [0, 1]"),
-    ("MODEL.ATT_DROP_RATE", 0.0, 1.0, "a probability in [0, 1]"),
-    ("MODEL.LABEL_SMOOTH", 0.0, 1.0, "a value in [0, 1]"),
-    ("MODEL.TOPK", 1, None, "an integer >= 1"),
-    ("MODEL.SIM_HEADS", 1, None, "an integer >= 1"),
-    ("MODEL.LAM_KERNEL", 1, None, "an integer >= 1"),
-    ("MODEL.LAM_STRIDE", 1, None, "an integer >= 1"),
-    ("MODEL.GAM_TEMPERATURE", 1e-12, None, "a temperature > 0"),
-    ("MODEL.ID_LOSS_WEIGHT", 0.0, None, "a weight >= 0"),
-    ("MODEL.TRIPLET_LOSS_WEIGHT", 0.0, None, "a weight >= 0"),
-    ("MODEL.GAM_WEIGHT", 0.0, None, "a weight >= 0"),
-    ("MODEL.LAM_WEIGHT", 0.0, None, "a weight >= 0"),
-    ("MODEL.CUSTOM_VIT.PATCH_SIZE", 1, None, "an integer >= 1"),
-    ("MODEL.CUSTOM_VIT.EMBED_DIM", 1, None, "an integer >= 1"),
-    ("MODEL.CUSTOM_VIT.DEPTH", 1, None, "an integer >= 1"),
-    ("MODEL.CUSTOM_VIT.NUM_HEADS", 1, None, "an integer >= 1"),
-    ("MODEL.CUSTOM_VIT.OUT_DIM", 0, None, "an integer >= 0 (0: no projection)"),
-    ("TEST.RE_RANKING_K1", 1, None, "an integer >= 1"),
-    ("TEST.RE_RANKING_K2", 1, None, "an integer >= 1"),
-    ("TEST.RE_RANKING_LAMBDA", 0.0, 1.0, "a weight in [0, 1]"),
-    ("DATASETS.VAL_IDS", 0.0, None, "a count >= 1, a fraction < 1, or 0"),
-    ("DATASETS.SYNTHETIC.NUM_TRAIN_IDS", 1, None, "an integer >= 1"),
-    ("DATASETS.SYNTHETIC.NUM_TEST_IDS", 1, None, "an integer >= 1"),
-    ("DATASETS.SYNTHETIC.IMAGES_PER_ID", 1, None, "an integer >= 1"),
-    ("DATASETS.SYNTHETIC.NUM_CAMERAS", 1, None, "an integer >= 1"),
-]
+        parent[node] = _coerce(key, value, parent[node], "command line", _is_path(cfg, own))
 
 
 def _get(cfg, key):
@@ -216,10 +152,12 @@ def _get(cfg, key):
 
 def validate(cfg):
     """Every value that would fail (or silently misbehave) later, refused now with the key named."""
-    for key, choices in _CHOICES.items():
+    table = key_table(cfg)
+    for key, k in table.keys.items():  # the choices and ranges each key declares
         value = _get(cfg, key)
-        if value not in choices:
-            raise ValueError(f"config: {key} must be one of {list(choices)}, got {value!r}")
+        expected = k.facts.refuses(value)
+        if expected:
+            raise ValueError(f"config: {table.label(key)} must be {expected}, got {value!r}")
     from data.datasets import get_dataset
     dataset = get_dataset(cfg.DATASETS.NAMES)  # a registered name or alias, else an error listing them
     from modeling.backbone import backbone_spec
@@ -235,10 +173,6 @@ def validate(cfg):
                          f"the backbones of the official recipe")
     if cfg.SOLVER.BACKBONE_LR not in (-1.0, 0.0) and cfg.SOLVER.BACKBONE_LR < 0:
         raise ValueError(f"config: SOLVER.BACKBONE_LR must be > 0, 0 or -1, got {cfg.SOLVER.BACKBONE_LR}")
-    for key, low, high, what in _RANGES:
-        value = _get(cfg, key)
-        if value != value or (low is not None and value < low) or (high is not None and value > high):
-            raise ValueError(f"config: {key} must be {what}, got {value!r}")
     for key in ("INPUT.SIZE_TRAIN", "INPUT.SIZE_TEST", "DATASETS.SYNTHETIC.SIZE"):
         node = _get(cfg, key)
         if len(node) != 2 or any(not isinstance(v, int) or v <= 0 for v in node):
@@ -287,7 +221,7 @@ def validate(cfg):
     dataset.check_config(cfg)
 
 
-class SignalConfig(CN):
+class SignalConfig(AliasNode):
     """A yacs ``CfgNode`` whose ``merge_from_file`` and ``merge_from_list`` follow the command line's rules:
     ``_BASE_`` inheritance, yes/no booleans, unknown keys and ill-typed values reported with the file (or
     "command line") and key. The checks between keys (``validate``) run once the config is complete, when it
@@ -313,13 +247,22 @@ class SignalConfig(CN):
         super().freeze()
 
 
+def key_declarations():
+    """The KeyTable of every key: config/defaults.py's and each registered method's ``MODEL.<METHOD>.*``."""
+    from modeling.methods import method_specs
+    table = KEYS.copy()
+    for spec in method_specs():
+        table.add_keys(spec.own_keys(), owner=spec.name)
+    return table
+
+
 def get_cfg():
-    """Return a fresh, mutable copy of the default configuration (config/defaults.py).
+    """Return a fresh, mutable configuration at its defaults (config/defaults.py and the methods' sections).
 
     Its ``merge_from_file(path)`` and ``merge_from_list([KEY, VALUE, ...])`` work as on the command line
-    (``_BASE_`` inheritance, yes/no booleans, errors naming unknown keys and ill-typed values); ``freeze()``
-    runs the config checks."""
-    return SignalConfig(_C.clone())
+    (``_BASE_`` inheritance, yes/no booleans, aliases, errors naming unknown keys and ill-typed values);
+    ``freeze()`` runs the config checks; ``utils.keyfacts.key_table(cfg)`` holds what each key is."""
+    return key_declarations().tree(SignalConfig)
 
 
 def load_config(config_file="", opts=(), freeze=True):

@@ -16,6 +16,7 @@ import socket
 import yaml
 
 from config.setup import flatten
+from utils.keyfacts import key_table, keys_with
 from utils.checkpoint import read_checkpoint
 
 from utils.errors import SetupError
@@ -27,25 +28,16 @@ RUN_FILES = ("last.pth", "best.pth", "ema.pth", "metrics.jsonl", "summary.json")
 RECORD_FILES = ("config.yaml", "train_log.txt")
 LOCK_FILE = ".lock"
 
-# Keys that may differ between a checkpoint and the resumed run without changing what is trained:
-# where things are, how fast they run, how often the log is written.
-FREE_KEYS = {"OUTPUT_DIR", "DATASETS.ROOT_DIR", "MODEL.DEVICE", "MODEL.COMPILE", "MODEL.GRAD_CHECKPOINT", "DATALOADER.NUM_WORKERS",
-             "TEST.IMS_PER_BATCH", "TEST.WEIGHT", "TEST.EVAL_BEFORE_TRAIN", "SOLVER.LOG_PERIOD",
-             "SOLVER.CHECKPOINT_PERIOD", "SOLVER.CPU_KEEP_FREED_MEMORY", "LOG.TENSORBOARD", "LOG.PROGRESS_BARS"}
-
-
-# Keys that change the model's tensors: a resume cannot change them (fine-tune into a new folder instead).
-# The method adds its own (MethodSpec.shape_keys), read when a run is resumed: a part registered after this
-# module was imported counts too.
-SHAPE_KEYS = ("MODEL.METHOD", "MODEL.TRANSFORMER_TYPE", "MODEL.CUSTOM_VIT.", "MODEL.SIE_CAMERA", "MODEL.DIRECT", "INPUT.SIZE_TRAIN",
-              "INPUT.SIZE_TEST", "DATASETS.NAMES", "DATASETS.VAL_IDS", "DATASETS.CUSTOM.",
-              "DATASETS.SYNTHETIC.NUM_TRAIN_IDS", "DATASETS.SYNTHETIC.NUM_CAMERAS")
+def free_keys(cfg):
+    """Keys that may differ between a checkpoint and the resumed run without changing what is trained: where
+    things are, how fast they run, how often the log is written (the FREE keys of config/defaults.py)."""
+    return keys_with(cfg, "free")
 
 
 def shape_keys(cfg):
-    """SHAPE_KEYS and the shape keys of the config's method."""
-    from modeling.methods import method_spec
-    return SHAPE_KEYS + method_spec(cfg.MODEL.METHOD).keys("shape_keys")
+    """Keys that change the model's tensors: a resume cannot change them (fine-tune into a new folder
+    instead). Read from the config's own declarations, its method's keys included."""
+    return keys_with(cfg, "shape")
 
 
 class RunFolderError(SetupError):
@@ -146,20 +138,17 @@ def read_metrics(out_dir, last_epoch=None):
 def config_changes(saved_yaml, cfg):
     """[(key, checkpoint value, current value)] for every key whose value differs; keys the checkpoint's
     config does not have (written by an older version) are not reported."""
-    old = flatten(yaml.safe_load(saved_yaml) or {})
+    old = key_table(cfg).canonical_flat(flatten(yaml.safe_load(saved_yaml) or {}))  # older names: aliases
     new = flatten(yaml.safe_load(cfg.dump()))
     return [(k, old[k], new[k]) for k in sorted(new) if k in old and old[k] != new[k]]
 
 
-# Keys that fix the order of an epoch's batches: a checkpoint written mid-epoch continues that order.
-BATCH_ORDER_KEYS = ("SOLVER.IMS_PER_BATCH", "DATALOADER.NUM_INSTANCE", "SOLVER.SEED", "DATASETS.")
-
-
-def check_mid_epoch_changes(state, changes):
+def check_mid_epoch_changes(state, changes, cfg):
     """A checkpoint saved mid-epoch (``state["partial"]``) leaves out the batches already trained: refuse
     ``changes`` (``check_resume_config``'s) that draw another batch order for that epoch, naming the keys.
     Moving the data (DATASETS.ROOT_DIR, a free key) keeps the order."""
-    changed = [k for k, _, _ in changes if k.startswith(BATCH_ORDER_KEYS) and k not in FREE_KEYS]
+    order = keys_with(cfg, "batch_order") - free_keys(cfg)  # keys that fix the order of an epoch's batches
+    changed = [k for k, _, _ in changes if k in order]
     if state.get("partial") and changed:
         p = state["partial"]
         raise RunFolderError(f"last.pth was saved mid-epoch (epoch {p['epoch']}, after iteration {p['iterations']}) "
@@ -173,22 +162,25 @@ def check_resume_config(saved_yaml, cfg, allowed, path, notes=None):
     Returns the list of changes (logged by the caller); ``notes`` collects warnings for the log."""
     notes = [] if notes is None else notes
     changes = config_changes(saved_yaml, cfg)
-    stale = sorted(set(flatten(yaml.safe_load(saved_yaml) or {})) - set(flatten(cfg)))
+    stale = sorted(set(key_table(cfg).canonical_flat(flatten(yaml.safe_load(saved_yaml) or {}))) - set(flatten(cfg)))
     if stale:
         notes.append(f"--resume: {path} holds config keys this version does not know ({', '.join(stale)}); "
                      f"they are not compared")
     allowed = {a.strip() for item in allowed for a in item.split(",") if a.strip()}
+    allowed = {key_table(cfg).canonical(a) for a in allowed}
     unknown = sorted(a for a in allowed if a != "all" and a not in flatten(yaml.safe_load(cfg.dump())))
     if unknown:
         raise RunFolderError(f"--allow-change: unknown config key(s) {unknown}")
-    shape = [c for c in changes if c[0].startswith(shape_keys(cfg))]
+    shape_ = shape_keys(cfg)
+    shape = [c for c in changes if c[0] in shape_]
     if shape:
         raise RunFolderError(
             f"--resume: {', '.join(k for k, _, _ in shape)} changed against {path} "
             f"({', '.join(f'{old!r} -> {new!r}' for _, old, new in shape)}): that changes the model's tensors, "
             f"so the checkpoint cannot continue; train into another OUTPUT_DIR with MODEL.PRETRAIN_PATH "
             f"{path} to fine-tune from it")
-    refused = [c for c in changes if c[0] not in FREE_KEYS and c[0] not in allowed and "all" not in allowed]
+    free = free_keys(cfg)
+    refused = [c for c in changes if c[0] not in free and c[0] not in allowed and "all" not in allowed]
     if refused:
         lines = [f"--resume: the config differs from the one {path} was trained with:"]
         lines += [f"  {k}: checkpoint {old!r}, now {new!r}" for k, old, new in refused]
@@ -245,7 +237,7 @@ def prepare_run_folder(cfg, resume=False, overwrite=False, allow_changes=(), mai
             state["notes"] = []
             if state.get("config"):
                 state["changes"] = check_resume_config(state["config"], cfg, allow_changes, path, state["notes"])
-                check_mid_epoch_changes(state, state["changes"])
+                check_mid_epoch_changes(state, state["changes"], cfg)
             else:
                 state["changes"] = []
                 state["notes"].append(f"--resume: {path} stores no config, so the current one cannot be checked "

@@ -135,12 +135,6 @@ def model_sizes(state, path, method=None):
     return int(classes), int(cams)
 
 
-# Keys that change what an evaluated model computes: the evaluation config must agree with the checkpoint's.
-# Each method adds its own (MethodSpec.model_keys).
-_MODEL_KEYS = ("MODEL.METHOD", "MODEL.TRANSFORMER_TYPE", "MODEL.CUSTOM_VIT.", "MODEL.SIE_CAMERA", "MODEL.SIE_COE",
-               "INPUT.SIZE_TEST", "INPUT.PIXEL_MEAN", "INPUT.PIXEL_STD")
-
-
 def check_trained_config(state, cfg, path):
     """A checkpoint that stores its training config (every checkpoint of this project does) must be evaluated
     with the same model keys: otherwise one line says what it was trained as and what the config asks for,
@@ -151,9 +145,10 @@ def check_trained_config(state, cfg, path):
     saved = state.get("config") if isinstance(state, dict) else None
     if not isinstance(saved, str):
         return
-    trained, asked = flatten(yaml.safe_load(saved) or {}), flatten(cfg)
-    keys = _MODEL_KEYS + method_spec(cfg.MODEL.METHOD).keys("model_keys")
-    diff = [k for k in sorted(asked) if k.startswith(keys) and k in trained and trained[k] != asked[k]]
+    from utils.keyfacts import key_table, keys_with
+    trained, asked = key_table(cfg).canonical_flat(flatten(yaml.safe_load(saved) or {})), flatten(cfg)
+    keys = keys_with(cfg, "model")  # what changes what a trained model computes (config/defaults.py)
+    diff = [k for k in sorted(asked) if k in keys and k in trained and trained[k] != asked[k]]
     if diff:
         raise WeightsError(f"{path} was trained with " + ", ".join(f"{k} {trained[k]!r}" for k in diff)
                            + "; the config asks for " + ", ".join(f"{asked[k]!r}" for k in diff)

@@ -111,7 +111,7 @@ def test_get_cfg_merges_like_the_command_line(tmp_path):
     with pytest.raises(ValueError, match="TEST.RE_RANKING expects yes/no"):
         cfg.merge_from_list(["TEST.RE_RANKING", "maybe"])
     cfg.merge_from_list(["MODEL.TOPK", "0"])  # checked with the whole config, when it is frozen
-    with pytest.raises(ValueError, match="MODEL.TOPK must be an integer >= 1"):
+    with pytest.raises(ValueError, match=r"MODEL.SIGNAL.TOPK \(MODEL.TOPK\) must be an integer >= 1"):
         cfg.freeze()
     assert not cfg.is_frozen()
     cfg.merge_from_list(["MODEL.TOPK", "80"])
@@ -194,3 +194,81 @@ def test_base_inheritance_loops_and_lists(tmp_path):
     (tmp_path / "g.yml").write_text("_BASE_: missing.yml\n")
     with pytest.raises(FileNotFoundError, match="the _BASE_ of .*g.yml"):
         load_config(str(tmp_path / "g.yml"))
+
+
+def test_every_config_key_is_declared_once_with_a_role():
+    """config/defaults.py and the methods declare every key with its default and role (utils/keyfacts.py); a
+    key of the tree without a declaration, a declaration outside the tree or a key declared without a role
+    fails here."""
+    from dataclasses import replace
+
+    from config.setup import flatten
+    from utils.keyfacts import ROLES, Facts, KeyTable, key_table
+    cfg = get_cfg()
+    table = key_table(cfg)
+    assert set(flatten(cfg)) == set(table.keys)
+    roles = set(ROLES.values())
+    for name, k in table.keys.items():
+        bare = replace(k.facts, path=False, choices=None, low=None, high=None, what="")
+        if name in ("DATASETS.ROOT_DIR",):  # a free key that names the data: part of the result name
+            bare = replace(bare, evaluated=False)
+        if name in ("DATALOADER.NUM_INSTANCE", "SOLVER.SEED", "SOLVER.IMS_PER_BATCH"):  # training keys of the batches
+            bare = replace(bare, batch_order=False)
+        assert bare in roles, f"{name}: {k.facts} is not one of the roles of utils/keyfacts.py"
+        assert k.default == flatten(cfg)[name]
+    for spec_name, owner in (("MODEL.SIGNAL.TOPK", "Signal"),):
+        assert table.owner[spec_name] == owner
+    with pytest.raises(TypeError, match="config key MODEL.NEW: its facts must be a role"):
+        KeyTable().add("MODEL.NEW", 1, None)
+    t = KeyTable()
+    t.add("MODEL.A", 1, Facts())
+    with pytest.raises(ValueError, match="MODEL.A is declared twice"):
+        t.add("MODEL.A", 2, Facts())
+
+
+def test_aliases_read_write_and_name_the_same_key(tmp_path):
+    """Signal's keys live in MODEL.SIGNAL; the official flat names (MODEL.TOPK) read and write them in YAML,
+    on the command line and as attributes; giving both in one file is an error naming both."""
+    cfg = get_cfg()
+    cfg.merge_from_list(["MODEL.TOPK", "7", "MODEL.SIGNAL.SIM_HEADS", "2"])
+    assert cfg.MODEL.SIGNAL.TOPK == 7 == cfg.MODEL.TOPK and cfg.MODEL.SIM_HEADS == 2
+    cfg.MODEL.USE_LAM = False
+    assert cfg.MODEL.SIGNAL.USE_LAM is False and "USE_LAM" not in cfg.MODEL and "TOPK:" not in cfg.dump().split("SIGNAL:")[0]
+    (tmp_path / "a.yml").write_text("MODEL:\n  TOPK: 9\n  SIGNAL:\n    TOPK: 10\n")
+    with pytest.raises(ValueError, match=r"a.yml: MODEL.TOPK and MODEL.SIGNAL.TOPK are the same key"):
+        load_config(str(tmp_path / "a.yml"))
+    (tmp_path / "b.yml").write_text("MODEL:\n  TOPK: 9\n")
+    assert load_config(str(tmp_path / "b.yml")).MODEL.SIGNAL.TOPK == 9
+
+
+def test_the_facts_drive_resume_result_names_and_evaluation_checks(tmp_path):
+    """A stored config with the flat names (older checkpoints) is compared through the aliases; a method's keys
+    count only under that method; training-only keys leave the result name alone."""
+    import yaml
+
+    from engine.rundir import RunFolderError, check_resume_config, free_keys, shape_keys
+    from test import evaluation_hash
+    cfg = load_config(opts=["MODEL.TRANSFORMER_TYPE", "vit_custom"])
+    old = yaml.safe_load(cfg.dump())
+    old["MODEL"].update({k: old["MODEL"]["SIGNAL"][k] for k in ("TOPK", "USE_SIM")})
+    del old["MODEL"]["SIGNAL"]
+    old["MODEL"]["TOPK"] = 5
+    old["MODEL"]["USE_SIM"] = False
+    with pytest.raises(RunFolderError, match=r"MODEL.SIGNAL.USE_SIM changed"):
+        check_resume_config(yaml.safe_dump(old), cfg, [], "last.pth")
+    old["MODEL"]["USE_SIM"] = True
+    with pytest.raises(RunFolderError, match=r"MODEL.SIGNAL.TOPK: checkpoint 5, now 80"):
+        check_resume_config(yaml.safe_dump(old), cfg, [], "last.pth")
+    assert check_resume_config(yaml.safe_dump(old), cfg, ["MODEL.TOPK"], "last.pth") == [("MODEL.SIGNAL.TOPK", 5, 80)]
+    assert {"OUTPUT_DIR", "MODEL.DEVICE", "DATALOADER.NUM_WORKERS"} <= free_keys(cfg)
+    assert "MODEL.SIGNAL.USE_SIM" in shape_keys(cfg) and "SOLVER.BASE_LR" not in shape_keys(cfg) | free_keys(cfg)
+    base = evaluation_hash(cfg)
+    for key, value, same in (("SOLVER.BASE_LR", "1e-3", True), ("MODEL.SIGNAL.GAM_WEIGHT", "0.5", True),
+                             ("MODEL.DEVICE", "cpu", True), ("MODEL.TOPK", "4", False), ("TEST.RE_RANKING", "yes", False),
+                             ("DATASETS.ROOT_DIR", str(tmp_path), False)):
+        other = load_config(opts=["MODEL.TRANSFORMER_TYPE", "vit_custom", key, value])
+        assert (evaluation_hash(other) == base) == same, key
+    baseline = load_config(opts=["MODEL.TRANSFORMER_TYPE", "vit_custom", "MODEL.METHOD", "Baseline"])
+    other = load_config(opts=["MODEL.TRANSFORMER_TYPE", "vit_custom", "MODEL.METHOD", "Baseline", "MODEL.TOPK", "4"])
+    assert evaluation_hash(baseline) == evaluation_hash(other)  # Signal's keys change nothing under Baseline
+    assert "MODEL.SIGNAL.USE_SIM" in free_keys(baseline) and "MODEL.SIGNAL.USE_SIM" not in shape_keys(baseline)

@@ -129,7 +129,7 @@ def test_a_backbone_timm_does_not_build_is_one_module_and_one_import(repo, tmp_p
 @newest_stack_only
 def test_a_branch_is_one_module_and_its_config_keys(repo, tmp_path):
     section = doc_section("A branch like SIM, GAM or LAM")
-    assert apply_file_blocks(section, repo) == ["modeling/methods/signal/branches/patch_mean.py", "config/defaults.py"]
+    assert apply_file_blocks(section, repo) == ["modeling/methods/signal/branches/patch_mean.py"]
     config = doc_config(section, tmp_path, tmp_path / "data")
     best = tmp_path / "run" / "best.pth"
     errors, _ = run(repo, (["train.py", "--config_file", config], 0),
@@ -143,7 +143,7 @@ def test_a_branch_is_one_module_and_its_config_keys(repo, tmp_path):
     assert "test feature 576-d" in log
     assert {"id_patch_mean", "tri_patch_mean", "patch_mean", "id_sim", "gam", "lam", "mAP"} <= set(record)
     assert record["patch_mean"] > 0
-    assert "MODEL.USE_PATCH_MEAN True" in errors[1]
+    assert "MODEL.SIGNAL.USE_PATCH_MEAN True" in errors[1]
     assert "MODEL.USE_PATCH_MEAN" in errors[3] and "cannot continue" in errors[3]
 
 
@@ -157,10 +157,13 @@ def test_a_method_is_one_folder_and_one_yaml(repo, tmp_path):
                       (["test.py", "--config_file", config, "TEST.WEIGHT", best], 0),
                       # evaluated as another method: refused by name
                       (["test.py", "--config_file", config, "TEST.WEIGHT", best, "MODEL.METHOD", "Baseline"], 2),
-                      (["-c", f"import torch; print('META', torch.load({str(best)!r}, weights_only=False)['meta'])"], 0))
+                      (["-c", f"import torch; print('META', torch.load({str(best)!r}, weights_only=False)['meta'])"], 0),
+                      # its own config key: evaluated with another value than trained, refused naming it
+                      (["test.py", "--config_file", config, "TEST.WEIGHT", best, "MODEL.TOKENMEAN.MEAN_ONLY", "yes"], 2))
     log, (record,) = run_log_and_records(tmp_path)
     assert "test feature 384-d" in log
     assert {"id_token_mean", "tri_token_mean", "mAP"} <= set(record)
     assert "MODEL.METHOD 'TokenMean'" in errors[2]
     meta = eval(out.split("META ", 1)[1].splitlines()[0])
     assert meta["method"] == "TokenMean" and meta["num_classes"] == 16 and meta["modalities"] == ["RGB", "NI", "TI"]
+    assert "MODEL.TOKENMEAN.MEAN_ONLY False" in errors[4]

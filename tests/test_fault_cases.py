@@ -98,20 +98,22 @@ def test_a_checkpoint_evaluated_with_other_model_keys_is_one_line(tiny_cfg, tmp_
     path = tmp_path / "best.pth"
     torch.save({"model": build_model(cfg, 6, 3).state_dict(), "config": cfg.dump()}, path)
     load_eval_model(cfg, str(path))
-    with pytest.raises(WeightsError, match=r"trained with MODEL.TOPK 2; the config asks for 4: evaluate it with "
+    with pytest.raises(WeightsError, match=r"trained with MODEL.SIGNAL.TOPK 2; the config asks for 4: evaluate it with "
                                            r"the config of its run"):
         load_eval_model(tiny_cfg("MODEL.TOPK", "4"), str(path))
     with pytest.raises(WeightsError) as e:
         load_eval_model(tiny_cfg("MODEL.TOPK", "2", "MODEL.CUSTOM_VIT.DEPTH", "3", "MODEL.USE_LAM", "no"), str(path))
     assert len(str(e.value).splitlines()) == 1
-    assert "MODEL.CUSTOM_VIT.DEPTH 2" in str(e.value) and "MODEL.USE_LAM True" in str(e.value)
+    assert "MODEL.CUSTOM_VIT.DEPTH 2" in str(e.value) and "MODEL.SIGNAL.USE_LAM True" in str(e.value)
 
 
 def test_a_mid_epoch_resume_may_move_the_data_folder_but_not_change_the_batches():
+    from config import get_cfg
     from engine.rundir import RunFolderError, check_mid_epoch_changes
+    cfg = get_cfg()
     state = {"partial": {"epoch": 2, "iterations": 1}}
-    check_mid_epoch_changes(state, [("DATASETS.ROOT_DIR", "/old", "/new"), ("MODEL.DEVICE", "cpu", "cuda")])
+    check_mid_epoch_changes(state, [("DATASETS.ROOT_DIR", "/old", "/new"), ("MODEL.DEVICE", "cpu", "cuda")], cfg)
     with pytest.raises(RunFolderError, match=r"DATASETS.NAMES, SOLVER.SEED changed, which changes that epoch's"):
         check_mid_epoch_changes(state, [("DATASETS.ROOT_DIR", "/old", "/new"), ("DATASETS.NAMES", "A", "B"),
-                                        ("SOLVER.SEED", 1, 2)])
-    check_mid_epoch_changes({"partial": None}, [("SOLVER.SEED", 1, 2)])  # at an epoch boundary: any order
+                                        ("SOLVER.SEED", 1, 2)], cfg)
+    check_mid_epoch_changes({"partial": None}, [("SOLVER.SEED", 1, 2)], cfg)  # at an epoch boundary: any order

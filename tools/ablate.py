@@ -32,7 +32,7 @@ sys.path.insert(0, ROOT)
 from plotting import line_chart, stack  # noqa: E402
 
 from config import load_config  # noqa: E402
-from engine.rundir import FREE_KEYS, config_changes, read_metrics, run_files  # noqa: E402
+from engine.rundir import config_changes, free_keys, read_metrics, run_files  # noqa: E402
 from engine.preemption import PREEMPTED_EXIT_CODE  # noqa: E402
 from engine.setup import UsageError, run_cli  # noqa: E402
 from utils.metrics import METRIC_NAMES  # noqa: E402
@@ -57,7 +57,7 @@ def check_finished(name, out_dir, cfg):
     if not os.path.isfile(saved):
         raise UsageError(f"{name}: no run in {out_dir} (config.yaml missing)")
     with open(saved) as f:
-        changes = [c for c in config_changes(f.read(), cfg) if c[0] not in FREE_KEYS]
+        changes = [c for c in config_changes(f.read(), cfg) if c[0] not in free_keys(cfg)]
     if changes:
         raise UsageError(f"{name}: the run in {out_dir} was trained with another config:\n"
                          + "\n".join(f"  {k}: run {old!r}, asked {new!r}" for k, old, new in changes))

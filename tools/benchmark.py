@@ -183,7 +183,7 @@ def bench_data(cfg, args):
 def bench_eval(cfg, device):
     sizes, name = reference_sizes(cfg)
     nq, ng = sizes.query, sizes.gallery
-    dim = 3072 if cfg.MODEL.USE_SIM else 1536
+    dim = 3072 if cfg.MODEL.SIGNAL.USE_SIM else 1536
     g = torch.Generator().manual_seed(0)
     pids = torch.randint(0, 50, (nq + ng,), generator=g).numpy()
     cams = torch.randint(0, 4, (nq + ng,), generator=g).numpy()

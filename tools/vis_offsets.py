@@ -35,7 +35,7 @@ def main():
     args = samples_parser(__doc__, scale=5).parse_intermixed_args()
     cfg, model, loader, nq, device = load_everything(args)
     if model.lam is None:
-        raise UsageError("this config has no LAM (MODEL.USE_LAM no)")
+        raise UsageError("this config has no LAM (MODEL.SIGNAL.USE_LAM no)")
     idx, _, patches = encode_samples(model, loader, device, args.num_samples)
     with torch.no_grad():
         points = [s.sampling_points(x) for s, x in zip(model.lam.samplers.values(), model.lam.to_maps(patches))]

@@ -43,7 +43,7 @@ def main():
     args = samples_parser(__doc__, scale=4).parse_intermixed_args()
     cfg, model, loader, nq, device = load_everything(args)
     if model.sim is None:
-        raise UsageError("this config has no SIM (MODEL.USE_SIM no)")
+        raise UsageError("this config has no SIM (MODEL.SIGNAL.USE_SIM no)")
     idx, cls, patches = encode_samples(model, loader, device, args.num_samples)
     with torch.no_grad():
         intra, inter = model.sim.selection(patches, cls)
@@ -57,7 +57,7 @@ def main():
         d.rectangle((4 + 90 * k, 3, 14 + 90 * k, 13), fill=c)
         d.text((18 + 90 * k, 2), name, fill="black")
     out = compose(rows, header=legend)
-    print(f"top-k {cfg.MODEL.TOPK}: kept per modality (mean) "
+    print(f"top-k {cfg.MODEL.SIGNAL.TOPK}: kept per modality (mean) "
           + ", ".join(f"{m} {(intra | inter)[:, k].sum(-1).float().mean():.1f}/{intra.shape[-1]}"
                       for k, m in enumerate(MODALITIES)))
     save(out, args.output)

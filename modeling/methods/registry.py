@@ -21,9 +21,10 @@ class MethodSpec:
         backbone_prefixes: state-dict prefixes of the encoder's parameters that train at the backbone LR.
         classifier_pattern: regular expression (``re.search``) of the classifiers' parameter names
             (SOLVER.CLASSIFIER_LR_FACTOR; reset when fine-tuning on another identity count).
-        shape_keys: config keys (or prefixes) that change its tensors: a resumed run cannot change them (a
-            tuple, or a function returning one, for keys of parts registered later).
-        model_keys: config keys (or prefixes) that change what it computes at evaluation (likewise).
+        config_keys: its own config keys, ``utils.keyfacts.Key``s named ``MODEL.<NAME>.<KEY>`` (the name in
+            capitals), each with its default and what a change of it does (the official code's flat names
+            as ``aliases``); a tuple, or a function returning one (for keys of parts registered later).
+            ``config.get_cfg`` adds them; under another MODEL.METHOD they change nothing.
         description: one line for listings.
     """
     name: str
@@ -35,17 +36,20 @@ class MethodSpec:
     param_rule: Optional[Callable] = None
     backbone_prefixes: Tuple[str, ...] = ("backbone.vit.",)
     classifier_pattern: str = r"(^|\.)classifiers?(_\w+)?\."
-    shape_keys: Union[Tuple[str, ...], Callable] = ()
-    model_keys: Union[Tuple[str, ...], Callable] = ()
+    config_keys: Union[Tuple, Callable] = ()
     description: str = ""
 
     def is_classifier(self, name):
         return re.search(self.classifier_pattern, name) is not None
 
-    def keys(self, kind):
-        """Its ``shape_keys`` or ``model_keys`` (``kind``) as a tuple."""
-        keys = getattr(self, kind)
-        return tuple(keys() if callable(keys) else keys)
+    def own_keys(self):
+        """Its ``config_keys`` as a tuple; a key outside its section ``MODEL.<NAME>.`` is an error."""
+        keys = tuple(self.config_keys() if callable(self.config_keys) else self.config_keys)
+        section = f"MODEL.{self.name.upper()}."
+        for k in keys:
+            if not k.name.startswith(section):
+                raise ValueError(f"method {self.name}: its config key {k.name} must lie in {section}*")
+        return keys
 
 
 _METHODS = Registry("method")

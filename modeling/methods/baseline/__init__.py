@@ -52,5 +52,4 @@ def recognizes(state):
 
 BASELINE = register_method(MethodSpec(
     name="Baseline", build=build, loss=loss, recognizes=recognizes, sizes=class_token_sizes,
-    shape_keys=("MODEL.DIRECT",), model_keys=("MODEL.DIRECT",),
     description="the shared encoder and its class-token heads only"))

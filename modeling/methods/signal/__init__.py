@@ -3,7 +3,7 @@ shared encoder. MODEL.METHOD Signal (the default); its branches are in ``branche
 from layers import reid_loss
 
 from ..registry import MethodSpec, register_method
-from .branches import branch_keys, branch_specs, build_branches
+from .branches import branch_config_keys, branch_specs, build_branches
 from .checkpoint import convert_official_state, recognizes, sizes
 from .model import Signal
 
@@ -21,6 +21,5 @@ def loss(cfg):
 
 SIGNAL = register_method(MethodSpec(
     name="Signal", build=build, loss=loss, recognizes=recognizes, sizes=sizes, convert=convert_official_state,
-    shape_keys=lambda: ("MODEL.DIRECT",) + branch_keys("shape_keys"),
-    model_keys=lambda: ("MODEL.DIRECT",) + branch_keys("model_keys"),
+    config_keys=branch_config_keys,
     description="SIM + GAM + LAM on the shared encoder (AAAI 2026)"))

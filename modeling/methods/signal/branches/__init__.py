@@ -4,7 +4,8 @@ A branch is registered once with a ``BranchSpec``; Signal builds the enabled one
 a BN neck and classifier when it has a feature (``bottleneck_<name>`` / ``classifier_<name>``), appends its
 eval feature after the class tokens, and returns its loss term as ``outputs[<name>]``, which the loss
 weights with ``loss_weight(cfg)``. Every module of this folder is imported (and so registered) with it: a new
-branch is one file here plus its config keys in config/defaults.py (docs/extending.md).
+branch is one file here, which declares its config keys too (``config_keys``, under ``MODEL.SIGNAL.``;
+docs/extending.md).
 
 A branch module has:
     ``feat_dim``: the width of its feature (0: a loss-only branch, not run at evaluation);
@@ -28,16 +29,14 @@ class BranchSpec:
             the encoder's token width D, ``grid``: its patch rows and columns).
         order: position among the branches (features are concatenated, heads and losses listed, in order).
         loss_weight: ``loss_weight(cfg)`` -> the weight of its loss term (a branch that returns ``loss``).
-        shape_keys: config keys (or prefixes) that change its tensors: a resumed run cannot change them.
-        model_keys: config keys (or prefixes) that change what it computes at evaluation: a checkpoint is
-            evaluated with its training values.
+        config_keys: its config keys (``utils.keyfacts.Key``s named ``MODEL.SIGNAL.<KEY>``), each with its
+            default and facts; Signal adds them to the config.
     """
     name: str
     build: Callable
     order: int = 100
     loss_weight: Optional[Callable] = None
-    shape_keys: Tuple[str, ...] = ()
-    model_keys: Tuple[str, ...] = ()
+    config_keys: Tuple = ()
 
 
 _BRANCHES = Registry("branch")
@@ -58,9 +57,9 @@ def build_branches(cfg, width, grid):
     return {spec.name: spec.build(cfg, width, grid) for spec in branch_specs()}
 
 
-def branch_keys(kind):
-    """The config keys every branch declares as ``shape_keys`` or ``model_keys`` (``kind``)."""
-    return tuple(k for spec in branch_specs() for k in getattr(spec, kind))
+def branch_config_keys():
+    """The config keys every branch declares, in branch order."""
+    return tuple(k for spec in branch_specs() for k in spec.config_keys)
 
 
 for _module in pkgutil.iter_modules(__path__):
