@@ -7,7 +7,8 @@ import numpy as np
 import yaml
 
 from data import build_test_dataloader
-from engine import evaluate_missing, evaluate_model, format_metrics, missing_table
+from engine import (MISSING_RULES, any_to_any_table, evaluate_any_to_any, evaluate_missing, evaluate_model,
+                    format_metrics, missing_rule, missing_table)
 from engine.setup import SetupError, argument_parser, default_setup, run_cli
 from modeling import load_eval_model
 from utils import comm
@@ -30,7 +31,7 @@ def evaluation_hash(cfg):
 
 
 def result_name(cfg):
-    """``test_<checkpoint>_<dataset>[_miss-<m>][_rerank<k1>-<k2>-<lambda>]_<hash>``: one name per checkpoint
+    """``test_<checkpoint>_<dataset>[_miss-<m> | _miss-q<m>-g<m>][_rerank<k1>-<k2>-<lambda>]_<hash>``: one name per checkpoint
     and evaluation setting (``evaluation_hash``: another data folder, camera rule or input size is another
     file), never that of a training record. A checkpoint outside OUTPUT_DIR is named with its folder
     (``run1-best``)."""
@@ -43,6 +44,8 @@ def result_name(cfg):
     tag = f"test_{name}_{cfg.DATASETS.NAMES}"
     if t.MISS:
         tag += f"_miss-{t.MISS}"
+    if t.MISS_QUERY or t.MISS_GALLERY:
+        tag += f"_miss-q{t.MISS_QUERY or 'none'}-g{t.MISS_GALLERY or 'none'}"
     if t.RE_RANKING:
         tag += f"_rerank{t.RE_RANKING_K1}-{t.RE_RANKING_K2}-{t.RE_RANKING_LAMBDA:g}"
     tag += "_" + evaluation_hash(cfg)
@@ -93,7 +96,7 @@ def main():
     test_loader, num_query, dataset = build_test_dataloader(cfg)
     # The model is sized from the checkpoint, not from the data: evaluation needs no training split, and a
     # model trained on one benchmark can be evaluated on another.
-    model, num_cameras = load_eval_model(cfg, cfg.TEST.WEIGHT)
+    model, num_cameras = load_eval_model(cfg, cfg.TEST.WEIGHT, dataset.modalities)
     if num_cameras and dataset.num_cameras > num_cameras and cfg.TEST.CAMERA_EMBEDDING == "index":
         logger.warning("%s has %d cameras, the model's camera table %d: cameras %d and above get the table's "
                        "mean (TEST.CAMERA_EMBEDDING mean gives every camera the mean)", dataset.name,
@@ -101,10 +104,19 @@ def main():
     model.to(device)
     setting = {"weight": os.path.abspath(cfg.TEST.WEIGHT), "dataset": cfg.DATASETS.NAMES,
                "miss": cfg.TEST.MISS or "none", "re_ranking": bool(cfg.TEST.RE_RANKING)}
-    if cfg.TEST.MISS == "all":
+    if cfg.TEST.MISS_QUERY or cfg.TEST.MISS_GALLERY:
+        setting.update(miss_query=cfg.TEST.MISS_QUERY or "none", miss_gallery=cfg.TEST.MISS_GALLERY or "none")
+    if cfg.TEST.MISS or cfg.TEST.MISS_QUERY or cfg.TEST.MISS_GALLERY:
+        setting["missing_rule"] = MISSING_RULES[missing_rule(model)]
+    if cfg.TEST.MISS == "any":
+        metrics, ev = evaluate_any_to_any(cfg, model, test_loader, num_query, device)
+        logger.info("%s | any-to-any missing modalities:\n%s\n%s", ", ".join(f"{k}={v}" for k, v in
+                    setting.items()), any_to_any_table(metrics, "mAP", modalities=model.modalities),
+                    any_to_any_table(metrics, "Rank-1", modalities=model.modalities))
+    elif cfg.TEST.MISS == "all":
         metrics, ev = evaluate_missing(cfg, model, test_loader, num_query, device)
-        logger.info("%s | full input and missing modalities (percent):\n%s",
-                    ", ".join(f"{k}={v}" for k, v in setting.items()), missing_table(metrics))
+        logger.info("%s | full input and missing modalities (percent):\n%s", ", ".join(f"{k}={v}" for k, v in
+                    setting.items()), missing_table(metrics, modalities=model.modalities))
     else:
         metrics, ev = evaluate_model(cfg, model, test_loader, num_query, device)
         logger.info("%s | %s", ", ".join(f"{k}={v}" for k, v in setting.items()), format_metrics(metrics))

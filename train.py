@@ -52,7 +52,7 @@ def train(cfg, logger, device, run):
         return
     train_loader, test_loader, num_query, num_classes, num_cameras = build_dataloaders(cfg)
     logger.info("\n%s", train_loader.reid_dataset.summary())
-    model = build_model(cfg, num_classes, num_cameras).to(device)
+    model = build_model(cfg, num_classes, num_cameras, modalities=train_loader.reid_dataset.modalities).to(device)
     logger.info("Model: %s, %.2fM parameters, test feature %d-d", cfg.MODEL.TRANSFORMER_TYPE,
                 sum(p.numel() for p in model.parameters()) / 1e6, model.feat_dim)
     optimizer = build_optimizer(cfg, model)

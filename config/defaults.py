@@ -103,12 +103,17 @@ key("DATASETS.CUSTOM.FOLDER", "", DATA_SHAPE)
 key("DATASETS.CUSTOM.TRAIN", "train", DATA_SHAPE)
 key("DATASETS.CUSTOM.QUERY", "query", DATA_SHAPE)
 key("DATASETS.CUSTOM.GALLERY", "gallery", DATA_SHAPE)
-# The folders of RGB, NI and TI inside a split (or inside an id folder). Naming one folder several times
-# duplicates that modality, e.g. [images, images, images] runs RGB-only data as RGB three times.
+# The modalities of a sample, in batch order: any names with distinct first letters (TEST.MISS names them by
+# that letter), e.g. [RGB, TI] for RGB + thermal data.
+key("DATASETS.CUSTOM.MODALITIES", ["RGB", "NI", "TI"], DATA_SHAPE)
+# The folder of each of MODALITIES inside a split (or inside an id folder), in the same order. Naming one
+# folder several times duplicates that modality, e.g. [images, images, images] runs RGB-only data as RGB
+# three times.
 key("DATASETS.CUSTOM.MODALITY_FOLDERS", ["RGB", "NI", "TI"], DATA_SHAPE)
 # yes: <split>/<id>/<modality folder>/file (the id is the folder name unless PATTERN has an id group).
 key("DATASETS.CUSTOM.ID_FOLDERS", False, DATA_SHAPE)
-# yes: each file holds the three modalities side by side, left to right in TILE_ORDER (no modality folders).
+# yes: each file holds the modalities side by side, left to right in TILE_ORDER (an order of MODALITIES; no
+# modality folders).
 key("DATASETS.CUSTOM.TILED", False, DATA_SHAPE)
 key("DATASETS.CUSTOM.TILE_ORDER", ["RGB", "NI", "TI"], DATA_SHAPE)
 # Regular expression searched in each file name, with named groups id, camera and optionally scene.
@@ -127,6 +132,8 @@ key("DATASETS.SYNTHETIC.NUM_CAMERAS", 3, DATA_SHAPE(low=1))
 # [H, W] of the generated images.
 key("DATASETS.SYNTHETIC.SIZE", [64, 32], DATA)
 key("DATASETS.SYNTHETIC.SEED", 0, DATA)
+# The modalities read (all three are written), in batch order: e.g. [RGB, TI] for an RGB + thermal benchmark.
+key("DATASETS.SYNTHETIC.MODALITIES", ["RGB", "NI", "TI"], DATA_SHAPE)
 
 # ---------------------------------------------------------------------------------------------------
 # DATALOADER
@@ -228,10 +235,17 @@ key("TEST.RE_RANKING_K2", 6, EVAL(low=1))
 key("TEST.RE_RANKING_LAMBDA", 0.3, EVAL(low=0.0, high=1.0, what='a weight in [0, 1]'))
 # L2-normalise the test feature.
 key("TEST.FEAT_NORM", True, EVAL)
-# Missing-modality evaluation: '' (none) or one of r, n, t, rn, rt, nt (those inputs are zeroed after
-# normalisation, query and gallery alike); 'all': test.py reports the full input, the six settings and
-# their average in one run (training then selects epochs on the full input).
-key("TEST.MISS", "", EVAL(choices=('', 'r', 'n', 't', 'rn', 'rt', 'nt', 'all')))
+# Missing-modality evaluation: '' (none) or the first letters of the modalities to zero, in the dataset's
+# order (RGB / NI / TI: r, n, t, rn, rt, nt; utils.modalities.miss_settings), zeroed after normalisation,
+# query and gallery alike; 'all': test.py reports the full input, every setting and their average in one
+# run (training then selects epochs on the full input); 'any': the table of every query setting against every
+# gallery setting (query and gallery with different modalities present; training selects on the full input).
+# The config check lists the values for the dataset.
+key("TEST.MISS", "", EVAL)
+# One query / gallery pair of settings ('' = full input; TEST.MISS then stays empty): the queries encoded with
+# the modalities of MISS_QUERY missing, the gallery with those of MISS_GALLERY (MDReID's protocol).
+key("TEST.MISS_QUERY", "", EVAL)
+key("TEST.MISS_GALLERY", "", EVAL)
 # SIE camera embedding at test time: 'index' (the learned row of each camera id; ids beyond the trained
 # table get the table's mean) or 'mean' (every sample gets the mean row: for another benchmark's cameras,
 # e.g. cross-dataset evaluation).

@@ -60,7 +60,7 @@ def _coerce(key, value, default, source, path=False):
     if isinstance(default, str):
         if value is None:
             return ""
-        if key == "TEST.MISS" and str(value).lower() in ("none", "nothing"):
+        if key in ("TEST.MISS", "TEST.MISS_QUERY", "TEST.MISS_GALLERY") and str(value).lower() in ("none", "nothing"):
             return ""
         return os.path.expanduser(str(value)) if path else str(value)  # '~' as a shell would
     if type(value) is not type(default):
@@ -162,7 +162,7 @@ def validate(cfg):
     dataset = get_dataset(cfg.DATASETS.NAMES)  # a registered name or alias, else an error listing them
     from modeling.backbone import backbone_spec
     from modeling.methods import method_spec
-    method_spec(cfg.MODEL.METHOD)  # a registered method, else an error listing them
+    method = method_spec(cfg.MODEL.METHOD)  # a registered method, else an error listing them
     spec = backbone_spec(cfg.MODEL.TRANSFORMER_TYPE)  # registered, or a timm ViT / EVA02 name
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.MODEL.DEVICE):
         raise ValueError(f"config: MODEL.DEVICE must be auto, cpu, cuda or cuda:N (an NVIDIA GPU), got "
@@ -212,13 +212,25 @@ def validate(cfg):
             f"negatives")
     if not cfg.OUTPUT_DIR:
         raise ValueError("config: OUTPUT_DIR must not be empty")
-    c = cfg.DATASETS.CUSTOM
-    if len(c.MODALITY_FOLDERS) != 3 or not all(isinstance(f, str) and f for f in c.MODALITY_FOLDERS):
-        raise ValueError(f"config: DATASETS.CUSTOM.MODALITY_FOLDERS must name 3 folders (RGB, NI, TI; repeat one "
-                         f"to duplicate a modality), got {list(c.MODALITY_FOLDERS)}")
-    if sorted(c.TILE_ORDER) != ["NI", "RGB", "TI"]:
-        raise ValueError(f"config: DATASETS.CUSTOM.TILE_ORDER must order RGB, NI and TI, got {list(c.TILE_ORDER)}")
     dataset.check_config(cfg)
+    from utils.modalities import check_modalities, miss_choices
+    modalities = check_modalities(dataset.modalities_for(cfg), f"config: the modalities of {dataset.name}")
+    choices = miss_choices(modalities)
+    if cfg.TEST.MISS not in choices:
+        raise ValueError(f"config: TEST.MISS must be one of {list(choices)} for the modalities "
+                         f"{', '.join(modalities)} of {dataset.name} (empty: the full input; the first letters of "
+                         f"the missing modalities; all: every setting; any: every query x gallery pair of "
+                         f"settings), got {cfg.TEST.MISS!r}")
+    for key in ("TEST.MISS_QUERY", "TEST.MISS_GALLERY"):
+        if _get(cfg, key) not in choices[:-2]:
+            raise ValueError(f"config: {key} must be one of {list(choices[:-2])} for the modalities "
+                             f"{', '.join(modalities)} of {dataset.name} (empty: the full input), got "
+                             f"{_get(cfg, key)!r}")
+    if (cfg.TEST.MISS_QUERY or cfg.TEST.MISS_GALLERY) and cfg.TEST.MISS:
+        raise ValueError(f"config: TEST.MISS {cfg.TEST.MISS!r} and TEST.MISS_QUERY / TEST.MISS_GALLERY both choose "
+                         f"the missing modalities; give one of them (TEST.MISS r is TEST.MISS_QUERY r with "
+                         f"TEST.MISS_GALLERY r)")
+    method.check_modalities(modalities, f"{dataset.name}")
 
 
 class SignalConfig(AliasNode):

@@ -1,7 +1,8 @@
 """Data: benchmark parsers, the synthetic benchmark, transforms, the P x K sampler and the loaders.
 
-Batches are dicts: ``{'RGB', 'NI', 'TI'}`` image tensors [B, 3, H, W] plus ``pid``, ``camid``,
-``sceneid`` and ``index`` (position of the sample in its split, for looking up paths).
+Batches are dicts: one image tensor [B, 3, H, W] per modality of the dataset (``RGB``, ``NI``, ``TI`` unless
+its spec declares others) plus ``pid``, ``camid``, ``sceneid`` and ``index`` (position of the sample in its
+split, for looking up paths).
 """
 import contextlib
 import logging
@@ -21,28 +22,33 @@ from .transforms import build_transforms
 
 
 class MultiModalImageDataset(Dataset):
-    def __init__(self, samples, transform, tiled=False, tile_order=MODALITIES):
+    """The samples of a split as dicts of transformed images keyed by ``modalities`` (the dataset's, in batch
+    order); a ``tiled`` file holds them side by side in ``tile_order`` (default: ``modalities``)."""
+
+    def __init__(self, samples, transform, tiled=False, tile_order=None, modalities=MODALITIES):
         self.samples = samples
         self.transform = transform
         self.tiled = tiled
-        self.tile_order = tuple(tile_order)
+        self.modalities = tuple(modalities)
+        self.tile_order = tuple(tile_order or self.modalities)
 
     def __len__(self):
         return len(self.samples)
 
     def load(self, index):
-        """The sample's three PIL images, keyed by modality."""
+        """The sample's PIL images, one per modality, keyed by modality."""
         s = self.samples[index]
         if self.tiled:
             img = read_image(s.paths[0])
             w, h = img.size
-            if w % 3:
-                raise DatasetError(f"{s.paths[0]}: width {w} is not three side-by-side tiles "
+            n = len(self.tile_order)
+            if w % n:
+                raise DatasetError(f"{s.paths[0]}: width {w} is not {n} side-by-side tiles "
                                    f"({' | '.join(self.tile_order)})")
-            t = w // 3
+            t = w // n
             tiles = {m: img.crop((i * t, 0, (i + 1) * t, h)) for i, m in enumerate(self.tile_order)}
-            return {m: tiles[m] for m in MODALITIES}
-        return {m: read_image(p) for m, p in zip(MODALITIES, s.paths)}
+            return {m: tiles[m] for m in self.modalities}
+        return {m: read_image(p) for m, p in zip(self.modalities, s.paths)}
 
     def __getitem__(self, index):
         """``index``: a sample position, or ``(position, seed)`` from the training sampler, in which case
@@ -80,7 +86,7 @@ def _worker_kwargs(cfg):
     return dict(num_workers=workers, pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
 
 
-def build_test_loader(cfg, query, gallery, gallery_is_query, tiled, tile_order=MODALITIES):
+def build_test_loader(cfg, query, gallery, gallery_is_query, tiled, tile_order=None, modalities=MODALITIES):
     """Loader over query (+ gallery unless the benchmark evaluates with gallery = query)."""
     samples = list(query) if gallery_is_query else list(query) + list(gallery)
     ids = {s.pid for s in query}
@@ -88,7 +94,7 @@ def build_test_loader(cfg, query, gallery, gallery_is_query, tiled, tile_order=M
         logging.getLogger("signal.data").warning(
             "the evaluation split's queries hold one identity (%s): every true match outranks every other sample "
             "whatever the model, so mAP is 100%% every epoch and cannot choose an epoch", next(iter(ids)))
-    ds = MultiModalImageDataset(samples, build_transforms(cfg, train=False), tiled, tile_order)
+    ds = MultiModalImageDataset(samples, build_transforms(cfg, train=False), tiled, tile_order, modalities)
     # Its own generator: creating the loader's iterator then draws nothing from the global torch RNG, so an
     # evaluation leaves the training's random state as it was.
     return DataLoader(ds, batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False, generator=torch.Generator(),
@@ -102,7 +108,8 @@ def _verify(cfg, dataset, val=None, splits=("train", "query", "gallery")):
         check_queries(val, val, scenes, "the validation split (DATASETS.VAL_IDS)")
     with comm.same_outcome():  # rank 0 decodes every file; a bad one stops every rank with its message
         if comm.is_main_process():
-            n = verify_images({k: getattr(dataset, k) for k in splits}, dataset.tiled)
+            n = verify_images({k: getattr(dataset, k) for k in splits}, dataset.tiled,
+                              tile_order=dataset.tile_order)
             logging.getLogger("signal.data").info("Checked %d image files: all readable", n)
 
 
@@ -113,7 +120,7 @@ def build_test_dataloader(cfg, verify=True):
     if verify:
         _verify(cfg, dataset, splits=("query", "gallery"))
     loader = build_test_loader(cfg, dataset.query, dataset.gallery, dataset.gallery_is_query, dataset.tiled,
-                               dataset.tile_order)
+                               dataset.tile_order, dataset.modalities)
     loader.reid_dataset = dataset
     return loader, len(dataset.query), dataset
 
@@ -154,7 +161,7 @@ def build_dataloaders(cfg, verify=True):
         _verify(cfg, dataset, val)
     world = comm.get_world_size()
     train_set = MultiModalImageDataset(dataset.train, build_transforms(cfg, train=True), dataset.tiled,
-                                       dataset.tile_order)
+                                       dataset.tile_order, dataset.modalities)
     sampler = IdentitySampler([s.pid for s in dataset.train], cfg.SOLVER.IMS_PER_BATCH,
                               cfg.DATALOADER.NUM_INSTANCE, seed=cfg.SOLVER.SEED,
                               num_replicas=world, rank=comm.get_rank())
@@ -164,11 +171,12 @@ def build_dataloaders(cfg, verify=True):
                               drop_last=True, generator=generator, worker_init_fn=_seed_worker,
                               **_worker_kwargs(cfg))
     test_loader = build_test_loader(cfg, dataset.query, dataset.gallery, dataset.gallery_is_query, dataset.tiled,
-                                    dataset.tile_order)
+                                    dataset.tile_order, dataset.modalities)
     train_loader.reid_dataset = test_loader.reid_dataset = dataset
     train_loader.val_loader, train_loader.val_num_query = None, 0
     if val is not None:
-        train_loader.val_loader = build_test_loader(cfg, val, val, True, dataset.tiled, dataset.tile_order)
+        train_loader.val_loader = build_test_loader(cfg, val, val, True, dataset.tiled, dataset.tile_order,
+                                                    dataset.modalities)
         train_loader.val_num_query = len(val)
     return train_loader, test_loader, len(dataset.query), dataset.num_train_pids, dataset.num_cameras
 

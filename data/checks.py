@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .datasets import DatasetError
+from .datasets import MODALITIES, DatasetError
 
 logger = logging.getLogger("signal.data")
 
@@ -45,7 +45,7 @@ def read_image(path):
         raise DatasetError(f"cannot read image {path}: {e}") from None
 
 
-def _check_one(path, tiled):
+def _check_one(path, tiled, tile_order=MODALITIES):
     """(path, problem or None, mode) after decoding ``path``."""
     try:
         with Image.open(path) as img:
@@ -55,20 +55,21 @@ def _check_one(path, tiled):
             img.load()
             if mode == "F":
                 return path, "floating-point image (PIL mode F); expected 8- or 16-bit data", mode
-            if tiled and w % 3:
-                return path, f"width {w} is not three side-by-side tiles (RGB | NI | TI)", mode
+            if tiled and w % len(tile_order):
+                return path, f"width {w} is not {len(tile_order)} side-by-side tiles ({' | '.join(tile_order)})", mode
             return path, None, mode
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
         return path, str(e) or type(e).__name__, None
 
 
-def verify_images(splits, tiled=False, workers=None):
+def verify_images(splits, tiled=False, workers=None, tile_order=MODALITIES):
     """Decode every image of ``splits`` ({split name: samples}); raise a DatasetError listing the unreadable
-    files (up to 20, with the total). Returns the number of files checked."""
+    files (up to 20, with the total; a ``tiled`` file must hold ``tile_order``'s tiles). Returns the number of
+    files checked."""
     paths = sorted({p for samples in splits.values() for s in samples for p in s.paths})
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
-        results = list(pool.map(lambda p: _check_one(p, tiled), paths, chunksize=64))
+        results = list(pool.map(lambda p: _check_one(p, tiled, tuple(tile_order)), paths, chunksize=64))
     bad = [(p, why) for p, why, _ in results if why]
     if bad:
         lines = [f"{len(bad)} of {len(paths)} images cannot be used:"]

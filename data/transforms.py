@@ -1,14 +1,12 @@
-"""Image transforms for three-modality samples (torchvision v2 + timm random erasing).
+"""Image transforms for multi-modal samples (torchvision v2 + timm random erasing).
 
 Train: resize, horizontal flip, pad, random crop, normalise, random erasing. Test: resize, normalise.
 With ``shared=False`` (official recipe) each modality draws its own random parameters; with
-``shared=True`` one draw (flip, crop, erased box) applies to all three modalities of a sample.
+``shared=True`` one draw (flip, crop, erased box) applies to every modality of a sample.
 """
 import torch
 from timm.data.random_erasing import RandomErasing
 from torchvision.transforms import v2
-
-from .datasets.bases import MODALITIES
 
 
 class MultiModalTransform:
@@ -25,15 +23,18 @@ class MultiModalTransform:
         self.shared = shared
 
     def __call__(self, images):
-        """``images``: dict modality -> PIL image. Returns dict modality -> float tensor [3, H, W]."""
+        """``images``: dict modality -> PIL image (in the dataset's order). Returns dict modality -> float
+        tensor [3, H, W], in the same order."""
+        names = list(images)
         if self.shared:
-            out = dict(zip(MODALITIES, self.pipeline(*(images[m] for m in MODALITIES))))
+            out = self.pipeline(*(images[m] for m in names))
+            out = dict(zip(names, out if isinstance(out, (tuple, list)) else (out,)))
             if self.erase is not None:
-                stacked = self.erase(torch.cat([out[m] for m in MODALITIES], 0))
-                out = dict(zip(MODALITIES, stacked.chunk(3, 0)))
+                stacked = self.erase(torch.cat([out[m] for m in names], 0))
+                out = dict(zip(names, stacked.chunk(len(names), 0)))
             return out
         out = {}
-        for m in MODALITIES:
+        for m in names:
             t = self.pipeline(images[m])
             out[m] = self.erase(t) if self.erase is not None else t
         return out

@@ -1,21 +1,30 @@
-"""Hooks: the parts of the training loop that are not the optimisation step itself.
+"""Hooks: every part of the training loop that is not the optimisation step itself.
 
-``engine.trainer.Trainer`` runs epochs of steps; everything else (the loss log, the fp16 scaler report,
-periodic checkpoints, an EMA of the weights, a method's own schedule) is a ``Hook`` it calls at fixed points.
-A hook with a state returns it from ``state_dict``: ``last.pth`` stores it under ``hooks[<name>]`` and a
-resumed run (also one stopped mid-epoch) gets it back through ``load_state_dict`` before training goes on, so
-resuming stays bit-exact.
+``engine.trainer.Trainer`` runs epochs of steps; everything else is a ``Hook`` it calls at fixed points, in
+the order of its list (``engine.trainer.default_hooks``): the loss log, the fp16 scaler report, an EMA of the
+weights, TensorBoard, ``last.pth`` (``Checkpointer``), stopping on a signal (``Preemption``), periodic
+checkpoints, and evaluation with best-epoch selection (``Evaluation``). A hook with a state returns it from
+``state_dict``: ``last.pth`` stores it under ``hooks[<name>]`` and a resumed run (also one stopped mid-epoch)
+gets it back through ``load_state_dict`` before training goes on, so resuming stays bit-exact. The run's
+records and best epoch, which ``train.py`` and ``summary.json`` read too, stay on the trainer (``records``,
+``best``, ``pending_eval``) and in ``last.pth`` under their own names.
 """
 import copy
 import logging
 import math
 import os
+import time
 
 import torch
 
 from utils import comm
-from utils.checkpoint import atomic_save
+from utils.checkpoint import atomic_save, atomic_write_jsonl, rng_state
 from utils.errors import SignalError
+from utils.metrics import METRIC_NAMES
+
+from . import preemption
+from .checkpoints import training_state
+from .inference import evaluate_model, format_metrics
 
 logger = logging.getLogger("signal.train")
 
@@ -32,11 +41,14 @@ class Hook:
 
     ``before_train(t)``: once, after a resumed run's state is restored.
     ``before_epoch(t)``: the model is in training mode, the epoch's LR is set.
+    ``before_step(t)``: a batch is loaded and about to be trained on.
     ``after_step(t, losses)``: after each optimizer step, with its named loss terms (device tensors).
     ``after_steps(t)``: the epoch's steps ended or a stop signal interrupts them (read what is buffered).
-    ``after_epoch(t, record)``: the epoch's record (metrics.jsonl) before it is saved; add entries to it.
-    ``after_save(t)``: ``last.pth`` of the finished epoch is written.
+    ``after_epoch(t, record)``: the epoch's record (metrics.jsonl; already in ``t.records``): add entries to
+        it, save, evaluate. Hooks run in the list's order, so those before the ``Checkpointer`` act on what
+        ``last.pth`` stores.
     ``after_train(t)``: once, at the end (not when stopped).
+    ``after_run(t)``: always, last, also when the run stops or fails (release what ``before_train`` opened).
     ``eval_model(t, model)``: the model that is evaluated and written to ``best.pth`` (default: ``model``).
     """
     name = ""
@@ -45,6 +57,9 @@ class Hook:
         pass
 
     def before_epoch(self, t):
+        pass
+
+    def before_step(self, t):
         pass
 
     def after_step(self, t, losses):
@@ -56,10 +71,10 @@ class Hook:
     def after_epoch(self, t, record):
         pass
 
-    def after_save(self, t):
+    def after_train(self, t):
         pass
 
-    def after_train(self, t):
+    def after_run(self, t):
         pass
 
     def eval_model(self, t, model):
@@ -136,7 +151,7 @@ class PeriodicCheckpoint(Hook):
     def __init__(self, period):
         self.period = period
 
-    def after_save(self, t):
+    def after_epoch(self, t, record):
         if comm.is_main_process() and t.epoch % self.period == 0:
             atomic_save(t.checkpoint(epoch=t.epoch),
                         os.path.join(t.cfg.OUTPUT_DIR, f"{t.cfg.MODEL.NAME}_{t.epoch}.pth"))
@@ -146,8 +161,8 @@ class EMA(Hook):
     """An exponential moving average of the weights (SOLVER.EMA_DECAY): after every optimizer step each
     floating-point parameter and buffer becomes ``decay * ema + (1 - decay) * current`` (integer buffers are
     copied). The average is what is evaluated and written to ``best.pth`` (and the periodic checkpoints);
-    ``ema.pth`` holds the average of the last finished epoch; ``last.pth`` keeps the trained weights and stores the average beside them (``hooks.ema``), so a resumed
-    run continues both."""
+    ``ema.pth`` holds the average of the last finished epoch; ``last.pth`` keeps the trained weights and stores
+    the average beside them (``hooks.ema``), so a resumed run continues both."""
     name = "ema"
 
     def __init__(self, decay):
@@ -180,8 +195,6 @@ class EMA(Hook):
     def after_epoch(self, t, record):
         # DDP syncs gradients, not the BatchNorm statistics each rank updates: take rank 0's, as for the model
         comm.broadcast_buffers(self.model)
-
-    def after_save(self, t):
         if comm.is_main_process():  # the average of the finished epoch as a checkpoint of its own
             atomic_save(t.checkpoint(self.model, epoch=t.epoch), os.path.join(t.cfg.OUTPUT_DIR, "ema.pth"))
 
@@ -193,3 +206,134 @@ class EMA(Hook):
 
     def load_state_dict(self, state):
         self._loaded = state
+
+
+def make_writer(cfg, purge_step=None):
+    """A TensorBoard SummaryWriter on OUTPUT_DIR/tensorboard (main process, LOG.TENSORBOARD, the
+    tensorboard package installed), else None. ``purge_step``: a resumed run drops the events a stopped
+    run logged from that step on."""
+    if not cfg.LOG.TENSORBOARD or not comm.is_main_process():
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        logger.info("LOG.TENSORBOARD: the tensorboard package is not installed (pip install -r "
+                    "requirements-extras.txt), so no event files are written")
+        return None
+    return SummaryWriter(os.path.join(cfg.OUTPUT_DIR, "tensorboard"), purge_step=purge_step)
+
+
+class TensorBoard(Hook):
+    """LOG.TENSORBOARD: opens ``t.writer`` (read by the loss log and the evaluation) and logs each epoch's
+    record; a resumed run drops the events a stopped run logged after its checkpoint."""
+
+    def before_train(self, t):
+        t.writer = make_writer(t.cfg, t.step + 1 if t.records else None)
+
+    def after_epoch(self, t, record):
+        log_scalars(t.writer, "epoch", {k: v for k, v in record.items() if k not in ("epoch", "iterations")},
+                    t.step)
+
+    def after_run(self, t):
+        if t.writer is not None:
+            t.writer.close()
+            t.writer = None
+
+
+def evaluates(epoch, solver):
+    """Whether ``epoch`` is evaluated: every EVAL_PERIOD epochs (0: never before the last) and the last."""
+    return epoch == solver.MAX_EPOCHS or (solver.EVAL_PERIOD > 0 and epoch % solver.EVAL_PERIOD == 0)
+
+
+class Checkpointer(Hook):
+    """``last.pth``: everything a resumed run needs (weights, optimizer, scaler, every rank's random state, the
+    records, the best epoch, each hook's state), written after every epoch (main process), before that
+    epoch's evaluation, so a crash during an evaluation loses no training: the checkpoint says
+    ``pending_eval`` and the resumed run evaluates that epoch first. ``metrics.jsonl`` is rewritten with it.
+    ``save`` also writes the mid-epoch checkpoint of a stop signal (``progress``). ``t.saved`` says what
+    ``last.pth`` holds (for the Ctrl-C message)."""
+
+    def after_epoch(self, t, record):
+        t.pending_eval = evaluates(t.epoch, t.cfg.SOLVER)
+        self.save(t, t.epoch, t.pending_eval)
+
+    def save(self, t, epoch, pending, progress=None):
+        rngs = comm.all_gather_object(rng_state())  # every rank's random state, so each resumes its own
+        path = os.path.join(t.cfg.OUTPUT_DIR, "last.pth")
+        with comm.same_outcome():  # a failed write (disk full) stops every rank with its message
+            if comm.is_main_process():
+                atomic_save(training_state(t.model, t.optimizer, t.scheduler, t.scaler, epoch, t.best, t.cfg,
+                                           t.records, pending, rngs, progress, t.hook_states()), path)
+                atomic_write_jsonl(t.records, os.path.join(t.cfg.OUTPUT_DIR, "metrics.jsonl"))
+        t.saved = dict(path=path, epoch=epoch, iteration=progress["iterations"] if progress else 0)
+
+
+class Preemption(Hook):
+    """A stop signal (``engine.preemption.stop_signals``: SIGTERM, SIGUSR1) is acted on between iterations, on
+    every rank at the same one: ``last.pth`` gets the state after the last finished iteration with
+    ``partial`` (epoch, iterations done, the epoch's loss sums so far, ...), and ``Preempted`` is raised. The
+    resumed run's sampler leaves out the batches already trained, and the epoch's record is the one of an
+    uninterrupted epoch. A signal during an epoch's end stops the run after its ``last.pth`` (before the
+    evaluation, which the resumed run does first)."""
+
+    def __init__(self, checkpointer):
+        self.checkpointer = checkpointer
+
+    def before_step(self, t):
+        if comm.any_rank(preemption.requested()):
+            t.call("after_steps")
+            progress = {"epoch": t.epoch, "iterations": t.n_iter, "step": t.step,
+                        "sums": {k: float(v) for k, v in t.sums.items()}, "seconds": round(time.time() - t.t0, 3),
+                        "skipped": int(t.skipped) if t.skipped is not None else 0}
+            self.checkpointer.save(t, t.epoch - 1, False, progress)
+            self.stop(t, f"saved epoch {t.epoch}, iteration {t.n_iter} of {t.total}")
+
+    def after_epoch(self, t, record):
+        if t.epoch < t.cfg.SOLVER.MAX_EPOCHS and comm.any_rank(preemption.requested()):
+            self.stop(t, f"saved epoch {t.epoch}" + (" (it is evaluated first on --resume)" if t.pending_eval
+                                                     else ""))
+
+    @staticmethod
+    def stop(t, saved):
+        what = f"{preemption.requested()}: {saved} to {t.saved['path']}; continue with --resume"
+        logger.warning("Stopped by %s", what)
+        raise preemption.Preempted(f"stopped by {what}")
+
+
+def better_epoch(best, epoch, metrics):
+    """The best-epoch record after ``epoch`` was evaluated with ``metrics``: a strictly higher mAP wins (the
+    earliest epoch keeps a tie); ``best`` itself otherwise."""
+    if metrics["mAP"] > best["mAP"]:
+        return {"epoch": epoch, **{k: metrics[k] for k in METRIC_NAMES}}
+    return best
+
+
+class Evaluation(Hook):
+    """Evaluates ``t.eval_model()`` on ``t.test_loader`` after each epoch the ``Checkpointer`` marked
+    (SOLVER.EVAL_PERIOD and the last), adds the figures to the epoch's record, keeps the best epoch
+    (``t.best``: a strictly higher mAP wins) and writes ``best.pth`` when it changes. A resumed run whose
+    ``last.pth`` awaits an evaluation does it first."""
+
+    def before_train(self, t):
+        if t.pending_eval and t.records:
+            logger.info("Epoch %d was saved but not evaluated: evaluating it first", t.records[-1]["epoch"])
+            self.evaluate(t, t.records[-1]["epoch"], t.records[-1])
+
+    def after_epoch(self, t, record):
+        if t.pending_eval:
+            self.evaluate(t, t.epoch, record)
+
+    def evaluate(self, t, epoch, record):
+        metrics, _ = evaluate_model(t.cfg, t.eval_model(), t.test_loader, t.num_query, t.device)
+        record.update({k: metrics[k] for k in METRIC_NAMES})
+        logger.info("Validation epoch %d: %s", epoch, format_metrics(metrics))
+        end_step = sum(r.get("iterations", 0) for r in t.records[:t.records.index(record) + 1])
+        log_scalars(t.writer, "eval", {k: metrics[k] for k in METRIC_NAMES}, end_step)
+        previous, t.best = t.best, better_epoch(t.best, epoch, metrics)
+        logger.info("Best so far (epoch %d): mAP %.1f%%, Rank-1 %.1f%%", t.best["epoch"], 100 * t.best["mAP"],
+                    100 * t.best["Rank-1"])
+        with comm.same_outcome():
+            if comm.is_main_process() and t.best is not previous:
+                atomic_save(t.checkpoint(epoch=epoch, metrics=t.best), os.path.join(t.cfg.OUTPUT_DIR, "best.pth"))
+            if comm.is_main_process():  # last.pth of this epoch is already written (settle_pending_eval reads this)
+                atomic_write_jsonl(t.records, os.path.join(t.cfg.OUTPUT_DIR, "metrics.jsonl"))

@@ -175,7 +175,7 @@ def check_resume_config(saved_yaml, cfg, allowed, path, notes=None):
     shape = [c for c in changes if c[0] in shape_]
     if shape:
         raise RunFolderError(
-            f"--resume: {', '.join(k for k, _, _ in shape)} changed against {path} "
+            f"--resume: {', '.join(key_table(cfg).label(k) for k, _, _ in shape)} changed against {path} "
             f"({', '.join(f'{old!r} -> {new!r}' for _, old, new in shape)}): that changes the model's tensors, "
             f"so the checkpoint cannot continue; train into another OUTPUT_DIR with MODEL.PRETRAIN_PATH "
             f"{path} to fine-tune from it")

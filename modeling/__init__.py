@@ -28,6 +28,7 @@ def build_model(cfg, num_classes, num_cameras, pretrained=True, modalities=MODAL
     carries ``checkpoint_meta`` ({method, num_classes, num_cameras, modalities}), which its checkpoints store."""
     m = cfg.MODEL
     spec = method_spec(m.METHOD)
+    spec.check_modalities(tuple(modalities), "the model's input")
     backbone = build_backbone(cfg, num_cameras)
     state = read_weights(m.PRETRAIN_PATH) if pretrained and m.PRETRAIN_PATH else None
     whole = whole_model_state(state) if state is not None else None
@@ -55,12 +56,18 @@ def build_loss(cfg):
 def load_eval_model(cfg, path, modalities=None):
     """The model of checkpoint ``path`` for evaluation: sized from the checkpoint (the identity count, camera
     table and modalities it stores or its keys tell, so neither the training split nor the config's benchmark
-    is needed), weights loaded, the camera embedding following TEST.CAMERA_EMBEDDING. Returns (model, rows of
-    its camera table)."""
+    is needed), weights loaded, the camera embedding following TEST.CAMERA_EMBEDDING. ``modalities``: those
+    of the data it will see (a checkpoint without stored modalities is built for them; one that stores some
+    the data lacks is refused). Returns (model, rows of its camera table)."""
     state = read_weights(path)
     check_trained_config(state, cfg, path)
     num_classes, num_cameras = model_sizes(state, path, cfg.MODEL.METHOD)
-    modalities = stored_meta(state).get("modalities") or modalities or MODALITIES
+    stored = stored_meta(state).get("modalities")
+    if stored and modalities is not None and not set(stored) <= set(modalities):
+        raise WeightsError(f"{path} was trained on the modalities {', '.join(stored)}; the data "
+                           f"({cfg.DATASETS.NAMES}) has {', '.join(modalities)}: the model needs "
+                           f"{', '.join(m for m in stored if m not in modalities)} too")
+    modalities = stored or modalities or MODALITIES
     model = build_model(cfg, num_classes, num_cameras, pretrained=False, modalities=tuple(modalities))
     load_weights(model, path, state)
     model.backbone.camera_mode = cfg.TEST.CAMERA_EMBEDDING

@@ -204,6 +204,10 @@ class Encoder(nn.Module):
     decay), the SIE camera table (``camera``, following ``camera_mode``) and ``grad_checkpointing``
     (MODEL.GRAD_CHECKPOINT: each block's activations recomputed in the backward, ``run_blocks``).
 
+    ``accepts_extra_tokens``: whether ``forward`` also takes ``extra_tokens``, tokens a method places right
+    after the class token (MDReID's shared token): ``ViTBackbone`` for a plain ViT (``simple``), see its
+    ``forward``.
+
     Args:
         vit: the network body.
         width: width of the class token the camera embedding is added to.
@@ -217,6 +221,7 @@ class Encoder(nn.Module):
         self.sie_coe = sie_coe
         self.camera_mode = "index"
         self.grad_checkpointing = False
+        self.accepts_extra_tokens = False
         if num_cameras > 0:
             self.cam_embed = nn.Parameter(torch.zeros(num_cameras, 1, width))
             trunc_normal_(self.cam_embed, std=0.02)
@@ -278,11 +283,20 @@ class ViTBackbone(Encoder):
         # a plain ViT whose position embedding covers [class, patches] (CLIP, ImageNet, the small ViT)
         self.simple = (not isinstance(vit, Eva) and vit.num_prefix_tokens == 1 and not vit.no_embed_class
                        and vit.pos_embed is not None and not getattr(vit, "dynamic_img_size", False))
+        self.accepts_extra_tokens = self.simple
 
-    def forward(self, x, cam_label=None):
+    def forward(self, x, cam_label=None, extra_tokens=None):
         """x: [B, 3, H, W] -> (class token [B, D], patch tokens [B, N, D]). Register tokens, where the
-        backbone has them, are neither: they are dropped from the output."""
+        backbone has them, are neither: they are dropped from the output.
+
+        ``extra_tokens`` ([B or 1, E, width], plain ViTs only: ``accepts_extra_tokens``): tokens placed right
+        after the class token once the position embedding is on the class and patch tokens (they bring their
+        own positions), then encoded with them; the second output is then [B, E + N, D], the E extra tokens
+        first."""
         v = self.vit
+        if extra_tokens is not None and not self.accepts_extra_tokens:
+            raise ValueError(f"extra_tokens need a plain ViT whose position embedding covers [class, patches]; "
+                             f"this {type(v).__name__} body has other prefix tokens or positions")
         x = v.patch_embed(x)
         rope = None
         if self.simple:
@@ -290,7 +304,10 @@ class ViTBackbone(Encoder):
             cls = v.cls_token.expand(x.shape[0], -1, -1)
             if self.cam_embed is not None:
                 cls = cls + self.camera(cam_label)
-            x = v.pos_drop(torch.cat([cls, x], dim=1) + v.pos_embed)
+            x = torch.cat([cls, x], dim=1) + v.pos_embed
+            if extra_tokens is not None:
+                x = torch.cat([x[:, :1], extra_tokens.expand(x.shape[0], -1, -1), x[:, 1:]], dim=1)
+            x = v.pos_drop(x)
         else:
             # the backbone's own prefix tokens and positions (registers, rotary embeddings); the camera is
             # added to the class token as it enters the blocks

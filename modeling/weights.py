@@ -124,6 +124,11 @@ def model_sizes(state, path, method=None):
     if meta.get("num_classes") is not None:
         return int(meta["num_classes"]), int(meta.get("num_cameras") or 0)
     whole = model_state_dict(state)
+    if method and not method_spec(method).recognizes(whole):
+        others = [n for n in methods_recognizing(whole) if n != method]
+        if others:
+            raise WeightsError(f"{path} holds the keys of a {' / '.join(others)} model, but MODEL.METHOD is "
+                               f"{method!r}: set MODEL.METHOD {others[0]} (its config) to evaluate it")
     names = [method] if method else methods_recognizing(whole)
     if not names:
         raise WeightsError(f"{path} is not a model checkpoint of a registered method ({', '.join(method_names())}): "

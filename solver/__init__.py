@@ -47,13 +47,17 @@ def param_rule(cfg, name, depth=None, spec=None):
     (depth + 1 - layer) when per-layer decay is on (``depth``: the backbone's number of blocks). Classifiers
     (the method's ``classifier_pattern``): x CLASSIFIER_LR_FACTOR (with WEIGHT_DECAY_BIAS when the factor is
     not 1, as the official MSVR310 recipe). ``spec``: the MethodSpec (default: MODEL.METHOD's); a method
-    with its own ``param_rule`` answers instead.
+    with its own ``param_rule`` answers instead, given this shared answer
+    (``spec.param_rule(cfg, name, depth, shared)``).
     """
     if spec is None:
         from modeling.methods import method_spec
         spec = method_spec(cfg.MODEL.METHOD)
-    if spec.param_rule is not None:
-        return spec.param_rule(cfg, name, depth)
+    shared = _shared_rule(cfg, name, depth, spec)
+    return shared if spec.param_rule is None else spec.param_rule(cfg, name, depth, shared)
+
+
+def _shared_rule(cfg, name, depth, spec):
     s = cfg.SOLVER
     lr, wd = s.BASE_LR, s.WEIGHT_DECAY
     if "bias" in name:

@@ -30,9 +30,11 @@ def test_every_config_merges_and_builds(path):
     h, w = cfg.INPUT.SIZE_TRAIN
     p = model.backbone.vit.patch_embed.patch_size[0]
     assert model.backbone.grid == (h // p, w // p)
-    assert (model.sim is not None) == cfg.MODEL.USE_SIM
-    assert (model.gam is not None) == cfg.MODEL.USE_GAM
-    assert (model.lam is not None) == cfg.MODEL.USE_LAM
+    assert type(model).__name__ == cfg.MODEL.METHOD
+    if cfg.MODEL.METHOD == "Signal":
+        assert (model.sim is not None) == cfg.MODEL.USE_SIM
+        assert (model.gam is not None) == cfg.MODEL.USE_GAM
+        assert (model.lam is not None) == cfg.MODEL.USE_LAM
 
 
 def test_ablation_configs_differ_only_in_module_switches():
@@ -254,7 +256,7 @@ def test_the_facts_drive_resume_result_names_and_evaluation_checks(tmp_path):
     del old["MODEL"]["SIGNAL"]
     old["MODEL"]["TOPK"] = 5
     old["MODEL"]["USE_SIM"] = False
-    with pytest.raises(RunFolderError, match=r"MODEL.SIGNAL.USE_SIM changed"):
+    with pytest.raises(RunFolderError, match=r"MODEL.SIGNAL.USE_SIM \(MODEL.USE_SIM\) changed"):
         check_resume_config(yaml.safe_dump(old), cfg, [], "last.pth")
     old["MODEL"]["USE_SIM"] = True
     with pytest.raises(RunFolderError, match=r"MODEL.SIGNAL.TOPK: checkpoint 5, now 80"):

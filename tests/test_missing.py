@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from data import build_dataloaders
-from engine import MISS_SETTINGS, evaluate_missing, evaluate_model, missing_table
+from engine import (MISS_SETTINGS, any_to_any_table, encode, evaluate_any_to_any, evaluate_missing, evaluate_model,
+                    missing_table)
 from modeling import build_model
 
 from .conftest import TINY
@@ -62,6 +63,64 @@ def test_test_py_miss_all_writes_one_dict_per_setting(synth_root, trained, monke
     assert all(set(METRICS) <= set(out[s]) for s in (*MISS_SETTINGS, "average"))
     printed = capsys.readouterr()
     assert "| metric | Full | M (RGB)" in printed.out and "eval:" not in printed.err
+    args = ["test.py", *TINY, "DATASETS.ROOT_DIR", synth_root, "OUTPUT_DIR", trained, "LOG.PROGRESS_BARS", "no",
+            "TEST.WEIGHT", os.path.join(trained, "best.pth")]
+    monkeypatch.setattr(sys, "argv", args + ["TEST.MISS", "any"])
+    test_script.main()
+    out = json.load(open(result_file(trained, "test_best_Synthetic_miss-any")))
+    assert set(out["table"]) == set(MISS_SETTINGS) and out["missing_rule"] == "missing modalities' inputs zero-filled"
+    assert "query (rows) x gallery (columns)" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", args + ["TEST.MISS_QUERY", "r", "TEST.MISS_GALLERY", "none"])
+    test_script.main()
+    pair = json.load(open(result_file(trained, "test_best_Synthetic_miss-qr-gnone")))
+    assert pair["mAP"] == out["table"]["r"]["none"]["mAP"] and pair["miss_query"] == "r"
+
+
+def test_any_to_any_table_equals_single_query_gallery_runs(tiny_cfg, trained):
+    """TEST.MISS any: one pass gives every query setting x gallery setting; each cell equals a separate
+    TEST.MISS_QUERY / TEST.MISS_GALLERY run, and the diagonal equals TEST.MISS of that setting."""
+    cfg = tiny_cfg()
+    _, loader, nq, ncls, ncam = build_dataloaders(cfg)
+    model = build_model(cfg, ncls, ncam, pretrained=False)
+    model.load_state_dict(torch.load(os.path.join(trained, "best.pth"), weights_only=False)["model"])
+    device = torch.device("cpu")
+    results, _ = evaluate_any_to_any(cfg, model, loader, nq, device)
+    assert list(results["table"]) == list(MISS_SETTINGS) and results["rule"] == "missing modalities' inputs zero-filled"
+    for q, g in (("r", "t"), ("nt", "none"), ("none", "rn")):
+        pair = tiny_cfg("TEST.MISS_QUERY", q, "TEST.MISS_GALLERY", g)
+        single, _ = evaluate_model(pair, model, loader, nq, device)
+        assert all(results["table"][q][g][k] == single[k] for k in METRICS), (q, g)
+    same, _ = evaluate_model(cfg, model, loader, nq, device, miss="t")
+    assert all(results["table"]["t"]["t"][k] == same[k] for k in METRICS)
+    off = [results["table"][q][g]["mAP"] for q in MISS_SETTINGS[1:] for g in MISS_SETTINGS[1:]]
+    assert results["average"]["mAP"] == pytest.approx(sum(off) / 36)
+    lines = any_to_any_table(results).splitlines()
+    assert "zero-filled" in lines[0] and lines[1].startswith("| query \\ gallery | Full | M (RGB)")
+    assert f"{100 * results['table']['r']['t']['mAP']:.1f}" in lines[4].split(" | ")[4]
+
+
+def test_a_present_only_model_is_told_which_modalities_are_missing():
+    class PresentOnly(torch.nn.Module):
+        missing_rule = "present"
+        modalities = ("RGB", "NI", "TI")
+
+        def forward(self, images, cam_label=None, missing=()):
+            kept = [images[m].flatten(1).sum(1, keepdim=True) for m in self.modalities if m not in missing]
+            return torch.cat(kept, 1)
+
+    x = {m: torch.full((2, 3, 4, 4), float(i + 1)) for i, m in enumerate(("RGB", "NI", "TI"))}
+    assert encode(PresentOnly(), x, None, "rt").tolist() == [[96.0], [96.0]]   # NI alone, not zeroed inputs
+    assert encode(PresentOnly(), x, None, "").shape == (2, 3)
+    with pytest.raises(ValueError, match="TEST.MISS must be one of"):
+        encode(PresentOnly(), x, None, "q")
+
+
+def test_query_gallery_settings_are_checked(tiny_cfg):
+    with pytest.raises(ValueError, match="TEST.MISS 'r' and TEST.MISS_QUERY / TEST.MISS_GALLERY both choose"):
+        tiny_cfg("TEST.MISS", "r", "TEST.MISS_QUERY", "t")
+    with pytest.raises(ValueError, match=r"TEST.MISS_GALLERY must be one of \['', 'r', 'n', 't', 'rn', 'rt', 'nt'\]"):
+        tiny_cfg("TEST.MISS_GALLERY", "all")
+    assert tiny_cfg("TEST.MISS_QUERY", "none").TEST.MISS_QUERY == ""
 
 
 def test_tensorboard_logs_every_term_lr_and_metric(trained):

@@ -181,7 +181,8 @@ def test_market1501_mm_query_of_junk_and_distractors_only_says_so(roots, tmp_pat
 
 def test_custom_config_shape_errors_at_load():
     with pytest.raises(ValueError, match="MODALITY_FOLDERS must name 3 folders"):
-        load_config("", ["DATASETS.CUSTOM.MODALITY_FOLDERS", "['a', 'b']"])
+        load_config("", ["DATASETS.NAMES", "Custom", "DATASETS.CUSTOM.FOLDER", "x",
+                         "DATASETS.CUSTOM.MODALITY_FOLDERS", "['a', 'b']"])
     with pytest.raises(ValueError, match="needs DATASETS.CUSTOM.FOLDER"):
         load_config("", ["DATASETS.NAMES", "Custom"])
 

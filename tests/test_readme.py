@@ -27,18 +27,20 @@ def test_python_api_snippet_runs_as_written(tmp_path):
 
 
 def test_your_own_data_examples_load(tmp_path):
-    """The two YAML examples of "Your own data", saved at the repository root as the README says, load and
+    """The three YAML examples of "Your own data", saved at the repository root as the README says, load and
     pass every config check."""
     from config import load_config
     blocks = re.findall(r"```yaml\n(.*?)```", readme_section("Your own data", "docs/data.md"), re.S)
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     os.symlink(os.path.join(ROOT, "configs"), tmp_path / "configs")
+    cfgs = []
     for i, text in enumerate(blocks):
         path = tmp_path / f"my{i}.yml"
         path.write_text(text)
-        cfg = load_config(str(path))
-        assert cfg.DATASETS.NAMES == "Custom" and cfg.DATASETS.CUSTOM.FOLDER
-    assert cfg.DATASETS.CUSTOM.TILE_ORDER == ["TI", "RGB", "NI"] and cfg.INPUT.SIZE_TRAIN == [128, 256]
+        cfgs.append(load_config(str(path)))
+        assert cfgs[-1].DATASETS.NAMES == "Custom" and cfgs[-1].DATASETS.CUSTOM.FOLDER
+    assert cfgs[1].DATASETS.CUSTOM.TILE_ORDER == ["TI", "RGB", "NI"] and cfgs[1].INPUT.SIZE_TRAIN == [128, 256]
+    assert cfgs[2].DATASETS.CUSTOM.MODALITIES == ["RGB", "TI"]
 
 
 def test_python_api_from_another_folder_as_the_readme_says(tmp_path):

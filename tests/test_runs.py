@@ -263,8 +263,8 @@ def test_stop_and_ctrl_c_end_in_one_line(tmp_path, capsys):
 
 def test_a_crash_during_evaluation_loses_no_epoch(synth_root, tmp_path, monkeypatch):
     run_train_inprocess(opts(synth_root, str(tmp_path / "full")), monkeypatch)
-    import engine.trainer as trainer
-    original = trainer.evaluate_model
+    import engine.hooks as hooks
+    original = hooks.evaluate_model
     calls = []
 
     def crash_on_second(*args, **kwargs):
@@ -274,12 +274,12 @@ def test_a_crash_during_evaluation_loses_no_epoch(synth_root, tmp_path, monkeypa
         return original(*args, **kwargs)
 
     out = str(tmp_path / "cut")
-    monkeypatch.setattr(trainer, "evaluate_model", crash_on_second)
+    monkeypatch.setattr(hooks, "evaluate_model", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
         run_train_inprocess(opts(synth_root, out), monkeypatch)
     state = torch.load(os.path.join(out, "last.pth"), weights_only=False)
     assert state["epoch"] == 2 and state["pending_eval"] is True
-    monkeypatch.setattr(trainer, "evaluate_model", original)
+    monkeypatch.setattr(hooks, "evaluate_model", original)
     run_train_inprocess(["--resume"] + opts(synth_root, out), monkeypatch)
     a = [json.loads(line) for line in open(tmp_path / "full" / "metrics.jsonl")]
     b = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
@@ -407,10 +407,10 @@ def test_last_pth_is_written_once_per_epoch_and_a_finished_evaluation_is_not_rep
                                                                                        monkeypatch):
     """last.pth (about 1 GiB with Adam's moments for ViT-B) is written once per epoch, before the evaluation;
     the evaluation's results go to metrics.jsonl, and a resume after them does not evaluate again."""
-    import engine.trainer as trainer
+    import engine.hooks as hooks
     writes = []
-    original_save = trainer.atomic_save
-    monkeypatch.setattr(trainer, "atomic_save", lambda obj, path: (writes.append(os.path.basename(path)),
+    original_save = hooks.atomic_save
+    monkeypatch.setattr(hooks, "atomic_save", lambda obj, path: (writes.append(os.path.basename(path)),
                                                                     original_save(obj, path)))
     out = str(tmp_path / "run")
     run_train_inprocess(opts(synth_root, out), monkeypatch)
@@ -422,7 +422,7 @@ def test_last_pth_is_written_once_per_epoch_and_a_finished_evaluation_is_not_rep
     def no_evaluation(*args, **kwargs):
         raise AssertionError("evaluated again")
 
-    monkeypatch.setattr(trainer, "evaluate_model", no_evaluation)
+    monkeypatch.setattr(hooks, "evaluate_model", no_evaluation)
     monkeypatch.setattr("train.evaluate_model", no_evaluation)
     run_train_inprocess(["--resume"] + opts(synth_root, out), monkeypatch)   # finished: nothing to do
     assert "is finished" in open(os.path.join(out, "train_log.txt")).read()
@@ -435,8 +435,8 @@ def test_resume_refuses_shape_changes_up_front_and_keeps_config_yaml(synth_root,
     out = str(tmp_path / "run")
     run_train_inprocess(opts(synth_root, out, "SOLVER.MAX_EPOCHS", "1"), monkeypatch)
     before = _snapshot(out)
-    with pytest.raises(RunFolderError, match=r"MODEL.USE_LAM changed against .*last.pth \(True -> False\).*"
-                                             r"MODEL.PRETRAIN_PATH"):
+    with pytest.raises(RunFolderError, match=r"MODEL.SIGNAL.USE_LAM \(MODEL.USE_LAM\) changed against "
+                                             r".*last.pth \(True -> False\).*MODEL.PRETRAIN_PATH"):
         run_train_inprocess(["--resume", "--allow-change", "all"] + opts(synth_root, out, "MODEL.USE_LAM", "no"),
                             monkeypatch)
     assert _snapshot(out) == before

@@ -1,4 +1,5 @@
 """Smoke tests: every command under tools/ runs on the synthetic benchmark and writes its output."""
+import glob
 import importlib.util
 import json
 import os
@@ -154,6 +155,14 @@ def test_ablate_writes_table_and_curves(tiny_setup, tmp_path, monkeypatch):
     # --resume keeps the finished run and reports the same table
     assert run(base[1:] + ["--resume", "SOLVER.MAX_EPOCHS", "2"], d).count("| tiny |") == 1
     assert (tmp_path / "abl" / "ablation.md").read_text() == table
+    # --compare: the method, its cost, step time and missing-modality mAP (test.py TEST.MISS all on best.pth)
+    text = run(base[1:] + ["--skip-training", "--compare", "SOLVER.MAX_EPOCHS", "2"], d)
+    row = next(line for line in (tmp_path / "abl" / "comparison.md").read_text().splitlines()
+               if line.startswith("| tiny |")).split(" | ")
+    assert row[1] == "Signal" and row[5].endswith(" M") and float(row[6]) > 0 and row[7].endswith(" ms")
+    miss = json.load(open(glob.glob(str(tmp_path / "runs" / "tiny" / "test_best_Synthetic_miss-all_*.json"))[0]))
+    assert row[8].rstrip(" |") == f"{100 * miss['average']['mAP']:.1f}" and "zero-filled" in text
+    assert Image.open(tmp_path / "abl" / "comparison.png").width == 640
     # --allow-change goes to train.py with --resume (and only with it); a run stopped by a signal says so
     assert "only applies with --resume" in refused("--allow-change", "SOLVER.BASE_LR", "SOLVER.MAX_EPOCHS", "2")
     launched = []

@@ -7,6 +7,14 @@ one training-curve plot per run (loss terms and mAP per epoch, read from metrics
     python tools/ablate.py --configs configs/RGBNT201/Signal_dinov3.yml --sweep SOLVER.BACKBONE_LR 5e-6,2e-5,5e-5 \
         [--sweep SOLVER.LAYER_DECAY 0.65,0.75] DATASETS.VAL_IDS 0.1
 
+    python tools/ablate.py --compare --configs configs/Synthetic/{baseline_method,demo,DeMo_small,MDReID_small}.yml \
+        --output docs/comparison
+
+--compare compares methods: besides the figures of the last epoch, comparison.md gives each run's method,
+parameters, FLOPs per sample (inference), the mean training step time (epochs after the first), and the mean
+mAP over the missing-modality settings of ``test.py TEST.MISS all`` on its best.pth (run by the tool), and
+comparison.png plots every run's mAP per epoch in one chart.
+
 --sweep KEY v1,v2,... (repeatable: the grid of every combination) trains one run per config and combination,
 into <runs-dir>/<config name>-<KEY=value,...>/. A sweep selects on the validation split (DATASETS.VAL_IDS,
 training identities held out of training), never on the test set: the table (sweep.md) gives each run's
@@ -115,6 +123,59 @@ def write_sweep_table(rows, output):
     print(text)
 
 
+def missing_average(name, cfg_path, opts, out_dir, dataset):
+    """test.py TEST.MISS all on the run's best.pth (one more pass over the test set, in a fresh process): the
+    mean mAP over the missing-modality settings, and the rule the method encodes them by."""
+    import glob
+    import json
+    cmd = [sys.executable, os.path.join(ROOT, "test.py"), "--config_file", cfg_path, *opts, "OUTPUT_DIR", out_dir,
+           "TEST.WEIGHT", os.path.join(out_dir, "best.pth"), "TEST.MISS", "all", "LOG.PROGRESS_BARS", "no"]
+    print("running:", " ".join(cmd), flush=True)
+    if subprocess.run(cmd).returncode:
+        raise SystemExit(f"evaluating {name} with TEST.MISS all failed; see {out_dir}/test_log.txt")
+    found = sorted(glob.glob(os.path.join(out_dir, f"test_best_{dataset}_miss-all_*.json")), key=os.path.getmtime)
+    with open(found[-1]) as f:
+        result = json.load(f)
+    return result["average"]["mAP"], result.get("missing_rule", "")
+
+
+def cost(cfg, out_dir):
+    """(parameters, inference FLOPs per sample) of the run's model, sized from its best.pth."""
+    import torch
+    from model_cost import flops
+
+    from modeling import build_model
+    meta = torch.load(os.path.join(out_dir, "best.pth"), map_location="cpu", weights_only=False).get("meta", {})
+    model = build_model(cfg, meta.get("num_classes", 2), meta.get("num_cameras", 1), pretrained=False,
+                        modalities=meta.get("modalities") or ("RGB", "NI", "TI"))
+    return sum(p.numel() for p in model.parameters()), flops(cfg, model, meta.get("num_classes", 2))[0]
+
+
+def write_comparison(rows, runs, output):
+    """comparison.md (one row per run) and comparison.png (every run's mAP per epoch)."""
+    lines = ["| run | method | mAP | Rank-1 | mINP | params | GFLOPs / sample | train step | missing-modality mAP |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    series, rules = {}, set()
+    for (name, last, best, out_dir), (_, cfg_path, _, cfg, opts) in zip(rows, runs):
+        records = check_finished(name, out_dir, cfg)
+        timed = records[1:] or records
+        step_ms = 1000 * sum(r["seconds"] / r["iterations"] for r in timed) / len(timed)
+        params, infer = cost(cfg, out_dir)
+        missing, rule = missing_average(name, cfg_path, opts, out_dir, cfg.DATASETS.NAMES)
+        rules.add(f"{cfg.MODEL.METHOD}: {rule}")
+        lines.append(f"| {name} | {cfg.MODEL.METHOD} | {100 * last['mAP']:.1f} | {100 * last['Rank-1']:.1f} | "
+                     f"{100 * last['mINP']:.1f} | {params / 1e6:.2f} M | {infer / 1e9:.3f} | {step_ms:.0f} ms | "
+                     f"{100 * missing:.1f} |")
+        series[name] = [(r["epoch"], 100 * r["mAP"]) for r in records if "mAP" in r]
+    text = ("\n".join(lines) + "\n\nFigures of the last epoch. Train step: mean wall time per optimizer step "
+            "(batch of SOLVER.IMS_PER_BATCH, epochs after the first). Missing-modality mAP: the mean over the "
+            "settings of test.py TEST.MISS all on best.pth (" + "; ".join(sorted(rules)) + ").\n")
+    with open(os.path.join(output, "comparison.md"), "w") as f:
+        f.write(text)
+    line_chart(series, "mAP per epoch", size=(640, 340), ylabel="%").save(os.path.join(output, "comparison.png"))
+    print(text)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", nargs="+", required=True)
@@ -129,6 +190,9 @@ def main():
     p.add_argument("--sweep", nargs=2, action="append", default=[], metavar=("KEY", "VALUES"),
                    help="train one run per value (comma-separated) of the config KEY; repeatable (a grid); "
                         "selects by the validation split (DATASETS.VAL_IDS)")
+    p.add_argument("--compare", action="store_true",
+                   help="compare methods: comparison.md with parameters, FLOPs, step time and the missing-modality "
+                        "mAP of each run, and comparison.png with every run's mAP per epoch")
     p.add_argument("opts", nargs="*", help="KEY VALUE overrides applied to every run")
     args = p.parse_intermixed_args()
     args.output = args.output or args.runs_dir
@@ -181,6 +245,8 @@ def main():
         curves(name, records).save(os.path.join(args.output, f"{name}_curves.png"))
     if len(sweep) > 1:
         return write_sweep_table(rows, args.output)
+    if args.compare:
+        write_comparison(rows, runs, args.output)
     lines = ["| run | mAP | Rank-1 | Rank-5 | Rank-10 | mINP | best mAP (epoch) |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for name, last, best, _ in rows:

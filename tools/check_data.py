@@ -29,7 +29,8 @@ def main():
     dataset = build_dataset(cfg)
     parsed = time.perf_counter()
     print(dataset.summary())
-    n = verify_images({"train": dataset.train, "query": dataset.query, "gallery": dataset.gallery}, dataset.tiled)
+    n = verify_images({"train": dataset.train, "query": dataset.query, "gallery": dataset.gallery}, dataset.tiled,
+                      tile_order=dataset.tile_order)
     decoded = time.perf_counter()
     valid = count_valid_queries(dataset.query, dataset.gallery, dataset.uses_scenes)
     print(f"parsed the file names in {parsed - start:.2f} s; decoded {n} image files in {decoded - parsed:.2f} s "

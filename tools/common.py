@@ -11,7 +11,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from config import load_config  # noqa: E402
 from data import build_test_dataloader  # noqa: E402
 from engine.setup import UsageError, resolve_device  # noqa: E402
-from modeling import MODALITIES, build_model, load_eval_model  # noqa: E402
+from modeling import build_model, load_eval_model  # noqa: E402
 
 
 def tool_parser(description, ext=".png"):
@@ -33,7 +33,7 @@ def samples_parser(description, scale):
 
 
 def encode_samples(model, loader, device, num_samples):
-    """Encode ``num_samples`` evenly spread test samples -> (indices, class tokens [B, 3, D], patches)."""
+    """Encode ``num_samples`` evenly spread test samples -> (indices, class tokens [B, M, D], patches)."""
     idx = spread(len(loader.dataset), num_samples)
     images, cams = batch_of(loader, idx, device)
     with torch.no_grad():
@@ -51,25 +51,26 @@ def load_everything(args, need_weights=True):
     test_loader, num_query, dataset = build_test_dataloader(cfg)
     weight = args.weight or cfg.TEST.WEIGHT
     if weight:
-        model, _ = load_eval_model(cfg, weight)
+        model, _ = load_eval_model(cfg, weight, dataset.modalities)
     elif need_weights:
         raise UsageError("no checkpoint: pass --weight path.pth or TEST.WEIGHT path.pth")
     else:
-        model = build_model(cfg, 1, dataset.num_cameras, pretrained=False)
+        model = build_model(cfg, 1, dataset.num_cameras, pretrained=False, modalities=dataset.modalities)
         model.backbone.camera_mode = cfg.TEST.CAMERA_EMBEDDING
     return cfg, model.to(device).eval(), test_loader, num_query, device
 
 
 def sample_images(loader, index):
-    """The sample's three modalities as RGB PIL images (as stored on disk)."""
+    """The sample's modalities as RGB PIL images (as stored on disk), in the dataset's order."""
     return [img.convert("RGB") for img in loader.dataset.load(index).values()]
 
 
 def stack_modalities(images, scale=1, gap=2):
-    """RGB | NI | TI side by side, upscaled by ``scale``."""
+    """The modalities (RGB | NI | TI) side by side, upscaled by ``scale``."""
     w, h = images[0].size
     w, h = w * scale, h * scale
-    out = Image.new("RGB", (3 * w + 2 * gap, h), "white")
+    n = len(images)
+    out = Image.new("RGB", (n * w + (n - 1) * gap, h), "white")
     for i, img in enumerate(images):
         out.paste(img.resize((w, h), Image.NEAREST), (i * (w + gap), 0))
     return out
@@ -96,7 +97,7 @@ def save(img, path):
 
 def batch_of(loader, indices, device):
     items = [loader.dataset[i] for i in indices]
-    images = {m: torch.stack([it[m] for it in items]).to(device) for m in MODALITIES}
+    images = {m: torch.stack([it[m] for it in items]).to(device) for m in loader.dataset.modalities}
     cams = torch.tensor([it["camid"] for it in items], device=device)
     return images, cams
 

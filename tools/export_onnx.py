@@ -13,18 +13,18 @@ import torch.nn as nn
 
 from common import load_everything, tool_parser
 from engine.setup import UsageError, run_cli  # noqa: E402
-from modeling import MODALITIES
 
 
 class ExportWrapper(nn.Module):
-    """Positional inputs for export: (rgb, ni, ti, cam_ids) -> feature."""
+    """Positional inputs for export: (one image batch per modality, in the model's order, cam_ids) -> feature."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
-    def forward(self, rgb, ni, ti, cam_ids):
-        return self.model({"RGB": rgb, "NI": ni, "TI": ti}, cam_label=cam_ids)
+    def forward(self, *inputs):
+        *images, cam_ids = inputs
+        return self.model(dict(zip(self.model.modalities, images)), cam_label=cam_ids)
 
 
 def main():
@@ -43,19 +43,21 @@ def main():
     h, w = cfg.INPUT.SIZE_TEST
     g = torch.Generator().manual_seed(0)
     num_cams = model.backbone.cam_embed.shape[0] if model.backbone.cam_embed is not None else 1
-    example = tuple(torch.randn(2, 3, h, w, generator=g) for _ in MODALITIES) + (torch.zeros(2, dtype=torch.long),)
+    names = [m.lower() for m in model.modalities] + ["cam_ids"]  # rgb, ni, ti, cam_ids
+    example = tuple(torch.randn(2, 3, h, w, generator=g) for _ in model.modalities) + (
+        torch.zeros(2, dtype=torch.long),)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    dynamic = {"rgb": {0: batch}, "ni": {0: batch}, "ti": {0: batch}, "cam_ids": {0: batch}}
-    torch.onnx.export(wrapper, example, args.output, input_names=["rgb", "ni", "ti", "cam_ids"],
-                      output_names=["feature"], dynamic_shapes=dynamic, opset_version=args.opset, dynamo=True)
-    check = tuple(torch.randn(args.batch, 3, h, w, generator=g) for _ in MODALITIES) + (
+    dynamic = ({0: batch},) * len(names)
+    torch.onnx.export(wrapper, example, args.output, input_names=names,
+                      output_names=["feature"], dynamic_shapes=(dynamic,), opset_version=args.opset, dynamo=True)
+    check = tuple(torch.randn(args.batch, 3, h, w, generator=g) for _ in model.modalities) + (
         torch.randint(0, num_cams, (args.batch,), generator=g),)
     with torch.no_grad():
         ref = wrapper(*check).numpy()
     sess = ort.InferenceSession(args.output, providers=["CPUExecutionProvider"])
-    out = sess.run(None, {n: t.numpy() for n, t in zip(["rgb", "ni", "ti", "cam_ids"], check)})[0]
+    out = sess.run(None, {n: t.numpy() for n, t in zip(names, check)})[0]
     diff = float(np.abs(out - ref).max())
-    print(f"exported {args.output}: input 3 x [B, 3, {h}, {w}] + cam_ids [B], output {list(out.shape)}")
+    print(f"exported {args.output}: input {len(names) - 1} x [B, 3, {h}, {w}] + cam_ids [B], output {list(out.shape)}")
     print(f"largest |onnxruntime - pytorch| on a batch of {args.batch}: {diff:.3e}")
     if diff > args.tolerance:
         raise SystemExit(f"difference {diff:.3e} exceeds the tolerance {args.tolerance:.1e}")

@@ -14,7 +14,6 @@ from common import compose, label, load_everything, sample_images, samples_parse
 from engine.setup import run_cli  # noqa: E402
 from PIL import Image
 
-from modeling import MODALITIES
 
 
 def grad_cam(model, images, cams):
@@ -38,9 +37,9 @@ def grad_cam(model, images, cams):
     weights = grads.mean(1, keepdim=True)                                # [3B, 1, C]
     cam = torch.relu((weights * patches).sum(-1))                        # [3B, N]
     cam = cam / cam.amax(1, keepdim=True).clamp_min(1e-12)
-    B = images[MODALITIES[0]].shape[0]
+    B, M = images[model.modalities[0]].shape[0], len(model.modalities)
     H, W = model.backbone.grid
-    return cam.view(3, B, H, W).transpose(0, 1).cpu()
+    return cam.view(M, B, H, W).transpose(0, 1).cpu()
 
 
 def colormap(v):
@@ -64,15 +63,15 @@ def main():
     cfg, model, loader, nq, device = load_everything(args)
     idx = spread(nq, args.num_samples)                                   # queries
     items = [loader.dataset[i] for i in idx]
-    images = {m: torch.stack([it[m] for it in items]).to(device) for m in MODALITIES}
+    images = {m: torch.stack([it[m] for it in items]).to(device) for m in model.modalities}
     cams = torch.tensor([it["camid"] for it in items], device=device)
     heat = grad_cam(model, images, cams)
     rows = [[label(overlay(img, heat[r, k], args.scale), f"{m} (id {items[r]['pid']})")
-             for k, (img, m) in enumerate(zip(sample_images(loader, i), MODALITIES))]
+             for k, (img, m) in enumerate(zip(sample_images(loader, i), model.modalities))]
             for r, i in enumerate(idx)]
     share = (heat > 0.5).float().flatten(2).mean(-1).mean(0)
     print("share of patches above half of their image's peak: "
-          + ", ".join(f"{m} {100 * s:.0f}%" for m, s in zip(MODALITIES, share)))
+          + ", ".join(f"{m} {100 * s:.0f}%" for m, s in zip(model.modalities, share)))
     save(compose(rows), args.output)
 
 

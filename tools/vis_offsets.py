@@ -12,7 +12,6 @@ from PIL import Image, ImageDraw
 
 from common import compose, encode_samples, label, load_everything, sample_images, samples_parser, save
 from engine.setup import UsageError, run_cli  # noqa: E402
-from utils.modalities import MODALITIES  # noqa: E402
 
 
 def to_pixels(yx, grid, size):
@@ -34,6 +33,8 @@ def arrow(d, p0, p1, color, head=5):
 def main():
     args = samples_parser(__doc__, scale=5).parse_intermixed_args()
     cfg, model, loader, nq, device = load_everything(args)
+    if cfg.MODEL.METHOD != "Signal":
+        raise UsageError(f"vis_offsets.py draws Signal's LAM offsets; MODEL.METHOD {cfg.MODEL.METHOD} has no LAM")
     if model.lam is None:
         raise UsageError("this config has no LAM (MODEL.SIGNAL.USE_LAM no)")
     idx, _, patches = encode_samples(model, loader, device, args.num_samples)
@@ -43,7 +44,7 @@ def main():
     rows = []
     for r, i in enumerate(idx):
         tiles = []
-        for m, (img, name) in enumerate(zip(sample_images(loader, i), MODALITIES)):
+        for m, (img, name) in enumerate(zip(sample_images(loader, i), model.modalities)):
             img = img.resize((img.width * args.scale, img.height * args.scale), Image.NEAREST)
             img = Image.blend(img, Image.new("RGB", img.size, "white"), 0.35)
             d = ImageDraw.Draw(img)

@@ -10,7 +10,6 @@ from PIL import Image, ImageDraw
 
 from common import compose, encode_samples, label, load_everything, sample_images, samples_parser, save
 from engine.setup import UsageError, run_cli  # noqa: E402
-from utils.modalities import MODALITIES  # noqa: E402
 
 COLORS = {"intra": (40, 90, 255), "inter": (255, 140, 0), "both": (230, 0, 200)}
 
@@ -42,6 +41,9 @@ def overlay(img, intra, inter, grid, scale):
 def main():
     args = samples_parser(__doc__, scale=4).parse_intermixed_args()
     cfg, model, loader, nq, device = load_everything(args)
+    if cfg.MODEL.METHOD != "Signal":
+        raise UsageError(f"vis_tokens.py draws Signal's SIM token selection; MODEL.METHOD {cfg.MODEL.METHOD} has "
+                         f"no SIM")
     if model.sim is None:
         raise UsageError("this config has no SIM (MODEL.SIGNAL.USE_SIM no)")
     idx, cls, patches = encode_samples(model, loader, device, args.num_samples)
@@ -49,7 +51,7 @@ def main():
         intra, inter = model.sim.selection(patches, cls)
     grid = model.backbone.grid
     rows = [[label(overlay(img, intra[r, m].view(grid).cpu(), inter[r, m].view(grid).cpu(), grid, args.scale), name)
-             for m, (img, name) in enumerate(zip(sample_images(loader, i), MODALITIES))]
+             for m, (img, name) in enumerate(zip(sample_images(loader, i), model.modalities))]
             for r, i in enumerate(idx)]
     legend = Image.new("RGB", (300, 16), "white")
     d = ImageDraw.Draw(legend)
@@ -59,7 +61,7 @@ def main():
     out = compose(rows, header=legend)
     print(f"top-k {cfg.MODEL.SIGNAL.TOPK}: kept per modality (mean) "
           + ", ".join(f"{m} {(intra | inter)[:, k].sum(-1).float().mean():.1f}/{intra.shape[-1]}"
-                      for k, m in enumerate(MODALITIES)))
+                      for k, m in enumerate(model.modalities)))
     save(out, args.output)
 
 

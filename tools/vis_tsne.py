@@ -11,6 +11,7 @@
 Also prints the mean cosine similarity of the class tokens of two modalities of the same sample, against
 that of two samples of different identities.
 """
+import itertools
 import os
 
 import numpy as np
@@ -20,9 +21,8 @@ from common import batch_of, load_everything, save, to_numpy, tool_parser
 from engine.setup import UsageError, run_cli  # noqa: E402
 from plotting import distinct_colors, scatter
 
-from modeling import MODALITIES
 
-MARKERS = {"RGB": "o", "NI": "s", "TI": "^"}
+MARKERS = {"RGB": "o", "NI": "s", "TI": "^"}  # other modalities take these in turn
 
 
 def tsne(x, seed, perplexity):
@@ -60,15 +60,19 @@ def main():
                  legend=legend), args.output)
     flat = tokens.reshape(-1, tokens.shape[-1])                      # sample-major: RGB, NI, TI per sample
     xy = tsne(flat, args.seed, args.perplexity)
-    legend = [(m, (90, 90, 90), MARKERS[m]) for m in MODALITIES] + legend[:20]
-    img = scatter(xy.tolist(), [c for c in colors for _ in MODALITIES],
-                  f"t-SNE of the class tokens per modality ({len(idx)} samples x 3)",
-                  markers=[MARKERS[m] for _ in idx for m in MODALITIES], legend=legend)
+    mods = model.modalities
+    spare = itertools.cycle(MARKERS.values())
+    marker = {m: MARKERS.get(m) or next(spare) for m in mods}
+    legend = [(m, (90, 90, 90), marker[m]) for m in mods] + legend[:20]
+    img = scatter(xy.tolist(), [c for c in colors for _ in mods],
+                  f"t-SNE of the class tokens per modality ({len(idx)} samples x {len(mods)})",
+                  markers=[marker[m] for _ in idx for m in mods], legend=legend)
     stem, ext = os.path.splitext(args.output)
     save(img, f"{stem}_modalities{ext or '.png'}")
     t = F.normalize(torch.from_numpy(tokens), dim=-1)
-    same = np.mean([(t[:, a] * t[:, b]).sum(-1).mean().item() for a, b in ((0, 1), (0, 2), (1, 2))])
-    other = (t[:, 0] @ t[:, 1].T)[torch.from_numpy(pids[:, None] != pids[None])].mean().item()
+    pairs = [(a, b) for b in range(len(mods)) for a in range(b)] or [(0, 0)]
+    same = np.mean([(t[:, a] * t[:, b]).sum(-1).mean().item() for a, b in pairs])
+    other = (t[:, pairs[0][0]] @ t[:, pairs[0][1]].T)[torch.from_numpy(pids[:, None] != pids[None])].mean().item()
     print(f"class-token cosine similarity across modalities: same sample {same:.3f}, "
           f"different identities {other:.3f}")
 

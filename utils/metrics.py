@@ -287,13 +287,24 @@ class Evaluator:
         return (torch.cat(self.feats), np.concatenate(self.pids), np.concatenate(self.camids),
                 np.concatenate(self.sceneids))
 
-    def evaluate(self):
+    def evaluate(self, gallery=None, pair=None):
+        """The metrics of the processed queries against the gallery. ``gallery``: another Evaluator over the
+        same samples in the same order, whose features the gallery side takes (query and gallery encoded
+        differently: another setting of missing modalities); ``pair(query, gallery)`` -> the two feature
+        matrices made comparable (a method whose features differ in layout between the settings)."""
         feats, pids, camids, scenes = self.arrays()
+        gfeats = feats
+        if gallery is not None:
+            gfeats, gpids = gallery.arrays()[:2]
+            if len(gfeats) != len(feats) or not np.array_equal(gpids, pids):
+                raise ValueError("Evaluator.evaluate(gallery=...): the gallery evaluator holds other samples")
         nq = self.num_query
         if len(feats) == nq:
-            qf, gf, g = feats, feats, slice(0, nq)
+            qf, gf, g = feats, gfeats, slice(0, nq)
         else:
-            qf, gf, g = feats[:nq], feats[nq:], slice(nq, None)
+            qf, gf, g = feats[:nq], gfeats[nq:], slice(nq, None)
+        if pair is not None:
+            qf, gf = pair(qf, gf)
         distmat = None
         if self.rerank is not None:
             from .reranking import re_ranking

@@ -1,8 +1,8 @@
 """Dataset records and the checks every parser shares.
 
-A sample is ``Sample(paths, pid, camid, sceneid)``: ``paths`` holds one file per modality (RGB, NI, TI)
-or, for datasets that store the three modalities side by side in one image, the same file three times
-with ``tiled=True`` on the dataset.
+A sample is ``Sample(paths, pid, camid, sceneid)``: ``paths`` holds one file per modality of the dataset
+(``ReIDDataset.modalities``: RGB, NI, TI unless it declares others) or, for datasets that store the modalities
+side by side in one image, the same file once per modality with ``tiled=True`` on the dataset.
 """
 import os
 from dataclasses import dataclass
@@ -16,7 +16,7 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 
 @dataclass(frozen=True)
 class Sample:
-    paths: Tuple[str, str, str]
+    paths: Tuple[str, ...]
     pid: int
     camid: int
     sceneid: int = 0
@@ -54,7 +54,7 @@ def require_dir(path, what):
 
 def require_file(path, what):
     if not os.path.isfile(path):
-        raise DatasetError(f"missing {what} file: {path} (every sample needs RGB, NI and TI images)")
+        raise DatasetError(f"missing {what} file: {path} (every sample needs an image of each modality)")
 
 
 def require_nonempty(samples, split, folder, left_out=0, why=""):
@@ -83,7 +83,8 @@ class ReIDDataset:
         protocol: which gallery samples of the query's identity the evaluation removes: same 'camera' or
             same 'scene' (MSVR310).
         gallery_is_query: the benchmark evaluates with query = gallery (RGBNT201).
-        tiled: each file holds the three modalities side by side (RGBNT100), in ``tile_order``.
+        modalities: the modality names of a sample, in batch order (``modalities_for`` when a config chooses).
+        tiled: each file holds the modalities side by side (RGBNT100), in ``tile_order``.
         sizes: ``BenchmarkSizes`` of the released benchmark, None where not published.
         max_cameras: the most cameras its file names can hold (None: no limit).
         synthetic_specials: its synthetic copy adds a junk (-1) and a distractor (0) gallery image.
@@ -95,6 +96,7 @@ class ReIDDataset:
     folders: Optional[Tuple[str, ...]] = None
     protocol = "camera"
     gallery_is_query = False
+    modalities = MODALITIES
     tiled = False
     tile_order = MODALITIES
     sizes: Optional[BenchmarkSizes] = None
@@ -107,6 +109,12 @@ class ReIDDataset:
     write_synthetic_sample = None
 
     def __init__(self, train, query, gallery):
+        n = len(self.modalities)
+        for split, samples in (("train", train), ("query", query), ("gallery", gallery)):
+            bad = next((smp for smp in samples if len(smp.paths) != n), None)
+            if bad is not None:
+                raise DatasetError(f"{self.name} {split} sample {bad.paths[0]} has {len(bad.paths)} files, expected "
+                                   f"one per modality ({', '.join(self.modalities)})")
         self.train = relabel(train)
         self.query = query
         self.gallery = gallery
@@ -119,6 +127,12 @@ class ReIDDataset:
     @classmethod
     def check_config(cls, cfg):
         """Refuse (ValueError naming the key) a config this dataset cannot be read with; run at freeze."""
+
+    @classmethod
+    def modalities_for(cls, cfg):
+        """The modality names of this dataset under ``cfg``, in batch order (class attribute ``modalities``
+        unless a config key chooses them)."""
+        return tuple(cls.modalities)
 
     @classmethod
     def protocol_for(cls, cfg):
@@ -171,7 +185,7 @@ def read_splits(read, test_only=False):
 
 
 def save_modalities(folder, subdirs, name, images):
-    """Write a sample's (RGB, NI, TI) ``images`` as ``folder/<subdir>/name``, one modality folder each."""
+    """Write a sample's ``images`` (one per modality) as ``folder/<subdir>/name``, one modality folder each."""
     for sub, arr in zip(subdirs, images):
         save_image(arr, os.path.join(folder, sub, name))
 

@@ -11,6 +11,8 @@ as RGB three times). Samples are paired across modality folders by file name.
 import os
 import re
 
+from utils.modalities import check_modalities
+
 from .bases import (DatasetError, ReIDDataset, Sample, is_hidden, list_images, pair_by_name,
                     report_unpaired, require_dir, require_nonempty)
 from .registry import register_dataset
@@ -39,10 +41,24 @@ class CustomDataset(ReIDDataset):
         return cfg.DATASETS.CUSTOM.PROTOCOL
 
     @classmethod
+    def modalities_for(cls, cfg):
+        return tuple(cfg.DATASETS.CUSTOM.MODALITIES)
+
+    @classmethod
     def check_config(cls, cfg):
-        if not cfg.DATASETS.CUSTOM.FOLDER:
+        c = cfg.DATASETS.CUSTOM
+        if not c.FOLDER:
             raise ValueError("config: DATASETS.NAMES Custom needs DATASETS.CUSTOM.FOLDER (the dataset folder under "
                              "DATASETS.ROOT_DIR)")
+        mods = check_modalities(c.MODALITIES, "config: DATASETS.CUSTOM.MODALITIES")
+        if len(c.MODALITY_FOLDERS) != len(mods) or not all(isinstance(f, str) and f for f in c.MODALITY_FOLDERS):
+            raise ValueError(f"config: DATASETS.CUSTOM.MODALITY_FOLDERS must name {len(mods)} folders, one for each "
+                             f"of DATASETS.CUSTOM.MODALITIES {list(mods)} (repeat one to duplicate a modality), got "
+                             f"{list(c.MODALITY_FOLDERS)}")
+        if c.TILED and sorted(c.TILE_ORDER) != sorted(mods):
+            raise ValueError(f"config: DATASETS.CUSTOM.TILE_ORDER must order the modalities {list(mods)} "
+                             f"(DATASETS.CUSTOM.MODALITIES) as they stand side by side in a file, got "
+                             f"{list(c.TILE_ORDER)}")
 
     def __init__(self, root, c, skip_unpaired=False, test_only=False):
         self.c = c
@@ -57,8 +73,9 @@ class CustomDataset(ReIDDataset):
         if c.PROTOCOL == "scene" and "scene" not in self.rx.groupindex:
             raise DatasetError("DATASETS.CUSTOM.PROTOCOL scene needs a named group (?P<scene>...) in "
                                "DATASETS.CUSTOM.PATTERN")
+        self.modalities = tuple(c.MODALITIES)
         self.tiled = bool(c.TILED)
-        self.tile_order = tuple(c.TILE_ORDER)
+        self.tile_order = tuple(c.TILE_ORDER) if self.tiled else self.modalities
         self.protocol = c.PROTOCOL
         base = os.path.join(root, c.FOLDER)
         require_dir(base, "DATASETS.CUSTOM.FOLDER")
@@ -131,7 +148,8 @@ class CustomDataset(ReIDDataset):
     def read_files(self, folder, folder_id=None):
         """(samples, files without partners) of one folder of files (a split, or an identity folder)."""
         if self.tiled:
-            return [Sample((os.path.join(folder, n),) * 3, *self.parse(os.path.join(folder, n), folder_id))
+            return [Sample((os.path.join(folder, n),) * len(self.modalities),
+                           *self.parse(os.path.join(folder, n), folder_id))
                     for n in list_images(folder)], []
         dirs = [os.path.join(folder, m) for m in self.c.MODALITY_FOLDERS]
         names, unpaired = pair_by_name(dirs, list(self.c.MODALITY_FOLDERS), "DATASETS.CUSTOM.MODALITY_FOLDERS folder")

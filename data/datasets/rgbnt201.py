@@ -24,11 +24,11 @@ def parse_rgbnt201_name(path):
     return int(m.group(1)), int(m.group(2)) - 1
 
 
-def read_modality_folders(folder, split, skip_unpaired=False):
-    """Samples of a folder holding RGB/NI/TI sub-folders, paired by file name across all three; a file
-    missing from any of them is reported by name (an error, or a warning with ``skip_unpaired``)."""
-    dirs = [os.path.join(folder, m) for m in MODALITIES]
-    names, unpaired = pair_by_name(dirs, MODALITIES)
+def read_modality_folders(folder, split, skip_unpaired=False, modalities=MODALITIES):
+    """Samples of a folder holding one sub-folder per modality (RGB/NI/TI), paired by file name across them;
+    a file missing from any of them is reported by name (an error, or a warning with ``skip_unpaired``)."""
+    dirs = [os.path.join(folder, m) for m in modalities]
+    names, unpaired = pair_by_name(dirs, list(modalities))
     report_unpaired(unpaired, split, skip_unpaired)
     samples = []
     for name in names:
@@ -46,11 +46,14 @@ class RGBNT201(ReIDDataset):
     sizes = BenchmarkSizes(train_ids=171, cameras=4, query=836, gallery=836)
     in_paper = True
 
-    def __init__(self, root, test_only=False, skip_unpaired=False):
+    def __init__(self, root, test_only=False, skip_unpaired=False, modalities=None):
+        """``modalities``: the modality folders to read (default all three, in the order RGB, NI, TI)."""
+        if modalities is not None:
+            self.modalities = tuple(modalities)
         base = self.folder(root)
         train = [] if test_only else read_modality_folders(os.path.join(base, _SPLITS["train"]), "train",
-                                                           skip_unpaired)
-        test = read_modality_folders(os.path.join(base, _SPLITS["query"]), "test", skip_unpaired)
+                                                           skip_unpaired, self.modalities)
+        test = read_modality_folders(os.path.join(base, _SPLITS["query"]), "test", skip_unpaired, self.modalities)
         super().__init__(train, test, test)
 
     @classmethod

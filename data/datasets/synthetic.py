@@ -21,7 +21,7 @@ import tempfile
 
 import numpy as np
 
-from .bases import BenchmarkSizes
+from .bases import MODALITIES, BenchmarkSizes
 from .registry import register_dataset
 from .rgbnt201 import RGBNT201
 
@@ -194,12 +194,24 @@ def synthetic_root(base_dir, cfg_synth):
 @register_dataset
 class Synthetic(RGBNT201):
     """``DATASETS.NAMES Synthetic``: the generated benchmark in the RGBNT201 layout, written on first use
-    under DATASETS.ROOT_DIR in a folder named by a hash of ``DATASETS.SYNTHETIC``."""
+    under DATASETS.ROOT_DIR in a folder named by a hash of ``DATASETS.SYNTHETIC`` (all three modalities are
+    written; ``DATASETS.SYNTHETIC.MODALITIES`` chooses the ones read, e.g. RGB and TI)."""
     name = "Synthetic"
     folders = ("RGBNT201",)
     sizes = BenchmarkSizes(train_ids=48, cameras=3, query=192, gallery=192)  # the DATASETS.SYNTHETIC defaults
     write_synthetic_sample = None
     in_paper = False
+
+    @classmethod
+    def modalities_for(cls, cfg):
+        return tuple(cfg.DATASETS.SYNTHETIC.MODALITIES)
+
+    @classmethod
+    def check_config(cls, cfg):
+        mods = list(cfg.DATASETS.SYNTHETIC.MODALITIES)
+        if not mods or len(set(mods)) != len(mods) or not set(mods) <= set(MODALITIES):
+            raise ValueError(f"config: DATASETS.SYNTHETIC.MODALITIES must name one or more of {list(MODALITIES)} "
+                             f"(each once; the order is the batch order), got {mods}")
 
     @classmethod
     def from_config(cls, cfg, test_only=False):
@@ -211,4 +223,5 @@ class Synthetic(RGBNT201):
         with comm.same_outcome():  # rank 0 writes; the others wait for it (and fail with it)
             if comm.is_main_process():
                 write_synthetic(folder, RGBNT201.name, **params)
-        return cls(folder, test_only=test_only, skip_unpaired=cfg.DATASETS.SKIP_UNPAIRED)
+        return cls(folder, test_only=test_only, skip_unpaired=cfg.DATASETS.SKIP_UNPAIRED,
+                   modalities=cls.modalities_for(cfg))

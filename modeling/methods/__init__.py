@@ -9,8 +9,9 @@ class, for everything that differs between methods:
         feature tensor [B, F] and ``model.feat_dim`` is F.
     ``loss(cfg)``: a module ``loss(outputs, target)`` -> {name: already weighted scalar term}; the loop
         sums and logs them.
-    ``param_rule(cfg, name, depth)`` (optional): (lr, weight decay) of parameter ``name``; the default is
-        the recipe of ``solver.param_rule`` with the spec's ``backbone_prefixes`` and ``classifier_pattern``.
+    ``param_rule(cfg, name, depth, shared)`` (optional): (lr, weight decay) of parameter ``name``, given
+        ``shared``, the answer of the shared recipe (``solver.param_rule`` with the spec's ``backbone_prefixes``
+        and ``classifier_pattern``), which is the default.
     ``recognizes(state)``: whether a model state dict without stored sizes (the authors' release, a plain
         state dict) is one of this method's models; ``sizes(state)`` -> (identities, camera-table rows) read
         from its keys; ``convert(state, model)`` turns a foreign layout (the authors' release) into the

@@ -17,7 +17,8 @@ class MethodSpec:
         recognizes: ``recognizes(state)`` -> bool, for a model state dict that stores no ``meta``.
         sizes: ``sizes(state)`` -> (identity count, camera-table rows, 0 without one) of such a state dict.
         convert: ``convert(state, model)`` -> the model's own state dict, for a foreign layout; None: none.
-        param_rule: ``param_rule(cfg, name, depth)`` -> (lr, weight decay); None: ``solver.param_rule``.
+        param_rule: ``param_rule(cfg, name, depth, shared)`` -> (lr, weight decay) of parameter ``name``, given
+            ``shared``, the answer of the field's shared recipe (``solver.param_rule``); None: ``shared``.
         backbone_prefixes: state-dict prefixes of the encoder's parameters that train at the backbone LR.
         classifier_pattern: regular expression (``re.search``) of the classifiers' parameter names
             (SOLVER.CLASSIFIER_LR_FACTOR; reset when fine-tuning on another identity count).
@@ -25,6 +26,8 @@ class MethodSpec:
             capitals), each with its default and what a change of it does (the official code's flat names
             as ``aliases``); a tuple, or a function returning one (for keys of parts registered later).
             ``config.get_cfg`` adds them; under another MODEL.METHOD they change nothing.
+        min_modalities: the fewest modalities it can be built for (Signal's interaction and alignments
+            need a second modality).
         description: one line for listings.
     """
     name: str
@@ -37,7 +40,14 @@ class MethodSpec:
     backbone_prefixes: Tuple[str, ...] = ("backbone.vit.",)
     classifier_pattern: str = r"(^|\.)classifiers?(_\w+)?\."
     config_keys: Union[Tuple, Callable] = ()
+    min_modalities: int = 1
     description: str = ""
+
+    def check_modalities(self, modalities, where="the dataset"):
+        """Refuse (ValueError) modalities this method cannot be built for."""
+        if len(modalities) < self.min_modalities:
+            raise ValueError(f"config: MODEL.METHOD {self.name} needs at least {self.min_modalities} modalities; "
+                             f"{where} has {len(modalities)} ({', '.join(modalities)})")
 
     def is_classifier(self, name):
         return re.search(self.classifier_pattern, name) is not None

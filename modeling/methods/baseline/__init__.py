@@ -45,9 +45,11 @@ def loss(cfg):
 
 
 def recognizes(state):
-    """Never from keys alone: a Baseline state dict is a Signal one with every branch off, so only the
-    ``meta`` its checkpoints store names it."""
-    return False
+    """This project's layout with the shared encoder and class-token heads only (``backbone.*``,
+    ``bottleneck*``, ``classifier*``). Signal with every branch off has the same keys, so a plain state dict
+    fits both; the ``meta`` of this project's checkpoints names the method."""
+    return any(k.startswith("backbone.vit.") for k in state) and \
+        all(k.startswith(("backbone.", "bottleneck", "classifier")) for k in state)
 
 
 BASELINE = register_method(MethodSpec(

@@ -9,9 +9,9 @@ from .model import Signal
 
 
 def build(cfg, backbone, num_classes, modalities):
-    return Signal(backbone, num_classes, direct=bool(cfg.MODEL.DIRECT),
-                  branches=build_branches(cfg, backbone.out_dim, backbone.grid), feat_norm=cfg.TEST.FEAT_NORM,
-                  modalities=modalities)
+    branches = build_branches(cfg, backbone.out_dim, backbone.grid, modalities)
+    return Signal(backbone, num_classes, direct=bool(cfg.MODEL.DIRECT), branches=branches,
+                  feat_norm=cfg.TEST.FEAT_NORM, modalities=modalities)
 
 
 def loss(cfg):
@@ -21,5 +21,5 @@ def loss(cfg):
 
 SIGNAL = register_method(MethodSpec(
     name="Signal", build=build, loss=loss, recognizes=recognizes, sizes=sizes, convert=convert_official_state,
-    config_keys=branch_config_keys,
+    config_keys=branch_config_keys, min_modalities=2,
     description="SIM + GAM + LAM on the shared encoder (AAAI 2026)"))

@@ -10,7 +10,7 @@ from utils.modalities import MODALITIES
 
 class GlobalAlignment(nn.Module):
     """GAM: per modality the L2-normalised mean patch token; the loss makes matched (r_i, n_i, t_i)
-    triples span the smallest Gram volume in their row and column.
+    triples (one vector per modality) span the smallest Gram volume in their row and column.
 
     ``loss = (CE(-V/tau, diag) + CE(-V^T/tau, diag)) / 2`` with label smoothing and a learnable tau.
 
@@ -37,11 +37,11 @@ class GlobalAlignment(nn.Module):
         return {"loss": self(patches)}
 
     def forward(self, patches):
-        """patches [B, 3, N, D] -> scalar loss."""
+        """patches [B, M, N, D] -> scalar loss."""
         f = F.normalize((patches if self.official_precision else patches.float()).mean(2), dim=-1)
         if self.gather:
             f = comm.gather_for_loss(f)
-        volume = gram_volume(f[:, 0], f[:, 1], f[:, 2], official_precision=self.official_precision)
+        volume = gram_volume(*f.unbind(1), official_precision=self.official_precision)
         volume = volume / self.temperature
         target = torch.arange(f.shape[0], device=f.device)
         return 0.5 * (F.cross_entropy(-volume, target, label_smoothing=self.label_smoothing)
@@ -100,7 +100,8 @@ class DeformableSampler(nn.Module):
 
 
 class LocalAlignment(nn.Module):
-    """LAM: one deformable sampler per modality; loss = mean of MSE(N, R), MSE(T, R), MSE(T, N)."""
+    """LAM: one deformable sampler per modality; loss = the mean MSE over every pair of modalities (RGB / NI /
+    TI: MSE(N, R), MSE(T, R), MSE(T, N), in the official order)."""
 
     def __init__(self, dim: int, grid, modalities=MODALITIES, kernel_size: int = 4, stride: int = 4,
                  offset_range: float = 2.0, offset_channels: int = 1):
@@ -126,5 +127,6 @@ class LocalAlignment(nn.Module):
         return list(maps.unbind(0))
 
     def forward(self, patches):
-        r, n, t = [s(x) for s, x in zip(self.samplers.values(), self.to_maps(patches))]
-        return (F.mse_loss(n, r) + F.mse_loss(t, r) + F.mse_loss(t, n)) / 3
+        maps = [s(x) for s, x in zip(self.samplers.values(), self.to_maps(patches))]
+        pairs = [(j, i) for j in range(len(maps)) for i in range(j)]  # (N, R), (T, R), (T, N) for RGB / NI / TI
+        return sum(F.mse_loss(maps[j], maps[i]) for j, i in pairs) / len(pairs)

@@ -80,14 +80,16 @@ class SelectiveInteraction(nn.Module):
         num_heads: heads of the cross-attention.
         mask_unselected: False (official code) multiplies unselected patches by zero but keeps them in
             the key/value sequence; True removes them from attention with a key padding mask.
+        num_modalities: M (at least 2: the inter-modal rule needs another modality).
     """
 
-    def __init__(self, dim: int, topk: int, num_heads: int = 8, mask_unselected: bool = False):
+    def __init__(self, dim: int, topk: int, num_heads: int = 8, mask_unselected: bool = False,
+                 num_modalities: int = 3):
         super().__init__()
-        self.selection = TokenSelection(dim, topk)
+        self.selection = TokenSelection(dim, topk, num_modalities)
         self.interaction = ModalInteraction(dim, num_heads)
         self.mask_unselected = mask_unselected
-        self.feat_dim = 3 * dim  # the branch feature: the three class tokens after interaction
+        self.feat_dim = num_modalities * dim  # the branch feature: the class tokens after interaction
 
     def branch_outputs(self, cls, patches):
         """Signal's branch contract (modeling/methods/signal/branches): the fused feature, for a head and the eval feature."""

@@ -9,7 +9,7 @@ docs/extending.md).
 
 A branch module has:
     ``feat_dim``: the width of its feature (0: a loss-only branch, not run at evaluation);
-    ``branch_outputs(cls, patches)`` with ``cls`` [B, 3, D] and ``patches`` [B, 3, N, D] -> a dict of
+    ``branch_outputs(cls, patches)`` with ``cls`` [B, M, D] and ``patches`` [B, M, N, D] (M modalities) -> a dict of
         ``feature`` [B, F] (its head's feature and, unless ``eval`` is given, its eval feature),
         ``eval`` [B, F] (optional) and ``loss`` (a scalar, its loss term before weighting).
 """
@@ -18,6 +18,7 @@ import pkgutil
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
+from utils.modalities import MODALITIES
 from utils.registry import Registry
 
 
@@ -25,8 +26,9 @@ from utils.registry import Registry
 class BranchSpec:
     """Args:
         name: attribute and state-dict prefix of the module, name of its head and loss term.
-        build: ``build(cfg, width, grid)`` -> the module, or None when its config switch is off (``width``:
-            the encoder's token width D, ``grid``: its patch rows and columns).
+        build: ``build(cfg, width, grid, modalities)`` -> the module, or None when its config switch is off
+            (``width``: the encoder's token width D, ``grid``: its patch rows and columns, ``modalities``: the
+            modality names of a batch, in order).
         order: position among the branches (features are concatenated, heads and losses listed, in order).
         loss_weight: ``loss_weight(cfg)`` -> the weight of its loss term (a branch that returns ``loss``).
         config_keys: its config keys (``utils.keyfacts.Key``s named ``MODEL.SIGNAL.<KEY>``), each with its
@@ -52,9 +54,9 @@ def branch_specs():
     return sorted(_BRANCHES.entries(), key=lambda s: (s.order, s.name))
 
 
-def build_branches(cfg, width, grid):
+def build_branches(cfg, width, grid, modalities=MODALITIES):
     """{name: module or None (switched off)} of every registered branch, in order."""
-    return {spec.name: spec.build(cfg, width, grid) for spec in branch_specs()}
+    return {spec.name: spec.build(cfg, width, grid, tuple(modalities)) for spec in branch_specs()}
 
 
 def branch_config_keys():

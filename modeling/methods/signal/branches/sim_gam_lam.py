@@ -43,20 +43,21 @@ LAM_KEYS = (
 )
 
 
-def _sim(cfg, width, grid):
+def _sim(cfg, width, grid, modalities):
     m = cfg.MODEL.SIGNAL
-    return SelectiveInteraction(width, m.TOPK, m.SIM_HEADS, m.SIM_MASK_UNSELECTED) if m.USE_SIM else None
+    return SelectiveInteraction(width, m.TOPK, m.SIM_HEADS, m.SIM_MASK_UNSELECTED,
+                                num_modalities=len(modalities)) if m.USE_SIM else None
 
 
-def _gam(cfg, width, grid):
+def _gam(cfg, width, grid, modalities):
     return GlobalAlignment(cfg.MODEL.SIGNAL.GAM_TEMPERATURE, official_precision=not cfg.SOLVER.AMP_FP32_LOSSES,
                            gather=cfg.SOLVER.GATHER_EMBEDDINGS) if cfg.MODEL.SIGNAL.USE_GAM else None
 
 
-def _lam(cfg, width, grid):
+def _lam(cfg, width, grid, modalities):
     m = cfg.MODEL.SIGNAL
-    return LocalAlignment(width, grid, kernel_size=m.LAM_KERNEL, stride=m.LAM_STRIDE, offset_range=m.LAM_OFFSET_RANGE,
-                          offset_channels=m.LAM_OFFSET_CHANNELS) if m.USE_LAM else None
+    return LocalAlignment(width, grid, modalities, kernel_size=m.LAM_KERNEL, stride=m.LAM_STRIDE,
+                          offset_range=m.LAM_OFFSET_RANGE, offset_channels=m.LAM_OFFSET_CHANNELS) if m.USE_LAM else None
 
 
 register_branch(BranchSpec("sim", _sim, order=10, config_keys=SIM_KEYS))
