@@ -76,7 +76,13 @@ def random_official_state(num_classes=5, num_cams=3, width=96, depth=4, patch=8,
     ones. ``add_image_token`` is the same tensor object as ``class_embedding`` (official tie).
 
     Trainable: every parameter except the BN-neck biases (``frozen_keys``); buffers: ``buffer_keys``.
-    The attention head count is not in the state dict: the official tower uses ``width // 64``."""
+    The attention head count is not in the state dict: the official tower uses ``width // 64``.
+
+    ``stride``: the position embedding here has one row per conv output position, ``(H - patch) // stride
+    + 1`` by ``(W - patch) // stride + 1`` (+ CLS, SHARED). The official model sizes it as ``(H // stride) *
+    (W // stride)`` rows (+2) (meta_arch.build_transformer -> load_clip_to_cpu h/w_resolution), which is the
+    same only for ``stride == patch``; with an overlapping stride the official forward fails on the
+    position-embedding add (DEFECT; the official configs all use stride = patch = 16)."""
     g = torch.Generator().manual_seed(seed)
     r = lambda *s, std=1.0: torch.randn(*s, generator=g) * std
     stride = stride or patch
@@ -121,20 +127,25 @@ def random_official_state(num_classes=5, num_cams=3, width=96, depth=4, patch=8,
     return sd
 
 
-def frozen_keys(sd):
-    """Parameters with ``requires_grad=False`` in the official model: every BN-neck bias (including
-    ``bottleneck_t`` and ``bottleneck_ts``, which the official code never passes to its init function)."""
-    return [k for k in sd if k.startswith("bottleneck") and k.endswith(".bias")]
+def frozen_keys(sd, frozen_backbone=False):
+    """Parameters with ``requires_grad=False`` in the official model, in ``named_parameters`` order: every
+    BN-neck bias (including ``bottleneck_t`` and ``bottleneck_ts``, which the official code never passes to
+    its init function); with ``MODEL.FROZEN`` (``frozen_backbone``) also every ``BACKBONE.base.*`` parameter:
+    ``mark_only_lora_as_trainable`` freezes all tower parameters whose name lacks "adapter", i.e. all of
+    them for MDReID's plain CLIP tower (the camera embedding ``BACKBONE.cv_embed`` stays trainable). The
+    tied alias ``add_image_token`` is not listed (named_parameters deduplicates it)."""
+    return [k for k in sd if not k.endswith(BUFFER_SUFFIXES) and k not in TIED
+            and ((k.startswith("bottleneck") and k.endswith(".bias")) or (frozen_backbone and k.startswith(TOWER)))]
 
 
 def buffer_keys(sd):
     return [k for k in sd if k.endswith(BUFFER_SUFFIXES)]
 
 
-def optimizer_keys(sd):
-    """The names ``make_optimizer`` sees, in ``model.named_parameters()`` order: buffers, frozen biases and
-    the tied alias ``add_image_token`` (deduplicated by named_parameters) are absent."""
-    frozen = set(frozen_keys(sd))
+def optimizer_keys(sd, frozen_backbone=False):
+    """The names ``make_optimizer`` sees, in ``model.named_parameters()`` order: buffers, frozen parameters
+    (``frozen_keys``) and the tied alias ``add_image_token`` (deduplicated by named_parameters) are absent."""
+    frozen = set(frozen_keys(sd, frozen_backbone))
     return [k for k in sd if not k.endswith(BUFFER_SUFFIXES) and k not in frozen and k not in TIED]
 
 
@@ -151,19 +162,24 @@ def resize_pos_embed(posemb, grid):
 
 def clip_to_official(clip_sd, grid, add_share=True):
     """The ``BACKBONE.base.*`` entries the official ``build_model`` makes from an OpenAI CLIP state dict
-    (``visual.*`` keys; the text tower is dropped): every tensor in fp32 (its ``convert_weights`` casts to
-    float); the position embedding resized to ``grid``; with ``ADD_SHARE`` the CLS row is duplicated in front
-    (rows 0 and 1 both the CLS row, then separate trainable rows) and ``add_image_token`` is tied to the
-    class embedding (the checkpoint has no such key: the official load reports it missing, then ties)."""
+    (``visual.*`` keys; the text tower is dropped): every tensor in fp32 (its ``convert_weights`` makes the
+    model fp32 and ``load_state_dict`` copies into it); the position embedding resized to ``grid`` *in the
+    checkpoint's dtype* (the official resizes the raw, usually fp16, state-dict tensor before the copy, so
+    the bilinear interpolation runs in fp16 for an fp16 checkpoint; casting first differs by ~1e-4); with
+    ``ADD_SHARE`` the CLS row is duplicated in front (rows 0 and 1 both the CLS row, then separate
+    trainable rows) and ``add_image_token`` is tied to the class embedding (the checkpoint has no such key:
+    the official load reports it missing, then ties)."""
     out = OrderedDict()
     for k, v in clip_sd.items():
         if k.startswith("visual."):
-            out[TOWER + k[len("visual."):]] = v.float().clone()
-    pos = resize_pos_embed(out[POS], grid)
+            out[TOWER + k[len("visual."):]] = v
+    pos = resize_pos_embed(out[POS], grid)  # official: modeling/clip/model.py build_model, before load_state_dict
     if add_share:
         pos = torch.cat([pos[:1], pos], 0)
-        out[SHARED] = out[CLS]
     out[POS] = pos
+    out = OrderedDict((k, v.float().clone()) for k, v in out.items())
+    if add_share:
+        out[SHARED] = out[CLS]
     return out
 
 
@@ -539,9 +555,12 @@ def param_lr_wd(key, base_lr, transformer_type="ViT-B-16", add_share=True, froze
                 wd=1e-4, wd_bias=1e-4, large_fc_lr=False):
     """(lr, weight decay) ``make_optimizer`` gives the parameter named ``key`` (a name from
     ``optimizer_keys``), in its order of rules: bias -> BASE_LR x BIAS_LR_FACTOR with WEIGHT_DECAY_BIAS;
-    "base" in the name (the CLIP tower; "adapter" excluded; not with MODEL.FROZEN) -> 5e-6 for ViT-B-16, else
-    0.8 x BASE_LR (lr only); LARGE_FC_LR -> classifiers 2 x BASE_LR; with ADD_SHARE, names containing
-    "add_image_token" or "positional_embedding" -> BASE_LR (lr only).
+    "base" in the name (the CLIP tower; "adapter" excluded; not with MODEL.FROZEN, which in any case takes
+    the whole tower out of the optimizer, see ``frozen_keys``) -> 5e-6 for ViT-B-16, else 0.8 x BASE_LR (lr
+    only); LARGE_FC_LR -> classifiers 2 x BASE_LR; with ADD_SHARE, names containing "add_image_token" or
+    "positional_embedding" -> BASE_LR (lr only). Note the ViT-B-16 rule overrides the bias rule's LR (tower
+    biases: 5e-6, with WEIGHT_DECAY_BIAS), and the scheduler's warmup starts every group at 0.1 x BASE_LR,
+    above the tower's 5e-6 target.
 
     DEFECT: ``add_image_token`` never reaches this rule: it is the class embedding's Parameter and
     named_parameters lists it as ``BACKBONE.base.class_embedding``, so the shared token trains at 5e-6
@@ -590,13 +609,16 @@ class OfficialTraining:
         direct, add_share, add_eloss, add_closs, global_local: the official switches (defaults: the
             official configs/*/MDReID.yml).
         id_w, tri_w: MODEL.ID_LOSS_WEIGHT, MODEL.TRIPLET_LOSS_WEIGHT.
-        base_lr, transformer_type, bias_lr_factor, wd, wd_bias: the optimizer recipe.
+        base_lr, transformer_type, bias_lr_factor, wd, wd_bias, large_fc_lr: the optimizer recipe
+            (SOLVER.BASE_LR, MODEL.TRANSFORMER_TYPE, SOLVER.BIAS_LR_FACTOR, WEIGHT_DECAY, WEIGHT_DECAY_BIAS,
+            LARGE_FC_LR).
+        frozen: MODEL.FROZEN (the whole CLIP tower frozen, see ``frozen_keys``).
         sie_coe: MODEL.SIE_COE; stride: MODEL.STRIDE_SIZE (default: the patch size).
     """
 
     def __init__(self, sd, heads, direct=0, add_share=True, add_eloss=True, add_closs=True, global_local=False,
                  id_w=0.25, tri_w=1.0, base_lr=3.5e-4, transformer_type="ViT-B-16", bias_lr_factor=2.0, wd=1e-4,
-                 wd_bias=1e-4, sie_coe=1.0, stride=None):
+                 wd_bias=1e-4, sie_coe=1.0, stride=None, large_fc_lr=False, frozen=False):
         self.heads, self.sie_coe, self.stride = heads, sie_coe, stride
         self.switches = dict(direct=direct, add_share=add_share, add_eloss=add_eloss, global_local=global_local)
         self.loss_kw = dict(direct=direct, add_share=add_share, add_eloss=add_eloss, add_closs=add_closs,
@@ -605,11 +627,11 @@ class OfficialTraining:
         self.params = OrderedDict()
         for k, v in sd.items():  # the alias follows its target in the official order
             self.params[k] = self.params[TIED[k]] if k in TIED else v.detach().clone()
-        self.trainable = optimizer_keys(self.params)
+        self.trainable = optimizer_keys(self.params, frozen_backbone=frozen)
         for k in self.trainable:
             self.params[k].requires_grad_(True)
-        self.rules = {k: param_lr_wd(k, base_lr, transformer_type, add_share, False, bias_lr_factor, wd, wd_bias)
-                      for k in self.trainable}
+        self.rules = {k: param_lr_wd(k, base_lr, transformer_type, add_share, frozen, bias_lr_factor, wd, wd_bias,
+                                     large_fc_lr) for k in self.trainable}
         self.optimizer = torch.optim.Adam([{"params": [self.params[k]], "lr": self.rules[k][0],
                                             "weight_decay": self.rules[k][1]} for k in self.trainable])
 
