@@ -195,7 +195,7 @@ def test_benchmarks_run(tiny_setup):
     assert (ev["sizes_of"], ev["num_query"], ev["num_gallery"]) == ("Synthetic", 192, 192)
     text = run([os.path.join(TOOLS, "benchmark_reranking.py"), "--num-query", "50", "--num-gallery", "200",
                 "--repeat", "1"], d)
-    assert "re_ranking_seconds_best" in text
+    assert "re_ranking_seconds_best" in text and "re_ranking_peak_memory_gib" in text
 
 
 @newest_stack_only

@@ -4,6 +4,12 @@ Encoding", CVPR 2017), batched in torch: same result as the published algorithm,
 The per-sample Python loops of the published code become tensor operations: k-reciprocal sets from a
 top-k of the distance matrix, the encoding V and its query expansion as sparse matrices, and the Jaccard
 term as a join of the queries' non-zero entries with the gallery entries of the same column.
+
+Memory is linear in N = queries + gallery, besides the [queries, gallery] result itself: the N x N distance
+matrix of the published algorithm is never held. The distances are computed in blocks of rows, each block
+normalised by its rows' maxima and reduced to its rows' nearest neighbours; the distances V needs (each
+sample to its expanded k-reciprocal set) and the query-to-gallery ones of the result are computed again
+where they are used.
 """
 import warnings
 
@@ -24,20 +30,34 @@ def _stable_topk(dist, k):
     return idx.gather(1, torch.argsort(dist.gather(1, idx), dim=1, stable=True))
 
 
-def _encoding(dist, rank, k1):
+def _pair_distances(feat, sq, rowmax, rows, cols):
+    """The normalised squared distances of the pairs (rows[i], cols[i])."""
+    d = (sq[rows] + sq[cols] - 2.0 * (feat[rows] * feat[cols]).sum(1)).clamp_min_(0)
+    return d / rowmax[rows]
+
+
+def _distance_rows(feat, sq, start, end, first=0):
+    """Squared distances of rows ``start:end`` of ``feat`` to its rows ``first:`` (views, no copy)."""
+    return torch.addmm(sq[start:end, None] + sq[None, first:], feat[start:end], feat[first:].T,
+                       alpha=-2.0).clamp_min_(0)
+
+
+def _encoding(feat, sq, rowmax, rank, k1):
     """The row-normalised k-reciprocal encoding V as a coalesced sparse COO matrix [N, N]."""
-    N, device = dist.shape[0], dist.device
+    N, device = feat.shape[0], feat.device
     half = int(round(k1 / 2))
     fwd = rank[:, : k1 + 1]
     recip = _k_reciprocal_mask(rank, k1)                     # [N, k1+1]
     recip_h = _k_reciprocal_mask(rank, half)                 # [N, half+1]
-    KR = torch.zeros(N, N, dtype=torch.bool, device=device)
-    KR.scatter_(1, fwd, recip)
+    # i's k-reciprocal set as sorted keys i * N + j (membership by binary search, no N x N mask)
+    members = torch.unique((torch.arange(N, device=device).view(N, 1) * N + fwd)[recip])
     # A k-reciprocal neighbour j of i adds its half-size k-reciprocal set R(j) when more than 2/3 of
     # R(j) lies in i's k-reciprocal set.
     cand = rank[:, : half + 1][fwd]                          # [N, k1+1, half+1]
     cand_ok = recip_h[fwd]
-    inside = KR.gather(1, cand.reshape(N, -1)).view_as(cand) & cand_ok
+    keys = torch.arange(N, device=device).view(N, 1, 1) * N + cand
+    pos = torch.searchsorted(members, keys.reshape(-1)).clamp_max_(max(len(members) - 1, 0))
+    inside = (members[pos] == keys.reshape(-1)).view_as(cand) & cand_ok if len(members) else cand_ok & False
     accept = (inside.sum(-1).float() > (2.0 / 3.0) * cand_ok.sum(-1).float()) & recip
     expand = cand_ok & accept.unsqueeze(-1)
     rows = torch.cat([torch.arange(N, device=device).view(N, 1).expand_as(fwd)[recip],
@@ -45,7 +65,7 @@ def _encoding(dist, rank, k1):
     cols = torch.cat([fwd[recip], cand[expand]])
     key = torch.unique(rows * N + cols)
     rows, cols = key // N, key % N
-    w = torch.exp(-dist[rows, cols])
+    w = torch.exp(-_pair_distances(feat, sq, rowmax, rows, cols))
     w = w / torch.zeros(N, device=device, dtype=w.dtype).index_add_(0, rows, w)[rows]
     return torch.sparse_coo_tensor(torch.stack([rows, cols]), w, (N, N), check_invariants=False).coalesce()
 
@@ -97,10 +117,11 @@ def _jaccard(V, nq, max_pairs=16_000_000):
 
 
 @torch.no_grad()
-def re_ranking(q_feat, g_feat, k1=20, k2=6, lambda_value=0.3, device=None):
+def re_ranking(q_feat, g_feat, k1=20, k2=6, lambda_value=0.3, device=None, block=2048):
     """Re-ranked distances [num_query, num_gallery] as a numpy array (float32).
 
-    ``device`` defaults to CUDA when available, else the features' device.
+    ``device`` defaults to CUDA when available, else the features' device. ``block``: rows of the distance
+    matrix held at once (memory about ``block`` x N floats besides the result).
     """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else torch.as_tensor(q_feat).device
@@ -110,12 +131,22 @@ def re_ranking(q_feat, g_feat, k1=20, k2=6, lambda_value=0.3, device=None):
     feat = torch.cat([q, g])
     N = feat.shape[0]
     sq = (feat * feat).sum(1)
-    dist = torch.addmm(sq[:, None] + sq[None], feat, feat.T, alpha=-2.0).clamp_min_(0)
-    dist /= dist.max(1, keepdim=True).values
     k1 = min(k1, N - 1)
-    rank = _stable_topk(dist, min(max(k1 + 1, k2), N))
-    V = _encoding(dist, rank, k1)
+    width = min(max(k1 + 1, k2), N)
+    rowmax = torch.empty(N, device=device)
+    rank = torch.empty(N, width, dtype=torch.long, device=device)
+    for start in range(0, N, block):
+        end = min(N, start + block)
+        d = _distance_rows(feat, sq, start, end)
+        rowmax[start:end] = d.max(1).values
+        rank[start:end] = _stable_topk(d.div_(rowmax[start:end, None]), width)
+        del d
+    V = _encoding(feat, sq, rowmax, rank, k1)
     if k2 != 1:
         V = _query_expansion(V, rank, k2)
-    final = _jaccard(V, nq).mul_(1 - lambda_value).add_(dist[:nq, nq:], alpha=lambda_value)
+    final = _jaccard(V, nq).mul_(1 - lambda_value)
+    for start in range(0, nq, block):
+        end = min(nq, start + block)
+        final[start:end].add_(_distance_rows(feat, sq, start, end, nq) / rowmax[start:end, None],
+                              alpha=lambda_value)
     return final.cpu().numpy()
