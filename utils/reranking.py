@@ -5,11 +5,11 @@ The per-sample Python loops of the published code become tensor operations: k-re
 top-k of the distance matrix, the encoding V and its query expansion as sparse matrices, and the Jaccard
 term as a join of the queries' non-zero entries with the gallery entries of the same column.
 
-Memory is linear in N = queries + gallery, besides the [queries, gallery] result itself: the N x N distance
-matrix of the published algorithm is never held. The distances are computed in blocks of rows, each block
-normalised by its rows' maxima and reduced to its rows' nearest neighbours; the distances V needs (each
-sample to its expanded k-reciprocal set) and the query-to-gallery ones of the result are computed again
-where they are used.
+Above a size (``dense_limit``) memory is linear in N = queries + gallery, besides the [queries, gallery]
+result itself: the N x N distance matrix of the published algorithm is never held. The distances are then
+computed in blocks of rows, each block normalised by its rows' maxima and reduced to its rows' nearest
+neighbours; the distances V needs (each sample to its expanded k-reciprocal set) and the query-to-gallery
+ones of the result are computed again where they are used. Below it the matrix is held, which is faster.
 """
 import warnings
 
@@ -30,9 +30,12 @@ def _stable_topk(dist, k):
     return idx.gather(1, torch.argsort(dist.gather(1, idx), dim=1, stable=True))
 
 
-def _pair_distances(feat, sq, rowmax, rows, cols):
-    """The normalised squared distances of the pairs (rows[i], cols[i])."""
-    d = (sq[rows] + sq[cols] - 2.0 * (feat[rows] * feat[cols]).sum(1)).clamp_min_(0)
+def _pair_distances(feat, sq, rowmax, rows, cols, chunk=8192):
+    """The normalised squared distances of the pairs (rows[i], cols[i]), ``chunk`` pairs at a time (each
+    holds two [chunk, D] slices of the features)."""
+    dots = torch.cat([(feat[rows[s:s + chunk]] * feat[cols[s:s + chunk]]).sum(1)
+                      for s in range(0, len(rows), chunk)]) if len(rows) else sq.new_zeros(0)
+    d = (sq[rows] + sq[cols] - 2.0 * dots).clamp_min_(0)
     return d / rowmax[rows]
 
 
@@ -42,8 +45,9 @@ def _distance_rows(feat, sq, start, end, first=0):
                        alpha=-2.0).clamp_min_(0)
 
 
-def _encoding(feat, sq, rowmax, rank, k1):
-    """The row-normalised k-reciprocal encoding V as a coalesced sparse COO matrix [N, N]."""
+def _encoding(feat, sq, rowmax, rank, k1, dist=None):
+    """The row-normalised k-reciprocal encoding V as a coalesced sparse COO matrix [N, N]; ``dist``: the
+    whole normalised distance matrix when it is held (its entries are looked up instead of recomputed)."""
     N, device = feat.shape[0], feat.device
     half = int(round(k1 / 2))
     fwd = rank[:, : k1 + 1]
@@ -65,7 +69,7 @@ def _encoding(feat, sq, rowmax, rank, k1):
     cols = torch.cat([fwd[recip], cand[expand]])
     key = torch.unique(rows * N + cols)
     rows, cols = key // N, key % N
-    w = torch.exp(-_pair_distances(feat, sq, rowmax, rows, cols))
+    w = torch.exp(-(dist[rows, cols] if dist is not None else _pair_distances(feat, sq, rowmax, rows, cols)))
     w = w / torch.zeros(N, device=device, dtype=w.dtype).index_add_(0, rows, w)[rows]
     return torch.sparse_coo_tensor(torch.stack([rows, cols]), w, (N, N), check_invariants=False).coalesce()
 
@@ -117,11 +121,13 @@ def _jaccard(V, nq, max_pairs=16_000_000):
 
 
 @torch.no_grad()
-def re_ranking(q_feat, g_feat, k1=20, k2=6, lambda_value=0.3, device=None, block=2048):
+def re_ranking(q_feat, g_feat, k1=20, k2=6, lambda_value=0.3, device=None, block=2048, dense_limit=2 ** 28):
     """Re-ranked distances [num_query, num_gallery] as a numpy array (float32).
 
-    ``device`` defaults to CUDA when available, else the features' device. ``block``: rows of the distance
-    matrix held at once (memory about ``block`` x N floats besides the result).
+    ``device`` defaults to CUDA when available, else the features' device. Up to ``dense_limit`` entries
+    (N x N; 1 GiB of float32 by default, N up to 16,384) the whole distance matrix is held and read where it
+    is needed (fastest); above, ``block`` rows of it at a time (memory about ``block`` x N floats besides the
+    result) and the distances V and the result need are computed again.
     """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else torch.as_tensor(q_feat).device
@@ -135,16 +141,24 @@ def re_ranking(q_feat, g_feat, k1=20, k2=6, lambda_value=0.3, device=None, block
     width = min(max(k1 + 1, k2), N)
     rowmax = torch.empty(N, device=device)
     rank = torch.empty(N, width, dtype=torch.long, device=device)
-    for start in range(0, N, block):
-        end = min(N, start + block)
-        d = _distance_rows(feat, sq, start, end)
-        rowmax[start:end] = d.max(1).values
-        rank[start:end] = _stable_topk(d.div_(rowmax[start:end, None]), width)
-        del d
-    V = _encoding(feat, sq, rowmax, rank, k1)
+    dist = None
+    if N * N <= dense_limit:
+        dist = _distance_rows(feat, sq, 0, N)
+        dist /= dist.max(1, keepdim=True).values
+        rank = _stable_topk(dist, width)
+    else:
+        for start in range(0, N, block):
+            end = min(N, start + block)
+            d = _distance_rows(feat, sq, start, end)
+            rowmax[start:end] = d.max(1).values
+            rank[start:end] = _stable_topk(d.div_(rowmax[start:end, None]), width)
+            del d
+    V = _encoding(feat, sq, rowmax, rank, k1, dist)
     if k2 != 1:
         V = _query_expansion(V, rank, k2)
     final = _jaccard(V, nq).mul_(1 - lambda_value)
+    if dist is not None:
+        return final.add_(dist[:nq, nq:], alpha=lambda_value).cpu().numpy()
     for start in range(0, nq, block):
         end = min(nq, start + block)
         final[start:end].add_(_distance_rows(feat, sq, start, end, nq) / rowmax[start:end, None],
