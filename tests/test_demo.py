@@ -22,6 +22,7 @@ from modeling.methods.demo.checkpoint import official_entries, to_official_state
 from modeling.weights import WeightsError, model_sizes
 from reference import demo as ref
 from solver import build_optimizer, build_scheduler
+from utils.versions import torch_version
 
 from .conftest import ROOT, TINY
 from .helpers import python_commands, result_file
@@ -313,6 +314,9 @@ def test_train_then_test_on_the_synthetic_benchmark(synth_root, tmp_path):
         ([os.path.join(ROOT, "tools", "model_cost.py"), "--config_file", config, *opts], 0),
         (run("test.py", "TEST.WEIGHT", best, "TEST.MISS", "any"), 0),
         ([os.path.join(ROOT, "tools", "vis_tokens.py"), "--config_file", config, *opts, "--weight", best], 2),
+        # the memory planner needs torch >= 2.3 (fake CUDA tensors) and says so in one line before it
+        ([os.path.join(ROOT, "tools", "gpu_memory.py"), "--config_file", config, *opts, "--batch", "8"],
+         0 if torch_version() >= (2, 3) else 2),
         cwd=ROOT)
     log = open(out / "train_log.txt").read()
     records = [json.loads(line) for line in open(out / "metrics.jsonl")]
@@ -324,6 +328,7 @@ def test_train_then_test_on_the_synthetic_benchmark(synth_root, tmp_path):
     assert "MODEL.DEMO.HDM True" in errors[4]
     assert any(name.endswith(".json") for name in os.listdir(tmp_path / "official"))
     assert "| HDM |" in printed and "| ATM |" in printed and "| PIFE |" in printed
+    assert '"figure": "peak_gib"' in printed if torch_version() >= (2, 3) else "needs torch >= 2.3" in errors[9]
     assert errors[8].strip() == "error: vis_tokens.py draws Signal's SIM token selection; MODEL.METHOD DeMo has no SIM"
     table = json.load(open(result_file(str(out), "test_best_Synthetic_miss-any")))
     assert table["missing_rule"] == "missing modalities' inputs zero-filled" and len(table["table"]) == 7

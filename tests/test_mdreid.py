@@ -397,6 +397,8 @@ def test_train_then_test_on_the_synthetic_benchmark(synth_root, tmp_path, tiny_c
         (run("test.py", "TEST.WEIGHT", best, "TEST.MISS", "any"), 0),
         ([os.path.join(ROOT, "tools", "model_cost.py"), "--config_file", config, *opts], 0),
         ([os.path.join(ROOT, "tools", "vis_offsets.py"), "--config_file", config, *opts, "--weight", best], 2),
+        ([os.path.join(ROOT, "tools", "vis_cam.py"), "--config_file", config, *opts, "--weight", best, "--output",
+          tmp_path / "cam.png"], 0),
         cwd=ROOT)
     log = open(out / "train_log.txt").read()
     assert "test feature 96-d" in log  # [g ; s] of three modalities, 16 wide
@@ -410,6 +412,7 @@ def test_train_then_test_on_the_synthetic_benchmark(synth_root, tmp_path, tiny_c
     assert table["missing_rule"] == "feature from the present modalities only" and len(table["table"]) == 7
     assert "| SHARED_POS_EMBED |" in printed or "| total |" in printed
     assert errors[8].strip() == "error: vis_offsets.py draws Signal's LAM offsets; MODEL.METHOD MDReID has no LAM"
+    assert (tmp_path / "cam.png").is_file()  # Grad-CAM through the encoder as MDReID runs it (shared token)
 
 
 def test_checkpoints_of_another_method_are_refused_naming_both(tiny_cfg, tmp_path):

@@ -7,6 +7,8 @@ and check onnxruntime's output against PyTorch's on the same input.
 Needs the optional packages ``onnx``, ``onnxscript`` and ``onnxruntime`` (pip install -r
 requirements-export.txt).
 """
+import os
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -48,6 +50,7 @@ def main():
         torch.zeros(2, dtype=torch.long),)
     batch = torch.export.Dim("batch", min=1, max=4096)
     dynamic = ({0: batch},) * len(names)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     torch.onnx.export(wrapper, example, args.output, input_names=names,
                       output_names=["feature"], dynamic_shapes=(dynamic,), opset_version=args.opset, dynamo=True)
     check = tuple(torch.randn(args.batch, 3, h, w, generator=g) for _ in model.modalities) + (

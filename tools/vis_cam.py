@@ -17,7 +17,7 @@ from PIL import Image
 
 
 def grad_cam(model, images, cams):
-    """[B, 3, H', W'] heat maps in [0, 1] (patch grid) for the three modalities of a batch."""
+    """[B, M, H', W'] heat maps in [0, 1] (patch grid) for the modalities of a batch."""
     captured = {}
 
     def keep_input(module, inputs):
@@ -32,13 +32,14 @@ def grad_cam(model, images, cams):
     finally:
         handle.remove()
     x, g = captured["x"].detach(), captured["x"].grad
-    prefix = model.backbone.vit.num_prefix_tokens                        # class (and register) tokens
-    patches, grads = x[:, prefix:], g[:, prefix:]
+    H, W = model.backbone.grid
+    # the patch tokens are the last H x W: before them the class (and register) tokens and a method's own
+    # (MDReID's shared token)
+    patches, grads = x[:, -H * W:], g[:, -H * W:]
     weights = grads.mean(1, keepdim=True)                                # [3B, 1, C]
     cam = torch.relu((weights * patches).sum(-1))                        # [3B, N]
     cam = cam / cam.amax(1, keepdim=True).clamp_min(1e-12)
     B, M = images[model.modalities[0]].shape[0], len(model.modalities)
-    H, W = model.backbone.grid
     return cam.view(M, B, H, W).transpose(0, 1).cpu()
 
 

@@ -93,6 +93,12 @@ class MDReID(SharedEncoderModel):
         """Width of the evaluation feature with every modality present."""
         return (2 if self.add_share else 1) * len(self.modalities) * self.backbone.out_dim
 
+    def encode(self, images, cam_label=None):
+        """The shared encoder as this model runs it (with the shared token when ADD_SHARE) on every modality
+        -> (class tokens [B, M, D], patch tokens [B, M, N, D]); what the tools read (t-SNE, Grad-CAM)."""
+        cls, _, patches = self.encode_present(images, cam_label, self.modalities)
+        return cls, patches
+
     def encode_present(self, images, cam_label, present):
         """The modalities ``present`` as one stacked batch -> (class tokens [B, P, D], shared tokens [B, P, D] or
         None, patch tokens [B, P, N, D])."""
