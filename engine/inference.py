@@ -13,13 +13,24 @@ from utils.metrics import METRIC_NAMES, Evaluator
 from utils.modalities import MODALITIES, miss_label, miss_settings
 
 from .amp import amp_mode, autocast_context
+from .checkpoints import unwrap
 
 logger = logging.getLogger("signal.eval")
 
 
 def model_modalities(model):
     """The modalities ``model`` reads, in batch order (through a DistributedDataParallel wrapper)."""
-    return tuple(getattr(getattr(model, "module", model), "modalities", MODALITIES))
+    return tuple(getattr(unwrap(model), "modalities", MODALITIES))
+
+
+def _missing(images, miss):
+    """The modalities setting ``miss`` names missing among those of ``images`` (ValueError listing the
+    settings when it names none of them)."""
+    settings = miss_settings(tuple(images))
+    if miss not in settings:
+        raise ValueError(f"TEST.MISS must be one of {list(settings)} or empty for the modalities "
+                         f"{', '.join(images)}, got {miss!r}")
+    return settings[miss]
 
 
 def apply_missing(images, miss):
@@ -27,11 +38,8 @@ def apply_missing(images, miss):
     ``utils.modalities.miss_settings`` for the modalities of ``images``: r, n, t, rn, rt, nt for RGB/NI/TI)."""
     if not miss:
         return images
-    settings = miss_settings(tuple(images))
-    if miss not in settings:
-        raise ValueError(f"TEST.MISS must be one of {list(settings)} or empty for the modalities "
-                         f"{', '.join(images)}, got {miss!r}")
-    return {m: torch.zeros_like(x) if m in settings[miss] else x for m, x in images.items()}
+    gone = _missing(images, miss)
+    return {m: torch.zeros_like(x) if m in gone else x for m, x in images.items()}
 
 
 # How a method builds a feature with modalities missing (``model.missing_rule``): Signal's and DeMo's code zero
@@ -42,7 +50,7 @@ MISSING_RULES = {"zero": "missing modalities' inputs zero-filled",
 
 def missing_rule(model):
     """'zero' or 'present': how ``model`` encodes a sample with modalities missing (``MISSING_RULES``)."""
-    rule = getattr(getattr(model, "module", model), "missing_rule", "zero")
+    rule = getattr(unwrap(model), "missing_rule", "zero")
     if rule not in MISSING_RULES:
         raise ValueError(f"{type(model).__name__}.missing_rule must be one of {list(MISSING_RULES)}, got {rule!r}")
     return rule
@@ -53,10 +61,7 @@ def encode(model, images, cams, miss=""):
     zero-filled inputs, or ``model(images, cam_label, missing=(...))`` for a model that encodes the present
     modalities only (``missing_rule = 'present'``)."""
     if miss and missing_rule(model) == "present":
-        settings = miss_settings(tuple(images))
-        if miss not in settings:
-            apply_missing(images, miss)  # the error naming the settings
-        return model(images, cam_label=cams, missing=settings[miss])
+        return model(images, cam_label=cams, missing=_missing(images, miss))
     return model(apply_missing(images, miss), cam_label=cams)
 
 
@@ -134,13 +139,13 @@ def evaluate_model(cfg, model, loader, num_query, device, miss=None, progress=Tr
     return metrics, ev
 
 
-# The full input and the six missing-modality settings of RGB / NI / TI, in the order of the papers' tables.
-MISS_SETTINGS = ("none",) + tuple(miss_settings(MODALITIES))
-
-
 def missing_settings(modalities=MODALITIES):
     """'none' (the full input) and every missing-modality setting of ``modalities``, in table order."""
     return ("none",) + tuple(miss_settings(modalities))
+
+
+# The full input and the six missing-modality settings of RGB / NI / TI, in the order of the papers' tables.
+MISS_SETTINGS = missing_settings()
 
 
 def _extract_every_setting(cfg, model, loader, num_query, device, progress):
@@ -183,8 +188,9 @@ def missing_table(results, digits=1, modalities=MODALITIES):
 
 def feature_pairing(model, query_setting, gallery_setting):
     """None, or ``pair(query, gallery)`` for a model whose features differ in layout between settings of
-    missing modalities (``model.pair_features``, e.g. MDReID's present-only features)."""
-    raw = getattr(model, "module", model)
+    missing modalities (``model.pair_features``, e.g. MDReID's present-only features). A setting is a
+    ``TEST.MISS`` value; the full input is '' or 'none'."""
+    raw = unwrap(model)
     if not hasattr(raw, "pair_features") or query_setting == gallery_setting:
         return None
     settings = miss_settings(model_modalities(model))
@@ -216,9 +222,8 @@ def evaluate_any_to_any(cfg, model, loader, num_query, device, progress=True):
     start = time.time()
     gathered = _extract_every_setting(cfg, model, loader, num_query, device, progress)
     names = list(gathered)
-    code = lambda s: "" if s == "none" else s  # noqa: E731
-    table = {q: {g: gathered[q].evaluate(gallery=gathered[g], pair=feature_pairing(model, code(q), code(g)))
-                 for g in names} for q in names}
+    table = {q: {g: gathered[q].evaluate(gallery=gathered[g], pair=feature_pairing(model, q, g)) for g in names}
+             for q in names}
     pairs = [table[q][g] for q in names[1:] for g in names[1:]]
     keys = [k for k in table["none"]["none"] if k != "num_valid_queries"]
     results = {"table": table, "average": {k: float(np.mean([m[k] for m in pairs])) for k in keys},

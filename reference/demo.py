@@ -98,7 +98,8 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 
-from reference.official import lr_noise  # timm's seeded LR noise, as Signal's code draws it
+# The same loss functions and timm's seeded LR noise as Signal's code (the shared skeleton)
+from reference.official import cross_entropy_label_smooth, lr_noise, soft_triplet  # noqa: F401
 
 MODALITIES = ("RGB", "NI", "TI")
 TOWER = "BACKBONE.base."
@@ -465,26 +466,6 @@ def output_names(direct=1, hdm=True, atm=True, **_):
 # ----------------------------------------------------------------------------------------------------
 # Losses (layers/make_loss.py, softmax_loss.py, triplet_loss.py; engine/processor.py do_train)
 # ----------------------------------------------------------------------------------------------------
-def cross_entropy_label_smooth(score, target, eps=0.1):
-    """CrossEntropyLabelSmooth: (-((1 - eps) onehot + eps / K) * log_softmax).mean(0).sum()."""
-    log_probs = F.log_softmax(score, 1)
-    onehot = torch.zeros_like(log_probs).scatter_(1, target[:, None], 1)
-    soft = (1 - eps) * onehot + eps / score.shape[1]
-    return (-soft * log_probs).mean(0).sum()
-
-
-def soft_triplet(feat, target):
-    """TripletLoss() (margin None): Euclidean distances (clamp 1e-12, sqrt), batch-hard positive / negative,
-    SoftMarginLoss(d_an - d_ap, 1)."""
-    N = feat.shape[0]
-    sq = feat.pow(2).sum(1, keepdim=True).expand(N, N)
-    dist = (sq + sq.T - 2 * feat @ feat.T).clamp(min=1e-12).sqrt()
-    pos = target.expand(N, N).eq(target.expand(N, N).t())
-    d_ap = dist[pos].contiguous().view(N, -1).max(1).values
-    d_an = dist[~pos].contiguous().view(N, -1).min(1).values
-    return F.soft_margin_loss(d_an - d_ap, torch.ones_like(d_an))
-
-
 def _pair_names(n_pairs):
     return {1: ["ori"], 2: ["moe", "ori"], 3: ["RGB", "NI", "TI"], 4: ["moe", "RGB", "NI", "TI"]}[n_pairs]
 
