@@ -139,6 +139,10 @@ key("DATASETS.SYNTHETIC.MODALITIES", ["RGB", "NI", "TI"], DATA_SHAPE)
 # DATALOADER
 # ---------------------------------------------------------------------------------------------------
 key("DATALOADER.NUM_WORKERS", 4, FREE(low=0))
+# 'ram': decode every training image once, at the input size, into one shared uint8 store the workers read
+# (its size is printed first; refused when it would not fit in memory). 'none': decode the files each epoch.
+# The batches are the same either way.
+key("DATALOADER.CACHE", "none", FREE(choices=('none', 'ram')))
 # K: instances per identity in a P x K batch.
 key("DATALOADER.NUM_INSTANCE", 8, TRAIN(batch_order=True, low=1))
 

@@ -4,81 +4,102 @@ Batches are dicts: one image tensor [B, 3, H, W] per modality of the dataset (``
 its spec declares others) plus ``pid``, ``camid``, ``sceneid`` and ``index`` (position of the sample in its
 split, for looking up paths).
 """
-import contextlib
 import logging
 import random
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from utils import comm
 
-from .checks import check_queries, read_image, verify_images
+from .cache import build_cache
+from .checks import check_queries, jpeg_decoder, read_image, read_pixels, verify_images
 from .datasets import MODALITIES, DatasetError, build_dataset
 from .datasets.bases import relabel
 from .samplers import IdentitySampler
-from .transforms import build_transforms
+from .transforms import build_transforms, resize
 
 
 class MultiModalImageDataset(Dataset):
-    """The samples of a split as dicts of transformed images keyed by ``modalities`` (the dataset's, in batch
-    order); a ``tiled`` file holds them side by side in ``tile_order`` (default: ``modalities``)."""
+    """The samples of a split, each a dict of uint8 images [H, W, 3] keyed by ``modalities`` (the dataset's, in
+    batch order) as ``transform`` (``data.transforms.ImageTransform``) leaves them; a ``tiled`` file holds them
+    side by side in ``tile_order`` (default: ``modalities``). ``jpeg``: the JPEG decoder (``jpeg_decoder``;
+    None: PIL). ``cache``: the decoded images of every sample (``data.cache.build_cache``), read instead of the
+    files. ``to_device`` turns a collated batch into the model's input."""
 
-    def __init__(self, samples, transform, tiled=False, tile_order=None, modalities=MODALITIES):
+    def __init__(self, samples, transform, tiled=False, tile_order=None, modalities=MODALITIES, jpeg=None,
+                 cache=None):
         self.samples = samples
         self.transform = transform
         self.tiled = tiled
         self.modalities = tuple(modalities)
         self.tile_order = tuple(tile_order or self.modalities)
+        self.jpeg, self.cache = jpeg, cache
 
     def __len__(self):
         return len(self.samples)
 
-    def load(self, index):
-        """The sample's PIL images, one per modality, keyed by modality."""
+    def read(self, index):
+        """The sample's images as decoded, H x W x 3 uint8 arrays keyed by modality."""
         s = self.samples[index]
         if self.tiled:
-            img = read_image(s.paths[0])
-            w, h = img.size
+            img = read_pixels(s.paths[0], self.jpeg)
+            h, w = img.shape[:2]
             n = len(self.tile_order)
             if w % n:
                 raise DatasetError(f"{s.paths[0]}: width {w} is not {n} side-by-side tiles "
                                    f"({' | '.join(self.tile_order)})")
             t = w // n
-            tiles = {m: img.crop((i * t, 0, (i + 1) * t, h)) for i, m in enumerate(self.tile_order)}
+            tiles = {m: img[:, i * t:(i + 1) * t] for i, m in enumerate(self.tile_order)}
             return {m: tiles[m] for m in self.modalities}
-        return {m: read_image(p) for m, p in zip(self.modalities, s.paths)}
+        return {m: read_pixels(p, self.jpeg) for m, p in zip(self.modalities, s.paths)}
+
+    def decode(self, index):
+        """The sample's images at the input size (decoded and resized), keyed by modality."""
+        return {m: resize(a, self.transform.size) for m, a in self.read(index).items()}
+
+    def load(self, index):
+        """``decode``, from the cache when there is one."""
+        if self.cache is not None:
+            return {m: self.cache[index, k].numpy() for k, m in enumerate(self.modalities)}
+        return self.decode(index)
 
     def __getitem__(self, index):
         """``index``: a sample position, or ``(position, seed)`` from the training sampler, in which case
-        the random augmentation is drawn from ``seed`` alone (the process's random state is untouched)."""
+        the random augmentation is drawn from ``random.Random(seed)`` alone (the process's random state is
+        untouched) and the item holds the seed (it seeds the batch's erasing noise on the device)."""
         seed = None
         if isinstance(index, (tuple, list)):
             index, seed = index
         s = self.samples[index]
-        images = self.load(index)
-        if seed is None:
-            item = self.transform(images)
-        else:
-            with seeded(seed):
-                item = self.transform(images)
+        item = self.transform(self.load(index), None if seed is None else random.Random(seed))
+        if seed is not None:
+            item["seed"] = int(seed)
         item.update(pid=s.pid, camid=s.camid, sceneid=s.sceneid, index=index)
         return item
 
+    def to_device(self, batch, modalities, device):
+        """The model's input from a collated batch (``ImageTransform.to_device``)."""
+        return self.transform.to_device(batch, modalities, device)
 
-@contextlib.contextmanager
-def seeded(seed):
-    """Run the block with torch's CPU and Python's random generators seeded from ``seed``, then restore
-    both (the transforms draw from these two)."""
-    py_state = random.getstate()
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)
-        random.seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
+
+def source_dataset(loader_or_dataset):
+    """The MultiModalImageDataset under a loader or dataset (through Subsets)."""
+    ds = getattr(loader_or_dataset, "dataset", loader_or_dataset)
+    while isinstance(ds, Subset):
+        ds = ds.dataset
+    return ds
+
+
+def to_device(loader, batch, modalities, device):
+    """The model's input from a batch of ``loader``: its dataset's ``to_device`` (normalisation, erasing)."""
+    return source_dataset(loader).to_device(batch, modalities, device)
+
+
+def stack_items(items):
+    """Dataset items (dicts) as one batch, as the loader collates them."""
+    return default_collate(list(items))
 
 
 def _worker_kwargs(cfg):
@@ -94,11 +115,17 @@ def build_test_loader(cfg, query, gallery, gallery_is_query, tiled, tile_order=N
         logging.getLogger("signal.data").warning(
             "the evaluation split's queries hold one identity (%s): every true match outranks every other sample "
             "whatever the model, so mAP is 100%% every epoch and cannot choose an epoch", next(iter(ids)))
-    ds = MultiModalImageDataset(samples, build_transforms(cfg, train=False), tiled, tile_order, modalities)
+    ds = MultiModalImageDataset(samples, build_transforms(cfg, train=False), tiled, tile_order, modalities,
+                                jpeg=choose_decoder(samples, tiled))
     # Its own generator: creating the loader's iterator then draws nothing from the global torch RNG, so an
     # evaluation leaves the training's random state as it was.
     return DataLoader(ds, batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False, generator=torch.Generator(),
                       **_worker_kwargs(cfg))
+
+
+def choose_decoder(samples, tiled):
+    """The JPEG decoder of ``samples`` (``checks.jpeg_decoder``, checked on the first file of each modality)."""
+    return jpeg_decoder(samples[0].paths[:1 if tiled else None]) if samples else None
 
 
 def _verify(cfg, dataset, val=None, splits=("train", "query", "gallery")):
@@ -161,7 +188,10 @@ def build_dataloaders(cfg, verify=True):
         _verify(cfg, dataset, val)
     world = comm.get_world_size()
     train_set = MultiModalImageDataset(dataset.train, build_transforms(cfg, train=True), dataset.tiled,
-                                       dataset.tile_order, dataset.modalities)
+                                       dataset.tile_order, dataset.modalities,
+                                       jpeg=choose_decoder(dataset.train, dataset.tiled))
+    if cfg.DATALOADER.CACHE == "ram":
+        train_set.cache = build_cache(train_set, max(1, cfg.DATALOADER.NUM_WORKERS))
     sampler = IdentitySampler([s.pid for s in dataset.train], cfg.SOLVER.IMS_PER_BATCH,
                               cfg.DATALOADER.NUM_INSTANCE, seed=cfg.SOLVER.SEED,
                               num_replicas=world, rank=comm.get_rank())
@@ -187,5 +217,6 @@ def _seed_worker(worker_id):
     random.seed(seed)
 
 
-__all__ = ["build_dataloaders", "build_test_dataloader", "split_validation", "build_dataset", "build_test_loader", "DatasetError", "MODALITIES",
-           "MultiModalImageDataset", "IdentitySampler", "read_image"]
+__all__ = ["build_dataloaders", "build_test_dataloader", "split_validation", "build_dataset", "build_test_loader",
+           "DatasetError", "MODALITIES", "MultiModalImageDataset", "IdentitySampler", "read_image", "read_pixels",
+           "source_dataset", "stack_items", "to_device"]

@@ -9,11 +9,15 @@ the whole compressed stream), so a truncated or unreadable image stops the run b
 not at a random later one. ``check_queries`` verifies that the evaluation protocol leaves at least one
 query with a true match in the gallery.
 """
+import functools
+import io
 import logging
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
 from .datasets import MODALITIES, DatasetError
@@ -43,6 +47,76 @@ def read_image(path):
             return _to_rgb(img, path)
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise DatasetError(f"cannot read image {path}: {e}") from None
+
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def read_pixels(path, jpeg=None):
+    """``path`` as an H x W x 3 uint8 array (what ``read_image`` reads). ``jpeg``: a faster JPEG decoder
+    (``jpeg_decoder``) for the files that are JPEGs; any other file, or one it cannot decode, goes to PIL."""
+    try:
+        if jpeg is not None:
+            with open(path, "rb") as f:
+                data = f.read()
+            if data[:3] == JPEG_MAGIC:
+                try:
+                    return jpeg(data)
+                except RuntimeError:  # e.g. a CMYK or progressive file it does not take: PIL reads it
+                    pass
+            img = Image.open(io.BytesIO(data))
+        else:
+            img = Image.open(path)
+        with img:
+            if img.mode == "RGB":
+                img.load()
+                return np.asarray(img)
+            return np.asarray(_to_rgb(img, path))
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise DatasetError(f"cannot read image {path}: {e}") from None
+
+
+def torchvision_jpeg(data):
+    """JPEG bytes -> H x W x 3 uint8 array, with torchvision's ``decode_jpeg``."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+    return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                       mode=ImageReadMode.RGB).permute(1, 2, 0).numpy()
+
+
+@functools.lru_cache(maxsize=1)
+def _torchvision_jpeg_usable():
+    """Whether torchvision's ``decode_jpeg`` is present and not deprecated (torchvision >= 0.29 warns that its
+    image decoding will be removed)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 90)).save(buf, format="JPEG")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            torchvision_jpeg(buf.getvalue())
+        except (ImportError, RuntimeError):
+            return False
+    return not any(issubclass(w.category, (DeprecationWarning, FutureWarning)) for w in caught)
+
+
+def jpeg_decoder(paths):
+    """The fastest JPEG decoder that gives PIL's pixels, checked on ``paths`` (e.g. the first file of each
+    modality): torchvision's ``decode_jpeg`` where it is present, not deprecated and identical on every one
+    of them, else None (PIL)."""
+    if not _torchvision_jpeg_usable():
+        return None
+    decode = torchvision_jpeg
+    for p in paths:
+        try:
+            with open(p, "rb") as f:
+                data = f.read()
+            if data[:3] != JPEG_MAGIC:
+                continue
+            if not np.array_equal(decode(data), read_pixels(p)):
+                logger.info("torchvision's decode_jpeg and PIL differ on %s: decoding with PIL", p)
+                return None
+        except (OSError, RuntimeError, DatasetError):
+            return None
+    return decode
 
 
 def _check_one(path, tiled, tile_order=MODALITIES):

@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from data import to_device
 from data.datasets import dataset_of
 from utils import comm
 from utils.metrics import METRIC_NAMES, Evaluator
@@ -76,7 +77,7 @@ def extract(model, loader, device, miss="", amp="none", evaluator=None, progress
     evaluators = evaluator if isinstance(evaluator, dict) else {settings[0]: evaluator}
     modalities = model_modalities(model)
     for batch in tqdm(loader, desc="eval", leave=False, disable=not progress or not comm.is_main_process()):
-        full = {m: batch[m].to(device, non_blocking=True) for m in modalities}
+        full = to_device(loader, batch, modalities, device)
         cams = batch["camid"].to(device, non_blocking=True)
         for setting in settings:
             with autocast_context(device, amp):

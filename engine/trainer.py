@@ -8,6 +8,7 @@ import time
 import torch
 from tqdm import tqdm
 
+from data import source_dataset
 from utils import comm
 from utils.checkpoint import CheckpointError, key_report, read_checkpoint, set_rng_state
 
@@ -59,12 +60,17 @@ def resume_from(state, model, optimizer, scheduler, scaler, path="last.pth"):
             partial)
 
 
-def train_step(model, batch, loss_fn, optimizer, device, amp="none", scaler=None, skipped=None):
+def train_step(model, batch, loss_fn, optimizer, device, amp="none", scaler=None, skipped=None, prepare=None):
     """One optimisation step on a training batch (the images of the model's modalities, ``pid``, ``camid``): forward
     and loss terms under autocast (``amp``: 'fp16', 'bf16' or 'none'), backward (scaled when ``scaler`` is
     given; ``skipped``: a device counter of the steps the scaler skipped, see ``engine.amp.scaled_step``) and
-    the optimizer step. Returns the dict of named, weighted loss terms."""
-    images = {m: batch[m].to(device, non_blocking=True) for m in model_modalities(model)}
+    the optimizer step. ``prepare(batch, modalities, device)``: the model's input on the device (the loader's
+    ``to_device``: normalisation and random erasing of its uint8 images); without it the batch's images are
+    taken as the model's input and only moved. Returns the dict of named, weighted loss terms."""
+    if prepare is not None:
+        images = prepare(batch, model_modalities(model), device)
+    else:
+        images = {m: batch[m].to(device, non_blocking=True) for m in model_modalities(model)}
     target = batch["pid"].to(device, non_blocking=True)
     cams = batch["camid"].to(device, non_blocking=True)
     with autocast_context(device, amp):
@@ -159,6 +165,7 @@ class Trainer:
             if h.name and (hook_states or {}).get(h.name) is not None:
                 h.load_state_dict(hook_states[h.name])
         self.amp = amp_mode(cfg, device)
+        self.prepare = getattr(source_dataset(train_loader), "to_device", None)
         self.start_epoch, self.best = start_epoch, best or {"mAP": -1.0}
         self.records, self.pending_eval, self.partial = list(records or []), pending_eval, partial
         # TensorBoard's x axis: iterations since the start of the run (epochs differ in length with P x K).
@@ -213,7 +220,7 @@ class Trainer:
         for batch in self.bar:
             self.call("before_step")
             losses = train_step(self.model, batch, self.loss_fn, self.optimizer, self.device, self.amp, self.scaler,
-                                self.skipped)
+                                self.skipped, self.prepare)
             self.n_iter += 1
             self.step += 1
             for k, v in losses.items():

@@ -294,6 +294,10 @@ class ViTBackbone(Encoder):
         own positions), then encoded with them; the second output is then [B, E + N, D], the E extra tokens
         first."""
         v = self.vit
+        if x.dtype == torch.uint8:
+            raise TypeError(f"the model got uint8 images {list(x.shape)}: the loaders deliver 8-bit [B, H, W, 3] "
+                            f"batches that data.to_device(loader, batch, modalities, device) normalises into the "
+                            f"model's float [B, 3, H, W] input")
         if extra_tokens is not None and not self.accepts_extra_tokens:
             raise ValueError(f"extra_tokens need a plain ViT whose position embedding covers [class, patches]; "
                              f"this {type(v).__name__} body has other prefix tokens or positions")

@@ -7,7 +7,7 @@ from PIL import Image
 
 from data import DatasetError, IdentitySampler, MultiModalImageDataset, build_dataloaders
 from data.datasets import MSVR310, RGBNT100, RGBNT201, write_synthetic
-from data.transforms import MultiModalTransform
+from data.transforms import ImageTransform
 
 from .helpers import log_records
 
@@ -36,9 +36,9 @@ def test_rgbnt201_parser(layouts):
 def test_rgbnt100_parser(layouts):
     ds = RGBNT100(layouts["RGBNT100"])
     assert ds.tiled and len(ds.train) == 16 and len(ds.query) == 6 and len(ds.gallery) == 6
-    item = MultiModalImageDataset(ds.query, MultiModalTransform((32, 16), False, [0.5] * 3, [0.5] * 3), True)[0]
-    assert item["RGB"].shape == (3, 32, 16)
-    assert not torch.allclose(item["RGB"], item["TI"])               # the three tiles differ
+    item = MultiModalImageDataset(ds.query, ImageTransform((32, 16), False, [0.5] * 3, [0.5] * 3), True)[0]
+    assert item["RGB"].shape == (32, 16, 3) and item["RGB"].dtype == torch.uint8
+    assert not torch.equal(item["RGB"], item["TI"])                  # the three tiles differ
 
 
 def test_msvr310_parser(layouts):
@@ -124,7 +124,7 @@ def test_unreadable_image_names_the_file(layouts, tmp_path):
     victim = ds.train[3].paths[1]
     with open(victim, "wb") as f:
         f.write(b"not an image")
-    data = MultiModalImageDataset(ds.train, MultiModalTransform((32, 16), False, [0.5] * 3, [0.5] * 3))
+    data = MultiModalImageDataset(ds.train, ImageTransform((32, 16), False, [0.5] * 3, [0.5] * 3))
     with pytest.raises(DatasetError, match=f"cannot read image {victim}"):
         data[3]
 
@@ -169,41 +169,42 @@ def test_sampler_rejects_too_few_identities():
 
 def _aug_images():
     rng = np.random.default_rng(0)
-    return {m: Image.fromarray(rng.integers(0, 255, (32, 16, 3), dtype=np.uint8)) for m in ("RGB", "NI", "TI")}
+    return {m: rng.integers(0, 255, (32, 16, 3), dtype=np.uint8) for m in ("RGB", "NI", "TI")}
 
 
 def test_shared_augmentation_draws_one_set_of_parameters():
+    import random
     imgs = _aug_images()
     same = {m: imgs["RGB"] for m in imgs}
-    shared = MultiModalTransform((32, 16), True, [0.5] * 3, [0.5] * 3, padding=4, erase_prob=1.0, shared=True)
-    indep = MultiModalTransform((32, 16), True, [0.5] * 3, [0.5] * 3, padding=4, erase_prob=1.0, shared=False)
-    torch.manual_seed(0)
-    out = shared(same)
-    erased = [(out[m] != out["RGB"]).any(0) for m in imgs]       # positions differing from RGB
-    # With one draw the three modalities are cropped/flipped identically: outside the erased box the
-    # outputs coincide.
-    box = torch.zeros(32, 16, dtype=torch.bool)
-    for e in erased:
-        box |= e
-    assert box.float().mean() < 0.5
-    torch.manual_seed(0)
-    outs = [indep(same) for _ in range(5)]
-    assert any((o["RGB"] != o["NI"]).float().mean() > 0.5 for o in outs)
+    shared = ImageTransform((32, 16), True, [0.5] * 3, [0.5] * 3, padding=4, erase_prob=1.0, shared=True)
+    indep = ImageTransform((32, 16), True, [0.5] * 3, [0.5] * 3, padding=4, erase_prob=1.0, shared=False)
+    for seed in range(5):
+        out = shared(same, random.Random(seed))
+        assert all(torch.equal(out[m], out["RGB"]) for m in imgs)               # one flip and crop
+        assert all(torch.equal(out["erase"][m], out["erase"]["RGB"]) for m in imgs)  # one erased box
+        assert out["erase"]["RGB"][2] > 0                                      # erase_prob 1: a box
+    outs = [indep(same, random.Random(seed)) for seed in range(5)]
+    assert any(not torch.equal(o["RGB"], o["NI"]) for o in outs)
+    assert any(not torch.equal(o["erase"]["RGB"], o["erase"]["NI"]) for o in outs)
 
 
 def test_test_transform_is_deterministic():
     imgs = _aug_images()
-    t = MultiModalTransform((32, 16), False, [0.5] * 3, [0.5] * 3)
+    t = ImageTransform((32, 16), False, [0.5] * 3, [0.5] * 3)
     a, b = t(imgs), t(imgs)
-    assert all(torch.equal(a[m], b[m]) for m in imgs)
-    assert a["RGB"].min() >= -1 and a["RGB"].max() <= 1
+    assert all(torch.equal(a[m], b[m]) and np.array_equal(a[m].numpy(), imgs[m]) for m in imgs)
+    x = t.to_device({m: a[m][None] for m in imgs}, list(imgs), torch.device("cpu"))["RGB"]
+    assert x.shape == (1, 3, 32, 16) and x.dtype == torch.float32 and x.min() >= -1 and x.max() <= 1
 
 
 def test_build_dataloaders_on_synthetic(tiny_cfg):
     train, test, nq, nc, ncam = build_dataloaders(tiny_cfg())
     batch = next(iter(train))
     assert set(batch) >= {"RGB", "NI", "TI", "pid", "camid", "sceneid", "index"}
-    assert batch["RGB"].shape == (8, 3, 64, 32)
+    assert batch["RGB"].shape == (8, 64, 32, 3) and batch["RGB"].dtype == torch.uint8   # normalised on the device
+    assert batch["erase"]["RGB"].shape == (8, 4) and batch["seed"].dtype == torch.int64
+    images = train.dataset.to_device(batch, ("RGB", "NI", "TI"), torch.device("cpu"))
+    assert images["RGB"].shape == (8, 3, 64, 32) and images["RGB"].dtype == torch.float32
     assert nc == 6 and nq == 16 and len(test.dataset) == nq and ncam == 3
 
 

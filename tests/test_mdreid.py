@@ -240,7 +240,9 @@ def test_one_training_step_equals_the_official_step(tiny_cfg, tmp_path, name):
         err = (grads[k] - g_ref).abs().max()
         assert err <= 1e-4 * g_ref.abs().max() + 1e-5 * scale, f"gradient of {k} differs by {err}"
         adam_input = g_ref + tr.rules[k][1] * tr.params[k].detach()
-        zero[k] = (g_ref.abs() <= 1e-6 * scale) | (adam_input.abs() <= 1e-7 * scale)
+        # and where Adam's input is within 100x this tensor's gradient difference: its first step
+        # lr * g / (|g| + eps) then moves by up to lr * eps * err / g^2, more than float noise.
+        zero[k] = (g_ref.abs() <= 1e-6 * scale) | (adam_input.abs() <= max(1e-7 * scale, 100 * float(err)))
     assert set(grads) <= set(tr.trainable)
     assert sum(int(z.sum()) for z in zero.values()) < 0.01 * sum(z.numel() for z in zero.values())
 

@@ -131,7 +131,7 @@ def test_custom_tiled_layout_with_id_folders_scenes_and_tile_order(tmp_path):
     ds = test_loader.reid_dataset
     assert ds.gallery_is_query and nq == 8 and ncls == 3 and ncam == 2 and ds.uses_scenes
     images = test_loader.dataset.load(0)
-    assert {m: images[m].getpixel((0, 0))[0] for m in images} == colours
+    assert {m: int(images[m][0, 0, 0]) for m in images} == colours
 
 
 @pytest.mark.parametrize("opts,match", [

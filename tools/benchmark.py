@@ -5,7 +5,7 @@
 Figures: training step seconds and samples/s, inference samples/s, model FLOPs per training step and per
 inference sample (torch.utils.flop_counter), achieved FLOP/s and its ratio to this device's dense matmul
 rate measured in the same run (fp32 on CPU; on CUDA the SOLVER.AMP dtype), peak memory (RSS on CPU, max allocated on
-CUDA), data loading samples/s per worker on the synthetic benchmark, and evaluation time for the test
+CUDA), the training loader's triplets/s per worker core (tools/benchmark_data.py), and evaluation time for the test
 loader size of the config's benchmark (features + distances + metrics on random features).
 
     python tools/benchmark.py --config_file configs/RGBNT201/Signal.yml --batch 8 --official
@@ -154,30 +154,26 @@ GPU_UTILISATION = 0.4
 
 
 def bench_data(cfg, args):
-    from data import MultiModalImageDataset, build_dataset
-    from data.transforms import build_transforms
-    dcfg = load_config(args.config_file, args.opts + ["DATASETS.NAMES", "Synthetic", "DATASETS.ROOT_DIR", args.data_root])
-    train = build_dataset(dcfg).train
-    ds, n = MultiModalImageDataset(train, build_transforms(dcfg, train=True)), min(len(train), 128)
-    ds[0]
-    t = time.perf_counter()
-    for i in range(n):
-        ds[i]
-    rate = n / (time.perf_counter() - t)
-    h, w = dcfg.INPUT.SIZE_TRAIN
-    emit("data_samples_per_s_per_worker", round(rate, 1), "samples/s",
-         note=f"decode + train augmentation of 3 modalities at {h}x{w} on the synthetic benchmark")
+    """The training loader train.py builds (tools/benchmark_data.py: 0, 1 and N workers, files and cache, beside
+    the float32 pipeline before it), then the workers each GPU would need at the per-core rate from the files
+    with N workers."""
+    import benchmark_data
     per_sample = getattr(args, "train_flops_per_sample", 0)
     if not per_sample:  # the model was skipped: count a 2-sample step
         from model_cost import flops
         sizes, _ = reference_sizes(cfg)
         per_sample = flops(cfg, build_model(cfg, sizes.train_ids, sizes.cameras, pretrained=False), sizes.train_ids)[1]
-    for gpu, tflops in GPU_FP16_TFLOPS.items():
-        if per_sample:  # an estimate: the step rate the GPU's dense fp16 rate implies at 40% utilisation
-            need = tflops * 1e12 * GPU_UTILISATION / per_sample
-            emit("data_workers_to_feed", math.ceil(need / rate), "workers per GPU", gpu=gpu,
-                 samples_per_s=round(need), note=f"estimate: {tflops:g} TFLOP/s dense fp16 (published) x "
-                 f"{GPU_UTILISATION:.0%} / {per_sample / 1e9:.0f} GFLOP per training sample")
+    need = {gpu: tflops * 1e12 * GPU_UTILISATION / per_sample for gpu, tflops in GPU_FP16_TFLOPS.items()}
+    dargs = benchmark_data.parser().parse_args(["--config_file", args.config_file, "--data-root", args.data_root,
+                                                "--need", str(round(need["H100 SXM"])), "--device", args.device,
+                                                *args.opts])
+    rows = benchmark_data.run(dargs)
+    files = [r for r in rows if r[0] == "uint8, files"][-1]
+    for gpu, rate in need.items():  # an estimate: the step rate the GPU's dense fp16 rate implies at 40% utilisation
+        emit("data_workers_to_feed", math.ceil(rate / files[3]), "workers per GPU", gpu=gpu, samples_per_s=round(rate),
+             note=f"estimate: {GPU_FP16_TFLOPS[gpu]:g} TFLOP/s dense fp16 (published) x {GPU_UTILISATION:.0%} / "
+             f"{per_sample / 1e9:.0f} GFLOP per training sample, at {files[3]:.0f} triplets/s per worker core "
+             f"(uint8 pipeline from the files, {files[1]} workers)")
 
 
 def bench_eval(cfg, device):

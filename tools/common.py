@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from config import load_config  # noqa: E402
-from data import build_test_dataloader  # noqa: E402
+from data import build_test_dataloader, stack_items, to_device  # noqa: E402
 from engine.setup import UsageError, resolve_device  # noqa: E402
 from modeling import build_model, load_eval_model  # noqa: E402
 
@@ -62,7 +62,7 @@ def load_everything(args, need_weights=True):
 
 def sample_images(loader, index):
     """The sample's modalities as RGB PIL images (as stored on disk), in the dataset's order."""
-    return [img.convert("RGB") for img in loader.dataset.load(index).values()]
+    return [Image.fromarray(np.ascontiguousarray(a)) for a in loader.dataset.read(index).values()]
 
 
 def stack_modalities(images, scale=1, gap=2):
@@ -96,10 +96,8 @@ def save(img, path):
 
 
 def batch_of(loader, indices, device):
-    items = [loader.dataset[i] for i in indices]
-    images = {m: torch.stack([it[m] for it in items]).to(device) for m in loader.dataset.modalities}
-    cams = torch.tensor([it["camid"] for it in items], device=device)
-    return images, cams
+    batch = stack_items(loader.dataset[i] for i in indices)
+    return to_device(loader, batch, loader.dataset.modalities, device), batch["camid"].to(device)
 
 
 def to_numpy(t):

@@ -11,6 +11,7 @@ patch tokens, and the map is ReLU(sum of weighted channels) per patch, scaled to
 import numpy as np
 import torch
 from common import compose, label, load_everything, sample_images, samples_parser, save, spread
+from data import stack_items, to_device  # noqa: E402
 from engine.setup import run_cli  # noqa: E402
 from PIL import Image
 
@@ -64,8 +65,8 @@ def main():
     cfg, model, loader, nq, device = load_everything(args)
     idx = spread(nq, args.num_samples)                                   # queries
     items = [loader.dataset[i] for i in idx]
-    images = {m: torch.stack([it[m] for it in items]).to(device) for m in model.modalities}
-    cams = torch.tensor([it["camid"] for it in items], device=device)
+    batch = stack_items(items)
+    images, cams = to_device(loader, batch, model.modalities, device), batch["camid"].to(device)
     heat = grad_cam(model, images, cams)
     rows = [[label(overlay(img, heat[r, k], args.scale), f"{m} (id {items[r]['pid']})")
              for k, (img, m) in enumerate(zip(sample_images(loader, i), model.modalities))]
