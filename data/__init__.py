@@ -62,7 +62,7 @@ class MultiModalImageDataset(Dataset):
     def load(self, index):
         """``decode``, from the cache when there is one."""
         if self.cache is not None:
-            return {m: self.cache[index, k].numpy() for k, m in enumerate(self.modalities)}
+            return {m: self.cache[index, k] for k, m in enumerate(self.modalities)}
         return self.decode(index)
 
     def __getitem__(self, index):

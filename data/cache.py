@@ -11,6 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from .transforms import as_tensor
+
 from utils.errors import SetupError
 
 logger = logging.getLogger("signal.data")
@@ -94,7 +96,7 @@ def build_cache(dataset, workers=1):
 
     def fill(i):
         for k, a in enumerate(dataset.decode(i).values()):
-            store[i, k].numpy()[...] = a
+            store[i, k] = as_tensor(a)
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
         list(pool.map(fill, range(n), chunksize=32))

@@ -56,18 +56,14 @@ def read_pixels(path, jpeg=None):
     """``path`` as an H x W x 3 uint8 array (what ``read_image`` reads). ``jpeg``: a faster JPEG decoder
     (``jpeg_decoder``) for the files that are JPEGs; any other file, or one it cannot decode, goes to PIL."""
     try:
-        if jpeg is not None:
-            with open(path, "rb") as f:
-                data = f.read()
-            if data[:3] == JPEG_MAGIC:
-                try:
-                    return jpeg(data)
-                except RuntimeError:  # e.g. a CMYK or progressive file it does not take: PIL reads it
-                    pass
-            img = Image.open(io.BytesIO(data))
-        else:
-            img = Image.open(path)
-        with img:
+        with open(path, "rb") as f:  # one read, not PIL's many small ones
+            data = f.read()
+        if jpeg is not None and data[:3] == JPEG_MAGIC:
+            try:
+                return jpeg(data)
+            except RuntimeError:  # e.g. a CMYK file it does not take: PIL reads it
+                pass
+        with Image.open(io.BytesIO(data)) as img:
             if img.mode == "RGB":
                 img.load()
                 return np.asarray(img)

@@ -36,13 +36,13 @@ ERASE_ATTEMPTS = 10
 
 def resize(image, size):
     """``image`` (H x W x 3 uint8 array or tensor) at ``size`` = (h, w): bicubic with antialiasing on uint8
-    pixels, as torchvision's Resize of an 8-bit image; unchanged when it has that size already."""
+    pixels, as torchvision's Resize of an 8-bit image (a tensor); unchanged when it has that size already."""
     h, w = size
     if tuple(image.shape[:2]) == (h, w):
         return image
-    chw = torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()
+    chw = as_tensor(image).permute(2, 0, 1).contiguous()
     out = TF.resize(chw, [h, w], interpolation=InterpolationMode.BICUBIC, antialias=True)
-    return out.permute(1, 2, 0).numpy()
+    return out.permute(1, 2, 0)
 
 
 def erase_box(rng, prob, h, w):
@@ -61,18 +61,27 @@ def erase_box(rng, prob, h, w):
     return 0, 0, 0, 0
 
 
+def as_tensor(image):
+    """An H x W x 3 uint8 array or tensor as a tensor (no copy unless the array is read-only)."""
+    if isinstance(image, torch.Tensor):
+        return image
+    return torch.from_numpy(image if image.flags.writeable else np.array(image))
+
+
 def flip_pad_crop(image, flip, top, left, padding):
     """The [H, W, 3] window at (``top``, ``left``) of ``image`` (horizontally flipped when ``flip``) padded
-    with ``padding`` zero pixels on every side, without building the padded image."""
-    h, w = image.shape[:2]
+    with ``padding`` zero pixels on every side, without building the padded image: a flipped window is the
+    mirrored window of the unflipped image, flipped."""
+    src = as_tensor(image)
+    h, w = src.shape[:2]
     if flip:
-        image = image[:, ::-1]
-    out = np.zeros((h, w, 3), dtype=np.uint8)
+        left = 2 * padding - left
+    out = torch.zeros((h, w, 3), dtype=torch.uint8)
     y0, x0 = max(top, padding), max(left, padding)          # the window's overlap with the image, padded coords
     y1, x1 = min(top + h, padding + h), min(left + w, padding + w)
     if y1 > y0 and x1 > x0:
-        out[y0 - top:y1 - top, x0 - left:x1 - left] = image[y0 - padding:y1 - padding, x0 - padding:x1 - padding]
-    return out
+        out[y0 - top:y1 - top, x0 - left:x1 - left] = src[y0 - padding:y1 - padding, x0 - padding:x1 - padding]
+    return torch.flip(out, [1]) if flip else out
 
 
 class ImageTransform:
@@ -95,20 +104,19 @@ class ImageTransform:
         return flip, top, left, box
 
     def __call__(self, images, rng=None):
-        """``images``: dict modality -> H x W x 3 uint8 array at the input size (``resize``). Returns dict
+        """``images``: dict modality -> H x W x 3 uint8 array or tensor at the input size (``resize``). Returns dict
         modality -> uint8 tensor [H, W, 3]; in training also ``erase``: dict modality -> int32 [4] (the box's
         top, left, height, width; height 0 for none), with the random draws from ``rng`` (default: Python's
         global stream)."""
         if not self.train:
-            return {m: torch.from_numpy(a if a.flags.writeable and a.flags.c_contiguous else np.array(a))
-                    for m, a in images.items()}
+            return {m: as_tensor(a) for m, a in images.items()}
         rng = rng or random
         out, boxes, params = {}, {}, None
         for m, a in images.items():
             if params is None or not self.shared:
                 params = self.draw(rng)
             flip, top, left, box = params
-            out[m] = torch.from_numpy(flip_pad_crop(a, flip, top, left, self.padding))
+            out[m] = flip_pad_crop(a, flip, top, left, self.padding)
             boxes[m] = torch.tensor(box, dtype=torch.int32)
         out["erase"] = boxes
         return out

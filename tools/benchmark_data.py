@@ -5,7 +5,7 @@ config's dataset layout, with 0, 1 and N DataLoader workers, from the files and 
 
     python tools/benchmark_data.py --config_file configs/RGBNT201/Signal.yml [--workers N] [--epochs 3]
 
-One JSON line per setting: triplets/s (one sample = one image per modality), triplets/s per worker core
+One JSON line per setting: triplets/s (the median over the timed epochs; one sample = one image per modality), triplets/s per worker core
 (the main process is the one core without workers), and the worker cores an H100 step would need at the
 rate ``tools/benchmark.py`` derives from the step's FLOPs (``--need``, default 1,959 triplets/s for the
 RGBNT201 recipe: 989 TFLOP/s dense fp16 x 40% / 202 GFLOP per triplet). The device half of the pipeline
@@ -18,6 +18,7 @@ import json
 import math
 import os
 import random
+import statistics
 import sys
 import time
 
@@ -65,16 +66,16 @@ def with_opts(cfg, **keys):
 
 
 def time_loader(loader, epochs):
-    """(triplets/s over ``epochs`` epochs after a first, untimed one that starts the workers, last batch)."""
-    batch = None
+    """(median triplets/s of ``epochs`` epochs after a first, untimed one that starts the workers, last batch)."""
+    batch, rates = None, []
     for epoch in range(epochs + 1):
-        if epoch == 1:
-            t, n = time.perf_counter(), 0
         loader.sampler.set_epoch(epoch)
+        t, n = time.perf_counter(), 0
         for batch in loader:
-            if epoch:
-                n += len(batch["pid"])
-    return n / (time.perf_counter() - t), batch
+            n += len(batch["pid"])
+        if epoch:
+            rates.append(n / (time.perf_counter() - t))
+    return statistics.median(rates), batch
 
 
 @contextlib.contextmanager
@@ -179,7 +180,7 @@ def parser():
     p.add_argument("--config_file", default="configs/RGBNT201/Signal.yml")
     p.add_argument("--data-root", default="./datasets")
     p.add_argument("--workers", type=int, default=0, help="N (default: the CPU cores, 2 to 8)")
-    p.add_argument("--epochs", type=int, default=3, help="timed epochs after a first one")
+    p.add_argument("--epochs", type=int, default=5, help="timed epochs after a first one (their median)")
     p.add_argument("--ids", type=int, default=64, help="identities of the benchmark's training split")
     p.add_argument("--per-id", type=int, default=8, help="images per identity")
     p.add_argument("--need", type=int, default=H100_NEED, help="triplets/s an H100 step needs")
