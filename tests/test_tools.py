@@ -185,12 +185,18 @@ def test_export_onnx_matches_pytorch(tiny_setup):
 def test_benchmarks_run(tiny_setup):
     d, cfg, _ = tiny_setup
     text = run([os.path.join(TOOLS, "benchmark.py"), "--config_file", cfg, "--batch", "4", "--steps", "1",
-                "--warmup", "0", "--data-root", str(d / "bench_data")], d)
+                "--warmup", "0", "--data-root", str(d / "bench_data"), "--data-epochs", "1"], d)
     records = {r["figure"]: r for r in map(json.loads, (line for line in text.splitlines() if line.startswith("{")))}
     assert {"matmul_rate", "train_step_seconds", "train_flops_utilisation", "inference_samples_per_s",
-            "peak_memory", "data_samples_per_s_per_worker", "data_workers_to_feed", "evaluation_seconds"} <= set(records)
+            "peak_memory", "loader_triplets_per_s", "device_half_ms_per_batch", "data_workers_to_feed",
+            "evaluation_seconds"} <= set(records)
     assert all(records[f]["value"] > 0 for f in ("matmul_rate", "train_step_seconds", "inference_samples_per_s",
-                                                 "data_samples_per_s_per_worker", "evaluation_seconds"))
+                                                 "evaluation_seconds"))
+    loader = [json.loads(line) for line in text.splitlines() if '"loader_triplets_per_s"' in line]
+    settings = {(r["pipeline"].split(",")[0] + ("" if r["pipeline"].startswith("float") else r["pipeline"][5:]),
+                 r["workers"]) for r in loader}
+    assert settings == {(p, w) for p in ("float32", "uint8, files", "uint8, cache") for w in (0, 1, 2)}
+    assert all(r["value"] > 0 and r["cores_for_h100"] >= 1 and r["size"] == "64x32" for r in loader)
     ev = records["evaluation_seconds"]  # at the sizes the registry holds for the config's benchmark
     assert (ev["sizes_of"], ev["num_query"], ev["num_gallery"]) == ("Synthetic", 192, 192)
     text = run([os.path.join(TOOLS, "benchmark_reranking.py"), "--num-query", "50", "--num-gallery", "200",

@@ -166,6 +166,7 @@ def bench_data(cfg, args):
     need = {gpu: tflops * 1e12 * GPU_UTILISATION / per_sample for gpu, tflops in GPU_FP16_TFLOPS.items()}
     dargs = benchmark_data.parser().parse_args(["--config_file", args.config_file, "--data-root", args.data_root,
                                                 "--need", str(round(need["H100 SXM"])), "--device", args.device,
+                                                "--epochs", str(args.data_epochs),
                                                 *args.opts])
     rows = benchmark_data.run(dargs)
     files = [r for r in rows if r[0] == "uint8, files"][-1]
@@ -333,6 +334,7 @@ def main():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--data-root", default="./datasets")
+    p.add_argument("--data-epochs", type=int, default=5, help="timed epochs of each loader setting (median)")
     p.add_argument("--skip", default="", help="comma list of parts to skip: model,data,eval")
     p.add_argument("--official", action="store_true",
                    help="every figure side by side with the official code (reference/official.py), CPU")
