@@ -1,8 +1,9 @@
 """Data: benchmark parsers, the synthetic benchmark, transforms, the P x K sampler and the loaders.
 
-Batches are dicts: one image tensor [B, 3, H, W] per modality of the dataset (``RGB``, ``NI``, ``TI`` unless
-its spec declares others) plus ``pid``, ``camid``, ``sceneid`` and ``index`` (position of the sample in its
-split, for looking up paths).
+Batches are dicts: one uint8 image tensor [B, H, W, 3] per modality of the dataset (``RGB``, ``NI``, ``TI``
+unless its spec declares others) plus ``pid``, ``camid``, ``sceneid`` and ``index`` (position of the sample in
+its split, for looking up paths); training batches also hold ``erase`` (the random-erasing boxes) and ``seed``.
+``to_device`` makes the model's float input of a batch.
 """
 import logging
 import random

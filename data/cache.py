@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from .transforms import as_tensor
-
 from utils.errors import SetupError
+
+from .transforms import as_tensor
 
 logger = logging.getLogger("signal.data")
 

@@ -94,6 +94,13 @@ class ImageTransform:
         self.train, self.shared = train, shared
         self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
         self.flip_prob, self.padding, self.erase_prob = flip_prob, int(padding), erase_prob
+        self._stats = {}  # device -> (mean, std) as [3, 1, 1] tensors
+
+    def stats(self, device):
+        """(mean, std) as [3, 1, 1] float32 tensors on ``device``, made once per device."""
+        if device not in self._stats:
+            self._stats[device] = tuple(torch.tensor(v, device=device).view(-1, 1, 1) for v in (self.mean, self.std))
+        return self._stats[device]
 
     def draw(self, rng):
         """One modality's random parameters: (flip, top, left, erasing box)."""
@@ -133,8 +140,7 @@ class ImageTransform:
             if x.dtype != torch.uint8:
                 images[m] = x
                 continue
-            mean = torch.tensor(self.mean, device=device).view(-1, 1, 1)
-            std = torch.tensor(self.std, device=device).view(-1, 1, 1)
+            mean, std = self.stats(torch.device(device))
             x = x.permute(0, 3, 1, 2).contiguous().to(torch.float32).mul_(1.0 / 255).sub_(mean).div_(std)
             if erase is not None:
                 if noise is None:

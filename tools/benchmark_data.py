@@ -53,14 +53,10 @@ def benchmark_config(args):
 
 
 def with_opts(cfg, **keys):
+    """A copy of ``cfg`` with ``keys`` ({dotted key: value}) merged as on the command line."""
     cfg = cfg.clone()
     cfg.defrost()
-    for k, v in keys.items():
-        node = cfg
-        *path, last = k.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = v
+    cfg.merge_from_list([x for k, v in keys.items() for x in (k, str(v))])
     cfg.freeze()
     return cfg
 

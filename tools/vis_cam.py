@@ -10,8 +10,7 @@ patch tokens, and the map is ReLU(sum of weighted channels) per patch, scaled to
 """
 import numpy as np
 import torch
-from common import compose, label, load_everything, sample_images, samples_parser, save, spread
-from data import stack_items, to_device  # noqa: E402
+from common import batch_of, compose, label, load_everything, sample_images, samples_parser, save, spread
 from engine.setup import run_cli  # noqa: E402
 from PIL import Image
 
@@ -64,11 +63,9 @@ def main():
     args = samples_parser(__doc__, scale=4).parse_intermixed_args()
     cfg, model, loader, nq, device = load_everything(args)
     idx = spread(nq, args.num_samples)                                   # queries
-    items = [loader.dataset[i] for i in idx]
-    batch = stack_items(items)
-    images, cams = to_device(loader, batch, model.modalities, device), batch["camid"].to(device)
+    images, cams = batch_of(loader, idx, device)
     heat = grad_cam(model, images, cams)
-    rows = [[label(overlay(img, heat[r, k], args.scale), f"{m} (id {items[r]['pid']})")
+    rows = [[label(overlay(img, heat[r, k], args.scale), f"{m} (id {loader.dataset.samples[i].pid})")
              for k, (img, m) in enumerate(zip(sample_images(loader, i), model.modalities))]
             for r, i in enumerate(idx)]
     share = (heat > 0.5).float().flatten(2).mean(-1).mean(0)
