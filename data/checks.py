@@ -61,7 +61,7 @@ def read_pixels(path, jpeg=None):
         if jpeg is not None and data[:3] == JPEG_MAGIC:
             try:
                 return jpeg(data)
-            except RuntimeError:  # e.g. a CMYK file it does not take: PIL reads it
+            except (RuntimeError, ValueError):  # a file it does not take: PIL reads it (or names the problem)
                 pass
         with Image.open(io.BytesIO(data)) as img:
             if img.mode == "RGB":
@@ -79,40 +79,56 @@ def torchvision_jpeg(data):
                        mode=ImageReadMode.RGB).permute(1, 2, 0).numpy()
 
 
-@functools.lru_cache(maxsize=1)
-def _torchvision_jpeg_usable():
-    """Whether torchvision's ``decode_jpeg`` is present and not deprecated (torchvision >= 0.29 warns that its
-    image decoding will be removed)."""
+def torchcodec_jpeg(data):
+    """JPEG bytes -> H x W x 3 uint8 array, with TorchCodec's ``decode_jpeg`` (the successor torchvision 0.29
+    names for its deprecated image decoding; an optional package, installed to match the torch version)."""
+    from torchcodec.decoders import ImageReadMode, decode_jpeg
+    return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                       mode=ImageReadMode.RGB).permute(1, 2, 0).numpy()
+
+
+JPEG_DECODERS = (torchvision_jpeg, torchcodec_jpeg)  # in the order they are tried
+
+
+@functools.lru_cache(maxsize=None)
+def jpeg_usable(decode):
+    """Whether ``decode`` (one of JPEG_DECODERS) is installed, loads, decodes a JPEG and does not warn of its
+    deprecation (torchvision >= 0.29 warns that its image decoding will be removed)."""
     buf = io.BytesIO()
     Image.new("RGB", (16, 16), (200, 30, 90)).save(buf, format="JPEG")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            torchvision_jpeg(buf.getvalue())
-        except (ImportError, RuntimeError):
+            decode(buf.getvalue())
+        except Exception:  # not installed, or built for another torch (its library does not load)
             return False
     return not any(issubclass(w.category, (DeprecationWarning, FutureWarning)) for w in caught)
 
 
 def jpeg_decoder(paths):
     """The fastest JPEG decoder that gives PIL's pixels, checked on ``paths`` (e.g. the first file of each
-    modality): torchvision's ``decode_jpeg`` where it is present, not deprecated and identical on every one
-    of them, else None (PIL)."""
-    if not _torchvision_jpeg_usable():
-        return None
-    decode = torchvision_jpeg
+    modality): the first of JPEG_DECODERS (torchvision's ``decode_jpeg``, TorchCodec's) that is usable
+    (``jpeg_usable``) and identical to PIL on every one of them, else None (PIL)."""
+    datas = []
     for p in paths:
         try:
             with open(p, "rb") as f:
                 data = f.read()
-            if data[:3] != JPEG_MAGIC:
-                continue
-            if not np.array_equal(decode(data), read_pixels(p)):
-                logger.info("torchvision's decode_jpeg and PIL differ on %s: decoding with PIL", p)
-                return None
-        except (OSError, RuntimeError, DatasetError):
+        except OSError:
             return None
-    return decode
+        if data[:3] == JPEG_MAGIC:
+            datas.append((p, data))
+    for decode in JPEG_DECODERS:
+        if not jpeg_usable(decode):
+            continue
+        try:
+            same = [np.array_equal(decode(data), read_pixels(p)) for p, data in datas]
+        except (RuntimeError, DatasetError):
+            continue
+        if all(same):
+            return decode
+        logger.info("%s and PIL differ on %s", decode.__name__, datas[same.index(False)][0])
+    return None
 
 
 def _check_one(path, tiled, tile_order=MODALITIES):

@@ -14,7 +14,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from data import MultiModalImageDataset, build_dataloaders, read_image, read_pixels
 from data.cache import CacheError, check_fits
-from data.checks import _torchvision_jpeg_usable, jpeg_decoder, torchvision_jpeg
+from data.checks import JPEG_DECODERS, jpeg_decoder, jpeg_usable
 from data.datasets import RGBNT201, write_synthetic
 from data.transforms import ImageTransform, erase_box
 from reference.transforms import FloatTransform
@@ -127,15 +127,25 @@ def test_erase_box_never_leaves_the_image():
 
 
 def test_jpeg_decoder_gives_pils_pixels(jpegs):
+    """The loader's decoder is the first usable of torchvision's and TorchCodec's (PIL when neither is), and
+    each usable one decodes every file to PIL's pixels."""
     paths = [p for s in jpegs.train[:3] for p in s.paths]
-    if _torchvision_jpeg_usable():
-        assert jpeg_decoder(paths) is torchvision_jpeg
+    usable = [d for d in JPEG_DECODERS if jpeg_usable(d)]
+    assert jpeg_decoder(paths) is (usable[0] if usable else None)
+    for decode in usable:
         for p in paths:
-            assert np.array_equal(read_pixels(p, torchvision_jpeg), np.asarray(read_image(p)))
-    else:  # missing or deprecated (torchvision >= 0.29): PIL
-        assert jpeg_decoder(paths) is None
+            assert np.array_equal(read_pixels(p, decode), np.asarray(read_image(p)))
     for p in paths:
         assert np.array_equal(read_pixels(p), np.asarray(read_image(p)))
+
+
+def test_a_decoder_that_differs_from_pil_is_not_chosen(jpegs, monkeypatch):
+    import data.checks as checks
+    paths = [p for s in jpegs.train[:2] for p in s.paths]
+    off_by_one = lambda data: np.asarray(read_image(paths[0])) ^ 1  # noqa: E731
+    monkeypatch.setattr(checks, "JPEG_DECODERS", (off_by_one,))
+    monkeypatch.setattr(checks, "jpeg_usable", lambda d: True)
+    assert checks.jpeg_decoder(paths) is None
 
 
 def _batches(cfg, n=3):
