@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 from utils import comm
 
 from .cache import build_cache
+from .collate import SharedImageCollate
 from .checks import check_queries, jpeg_decoder, read_image, read_pixels, verify_images
 from .datasets import MODALITIES, DatasetError, build_dataset
 from .datasets.bases import relabel
@@ -121,7 +122,7 @@ def build_test_loader(cfg, query, gallery, gallery_is_query, tiled, tile_order=N
     # Its own generator: creating the loader's iterator then draws nothing from the global torch RNG, so an
     # evaluation leaves the training's random state as it was.
     return DataLoader(ds, batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False, generator=torch.Generator(),
-                      **_worker_kwargs(cfg))
+                      collate_fn=SharedImageCollate(modalities), **_worker_kwargs(cfg))
 
 
 def choose_decoder(samples, tiled):
@@ -200,7 +201,7 @@ def build_dataloaders(cfg, verify=True):
     generator.manual_seed(cfg.SOLVER.SEED + comm.get_rank())
     train_loader = DataLoader(train_set, batch_size=cfg.SOLVER.IMS_PER_BATCH // world, sampler=sampler,
                               drop_last=True, generator=generator, worker_init_fn=_seed_worker,
-                              **_worker_kwargs(cfg))
+                              collate_fn=SharedImageCollate(dataset.modalities), **_worker_kwargs(cfg))
     test_loader = build_test_loader(cfg, dataset.query, dataset.gallery, dataset.gallery_is_query, dataset.tiled,
                                     dataset.tile_order, dataset.modalities)
     train_loader.reid_dataset = test_loader.reid_dataset = dataset

@@ -156,14 +156,16 @@ def run(args):
             loader = build_dataloaders(c, verify=False)[0]
             built = time.perf_counter() - t
             rate, batch = time_loader(loader, args.epochs)
-            extra = {"cache_build_s": round(built, 2)} if cache == "ram" else {}
+            decoder = getattr(loader.dataset.jpeg, "__name__", "PIL")
+            extra = {"cache_build_s": round(built, 2)} if cache == "ram" else {"decoder": decoder}
             record(f"uint8, {'cache' if cache == 'ram' else 'files'}", workers, rate, **extra)
             last = loader, batch
     ms = device_ms(*last, torch.device(args.device))
     emit("device_half_ms_per_batch", round(ms, 2), "ms", device=args.device, note="copy + float + normalise + "
          "random erasing of one batch, on the device that trains", **base)
     print(f"\n{layout} layout, JPEGs at {h}x{w}, batch {cfg.SOLVER.IMS_PER_BATCH}, {os.cpu_count()} CPU cores, "
-          f"torch {torch.__version__}; an H100 step needs ~{args.need} triplets/s\n")
+          f"torch {torch.__version__}, JPEG decoder of the uint8 pipeline: {decoder}; an H100 step needs "
+          f"~{args.need} triplets/s\n")
     print("| pipeline | workers | triplets/s | per worker core | cores for an H100 |\n|---|---|---|---|---|")
     for name, workers, rate, per_core, need in rows:
         print(f"| {name} | {workers} | {rate:.0f} | {per_core:.0f} | {need} |")
