@@ -1,7 +1,8 @@
 """Training-loader throughput: the loader train.py builds, on JPEGs at the config's input size written in the
 config's dataset layout, with 0, 1 and N DataLoader workers, from the files and from the decoded cache
 (DATALOADER.CACHE ram), beside the float32 pipeline that decodes with PIL and augments on the CPU
-(reference/transforms.py, the loader before the uint8 pipeline).
+(reference/transforms.py, the loader before the uint8 pipeline), and, with one worker from the files, the uint8
+pipeline with PIL's decoder (when another is chosen) and with torch's collate instead of the reused buffers.
 
     python tools/benchmark_data.py --config_file configs/RGBNT201/Signal.yml [--workers N] [--epochs 3]
 
@@ -23,7 +24,7 @@ import sys
 import time
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from config import load_config  # noqa: E402
@@ -160,6 +161,18 @@ def run(args):
             extra = {"cache_build_s": round(built, 2)} if cache == "ram" else {"decoder": decoder}
             record(f"uint8, {'cache' if cache == 'ram' else 'files'}", workers, rate, **extra)
             last = loader, batch
+    # What the decoder and the workers' reused buffers each give: one worker from the files without either.
+    ablations = [("torch's collate", dict(collate_fn=default_collate))]
+    if decoder != "PIL":
+        ablations.insert(0, ("PIL decode", dict(jpeg=None)))
+    for name, change in ablations:
+        loader = build_dataloaders(with_opts(cfg, **{"DATALOADER.NUM_WORKERS": 1}), verify=False)[0]
+        if "jpeg" in change:
+            loader.dataset.jpeg = change["jpeg"]
+        if "collate_fn" in change:
+            loader.collate_fn = change["collate_fn"]
+        record(f"uint8, files, {name}", 1, time_loader(loader, args.epochs)[0])
+        del loader
     ms = device_ms(*last, torch.device(args.device))
     emit("device_half_ms_per_batch", round(ms, 2), "ms", device=args.device, note="copy + float + normalise + "
          "random erasing of one batch, on the device that trains", **base)
