@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 from utils import comm
 
 from .cache import build_cache
-from .collate import SharedImageCollate
 from .checks import check_queries, jpeg_decoder, read_image, read_pixels, verify_images
+from .collate import SharedImageCollate
 from .datasets import MODALITIES, DatasetError, build_dataset
 from .datasets.bases import relabel
 from .samplers import IdentitySampler

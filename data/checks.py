@@ -123,7 +123,7 @@ def jpeg_decoder(paths):
             continue
         try:
             same = [np.array_equal(decode(data), read_pixels(p)) for p, data in datas]
-        except (RuntimeError, DatasetError):
+        except (RuntimeError, ValueError, DatasetError):
             continue
         if all(same):
             return decode
