@@ -72,19 +72,23 @@ def read_pixels(path, jpeg=None):
         raise DatasetError(f"cannot read image {path}: {e}") from None
 
 
+def _decode_rgb(decode_jpeg, read_mode, data):
+    """JPEG bytes -> H x W x 3 uint8 array with a ``decode_jpeg`` of torchvision's API (C x H x W out)."""
+    pixels = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=read_mode.RGB)
+    return pixels.permute(1, 2, 0).numpy()
+
+
 def torchvision_jpeg(data):
     """JPEG bytes -> H x W x 3 uint8 array, with torchvision's ``decode_jpeg``."""
     from torchvision.io import ImageReadMode, decode_jpeg
-    return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                       mode=ImageReadMode.RGB).permute(1, 2, 0).numpy()
+    return _decode_rgb(decode_jpeg, ImageReadMode, data)
 
 
 def torchcodec_jpeg(data):
     """JPEG bytes -> H x W x 3 uint8 array, with TorchCodec's ``decode_jpeg`` (the successor torchvision 0.29
     names for its deprecated image decoding; an optional package, installed to match the torch version)."""
     from torchcodec.decoders import ImageReadMode, decode_jpeg
-    return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                       mode=ImageReadMode.RGB).permute(1, 2, 0).numpy()
+    return _decode_rgb(decode_jpeg, ImageReadMode, data)
 
 
 JPEG_DECODERS = (torchvision_jpeg, torchcodec_jpeg)  # in the order they are tried

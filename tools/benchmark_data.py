@@ -115,6 +115,14 @@ def float_loader(loader, cfg, workers):
                       drop_last=True, num_workers=workers, persistent_workers=workers > 0)
 
 
+def use_pil(loader):
+    loader.dataset.jpeg = None
+
+
+def use_torchs_collate(loader):
+    loader.collate_fn = default_collate
+
+
 def device_ms(loader, batch, device, repeat=5):
     """Milliseconds of the device half (copy, float, normalise, erase) of one batch on ``device``."""
     mods = loader.dataset.modalities
@@ -162,15 +170,10 @@ def run(args):
             record(f"uint8, {'cache' if cache == 'ram' else 'files'}", workers, rate, **extra)
             last = loader, batch
     # What the decoder and the workers' reused buffers each give: one worker from the files without either.
-    ablations = [("torch's collate", dict(collate_fn=default_collate))]
-    if decoder != "PIL":
-        ablations.insert(0, ("PIL decode", dict(jpeg=None)))
-    for name, change in ablations:
+    ablations = [("PIL decode", use_pil)] if decoder != "PIL" else []
+    for name, change in ablations + [("torch's collate", use_torchs_collate)]:
         loader = build_dataloaders(with_opts(cfg, **{"DATALOADER.NUM_WORKERS": 1}), verify=False)[0]
-        if "jpeg" in change:
-            loader.dataset.jpeg = change["jpeg"]
-        if "collate_fn" in change:
-            loader.collate_fn = change["collate_fn"]
+        change(loader)
         record(f"uint8, files, {name}", 1, time_loader(loader, args.epochs)[0])
         del loader
     ms = device_ms(*last, torch.device(args.device))
